@@ -1,0 +1,191 @@
+"""Prefill throughput of torch_attn and its peers, side by side in one run on one card.
+
+Protocol (FlashAttention-2/3 papers): bf16, 16k tokens in total (batch = 16384 / seqlen),
+hidden 2048 (heads = 2048 / head_dim), random normal inputs, forward only, CUDA
+events around each call, median of --repeats calls after warm-up,
+TFLOP/s = 4 * B * H * Sq * Skv * D / time, counting only visible (query, key) pairs
+under a causal mask. Serving-shaped cases follow ../shared/ANCHORS.md.
+
+    python benchmarks/bench_prefill.py [--flashinfer] [--markdown FILE] [--json FILE]
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import math
+import statistics
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+import torch_attn
+
+DTYPE = torch.bfloat16
+
+
+@dataclass
+class Case:
+    name: str
+    head_dim: int
+    causal: bool
+    qo_lens: list[int]
+    kv_lens: list[int]
+    num_qo_heads: int
+    num_kv_heads: int
+    dense: bool  # equal lengths: peers without ragged support run too
+    results: dict = field(default_factory=dict)  # impl -> TFLOP/s (or µs for latency cases)
+    latency: bool = False
+
+    @property
+    def flops(self) -> float:
+        total = 0
+        for q_len, kv_len in zip(self.qo_lens, self.kv_lens):
+            if self.causal:  # visible pairs: query i sees keys j <= i + kv_len - q_len
+                total += sum(min(kv_len, max(0, i + kv_len - q_len + 1)) for i in range(q_len))
+            else:
+                total += q_len * kv_len
+        return 4.0 * total * self.num_qo_heads * self.head_dim
+
+
+def paper_grid() -> list[Case]:
+    cases = []
+    seqlens = {64: [1024, 4096, 16384], 128: [512, 1024, 2048, 4096, 8192, 16384], 256: [1024, 4096, 16384]}
+    for head_dim, lens in seqlens.items():
+        for causal in (False, True):
+            for s in lens:
+                b, h = 16384 // s, 2048 // head_dim
+                cases.append(Case(f"d{head_dim} {'causal' if causal else 'full'} S={s} B={b}", head_dim, causal,
+                                  [s] * b, [s] * b, h, h, dense=True))
+    return cases
+
+
+def serving_cases() -> list[Case]:
+    gen = torch.Generator().manual_seed(1)
+    ragged = torch.randint(100, 4001, (8,), generator=gen).tolist()
+    prefixes = torch.randint(0, 12000, (8,), generator=gen).tolist()
+    return [
+        Case("GQA 32/8 B=4 S=4096 causal", 128, True, [4096] * 4, [4096] * 4, 32, 8, dense=True),
+        Case("GQA 32/8 B=1 S=16384 causal", 128, True, [16384], [16384], 32, 8, dense=True),
+        Case(f"ragged 8 seqs ({sum(ragged)} tok) causal", 128, True, ragged, ragged, 32, 8, dense=False),
+        Case(f"chunked: same q on prefixes ({sum(r + p for r, p in zip(ragged, prefixes))} kv)", 128, True, ragged,
+             [r + p for r, p in zip(ragged, prefixes)], 32, 8, dense=False),
+        Case("one seq of 128 tokens, 32/8 heads (µs/call)", 128, True, [128], [128], 32, 8, dense=True, latency=True),
+    ]
+
+
+def median_ms(fn, warmup: int, repeats: int) -> float:
+    for _ in range(warmup):
+        fn()
+    torch.cuda.synchronize()
+    times = []
+    for _ in range(repeats):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        times.append(start.elapsed_time(end))
+    return statistics.median(times)
+
+
+def make_inputs(case: Case):
+    def indptr(lens):
+        return torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device="cuda")
+    q = torch.randn(sum(case.qo_lens), case.num_qo_heads, case.head_dim, dtype=DTYPE, device="cuda")
+    k = torch.randn(sum(case.kv_lens), case.num_kv_heads, case.head_dim, dtype=DTYPE, device="cuda")
+    v = torch.randn_like(k)
+    return q, k, v, indptr(case.qo_lens), indptr(case.kv_lens)
+
+
+def implementations(case: Case, q, k, v, qo_indptr, kv_indptr, flashinfer_backends):
+    """name -> zero-argument callable running one prefill."""
+    impls = {}
+    if case.dense:
+        b, s, skv = len(case.qo_lens), case.qo_lens[0], case.kv_lens[0]
+        q4 = q.view(b, s, case.num_qo_heads, case.head_dim)
+        k4 = k.view(b, skv, case.num_kv_heads, case.head_dim)
+        v4 = v.view(b, skv, case.num_kv_heads, case.head_dim)
+        impls["torch_attn"] = lambda: torch_attn.prefill(q4, k4, v4, causal=case.causal)
+        qt, kt, vt = q4.transpose(1, 2), k4.transpose(1, 2), v4.transpose(1, 2)  # SDPA's [B, H, S, D]
+        gqa = case.num_qo_heads != case.num_kv_heads
+        for name, backend in (("sdpa-flash", SDPBackend.FLASH_ATTENTION), ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION)):
+            def run(backend=backend):
+                with sdpa_kernel(backend):
+                    return F.scaled_dot_product_attention(qt, kt, vt, is_causal=case.causal, enable_gqa=gqa)
+            impls[name] = run
+    else:
+        impls["torch_attn"] = lambda: torch_attn.prefill(q, k, v, causal=case.causal, qo_indptr=qo_indptr,
+                                                         kv_indptr=kv_indptr)
+    for backend in flashinfer_backends:
+        import flashinfer
+
+        workspace = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda")
+        wrapper = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(workspace, kv_layout="NHD", backend=backend)
+        wrapper.plan(qo_indptr, kv_indptr, case.num_qo_heads, case.num_kv_heads, case.head_dim, causal=case.causal,
+                     q_data_type=DTYPE)
+        impls[f"flashinfer-{backend}"] = lambda wrapper=wrapper: wrapper.run(q, k, v)
+    return impls
+
+
+def run_case(case: Case, args, flashinfer_backends) -> None:
+    q, k, v, qo_indptr, kv_indptr = make_inputs(case)
+    for name, fn in implementations(case, q, k, v, qo_indptr, kv_indptr, flashinfer_backends).items():
+        try:
+            ms = median_ms(fn, args.warmup, args.repeats)
+        except RuntimeError as err:  # a peer that does not support the case
+            print(f"  {name}: skipped ({str(err).splitlines()[0][:80]})")
+            continue
+        case.results[name] = ms * 1e3 if case.latency else case.flops / (ms * 1e-3) / 1e12
+    print(f"{case.name}: " + ", ".join(f"{n} {v:.1f}" for n, v in case.results.items()), flush=True)
+
+
+def table(cases: list[Case], impls: list[str]) -> str:
+    ratio_to = "flashinfer-fa2" if "flashinfer-fa2" in impls else None
+    header = ["case"] + impls + ([f"ours / fa2"] if ratio_to else [])
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for case in cases:
+        cells = [case.name] + [f"{case.results[i]:.1f}" if i in case.results else "—" for i in impls]
+        if ratio_to:
+            ours, peer = case.results.get("torch_attn"), case.results.get(ratio_to)
+            if ours and peer:
+                cells.append(f"{(peer / ours) if case.latency else (ours / peer):.2f}")
+            else:
+                cells.append("—")
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--flashinfer", default="", help="comma list of FlashInfer backends to time (fa2,fa3)")
+    parser.add_argument("--warmup", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--only", default="", help="run cases whose name contains this")
+    parser.add_argument("--markdown", default=None, help="write the table (with card and date) here")
+    parser.add_argument("--json", default=None, help="write raw numbers here")
+    args = parser.parse_args()
+    flashinfer_backends = [b for b in args.flashinfer.split(",") if b]
+    cases = [c for c in paper_grid() + serving_cases() if args.only in c.name]
+    for case in cases:
+        run_case(case, args, flashinfer_backends)
+    impls = ["torch_attn", "sdpa-flash", "sdpa-cudnn"] + [f"flashinfer-{b}" for b in flashinfer_backends]
+    card = torch.cuda.get_device_name()
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    title = (f"{card}, torch {torch.__version__}, {stamp}; TFLOP/s (µs per call for the latency row), "
+             f"median of {args.repeats}")
+    text = table(cases, impls)
+    if args.markdown:
+        with open(args.markdown, "w") as f:
+            f.write(f"{title}\n\n{text}\n")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"card": card, "date": stamp, "cases": [{"name": c.name, **c.results} for c in cases]}, f,
+                      indent=1)
+    print(f"\n{title}\n{text}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,55 @@
+// Plain description of one prefill call, shared by the host glue and the kernels.
+// No torch and no CUDA headers: the host fills it, the kernel reads it by value.
+#pragma once
+#include <cstdint>
+
+namespace torch_attn {
+
+// Element strides of a [batch, token, head, dim] view; dim is contiguous.
+// int64: a KV cache of 2M tokens x 8 heads x 128 holds more than 2^31 elements.
+struct TokenHeadStrides {
+  int64_t batch;  // 0 for a ragged batch, whose sequences are found through an indptr
+  int64_t token;
+  int64_t head;
+};
+
+struct PrefillParams {
+  const void* q;    // [.., qo_len, num_qo_heads, head_dim]
+  const void* k;    // [.., kv_len, num_kv_heads, head_dim]
+  const void* v;    // [.., kv_len, num_kv_heads, head_dim]
+  void* out;        // like q
+  float* lse;       // q's shape without head_dim, natural log
+  TokenHeadStrides q_strides, k_strides, v_strides, out_strides, lse_strides;
+
+  // Sequences. A dense batch has null indptrs and every sequence is qo_len x kv_len.
+  // A ragged batch has cu_seqlens-style indptrs [num_seqs + 1] on the device; then
+  // qo_len / kv_len are the row counts of q / k, used to clamp bad indptr values
+  // into bounds (the host cannot check device data without a sync).
+  const int32_t* qo_indptr;
+  const int32_t* kv_indptr;
+  int32_t num_seqs;
+  int32_t qo_len;
+  int32_t kv_len;
+
+  int32_t num_qo_heads;
+  int32_t group_size;  // num_qo_heads / num_kv_heads (GQA/MQA)
+  int32_t head_dim;    // the real head dim; the kernel's tile may be wider
+
+  // Masks: bottom-right causal, sliding window (window_left < 0: none).
+  bool causal;
+  int32_t window_left;
+
+  // Logits: logit = cap > 0 ? cap * tanh(qk * pre_cap_scale) : qk, and the
+  // softmax weight is exp2((logit - max) * logit_to_log2). Without a cap,
+  // logit_to_log2 = sm_scale * log2(e) folds the scale into the exponent.
+  float soft_cap;
+  float pre_cap_scale;  // sm_scale / soft_cap
+  float logit_to_log2;
+
+  // Work items: the grid is num_q_tile_slots * num_qo_heads CTAs. Dense: exactly
+  // num_seqs * ceil(qo_len / BM) slots. Ragged: an upper bound computed from
+  // shapes (total_q / BM + num_seqs); CTAs past the real tiles exit at once.
+  int32_t num_q_tile_slots;
+};
+
+}  // namespace torch_attn

@@ -1,0 +1,325 @@
+// The prefill kernel (sm_80+): FlashAttention-2's algorithm on cp.async + mma.sync.
+//
+// One CTA computes one query tile [BM rows] of one head of one sequence. Its Q
+// tile stays in shared memory; K and V tiles [BN keys] stream through a ring of
+// kStages buffers filled by cp.async; each warp owns BM / warps query rows:
+//     S = Q K_j^T                       (mma.sync m16n8k16, fp32 accumulate)
+//     S = soft_cap(S), masked by select (softmax.cuh, mask.cuh)
+//     O += P V_j                        (online softmax rescales O first)
+// and finally out = O / l, lse.
+//
+// Reading past valid data:
+//   * Q, K and V rows past the sequence's end are never read from global memory:
+//     cp.async writes zeros instead. For V this is required, not just tidy: those
+//     keys get weight P = 0, but 0 * NaN and 0 * inf are NaN, so one garbage V row
+//     in shared memory (stale data, or the next sequence's padding) would poison
+//     every output row. K rows there only reach S, whose masked scores are
+//     replaced by -inf through a select, never by adding -inf to garbage.
+//   * Head-dim columns past D (the tile is wider than D) enter every dot product,
+//     so they are zero in Q, K and V alike.
+#pragma once
+#include <cstdint>
+#include <type_traits>
+#include "cp_async.cuh"
+#include "mask.cuh"
+#include "mma.cuh"
+#include "params.h"
+#include "prefill_traits.cuh"
+#include "softmax.cuh"
+#include "work_item.cuh"
+
+namespace torch_attn {
+
+/// Copies rows [0, rows_valid) x chunks [0, chunks_valid) of a global tile into a
+/// shared tile and zero-fills every other row and chunk (see the header comment).
+///
+/// Thread mapping: a thread keeps one 16-byte column (chunk) and walks down the
+/// rows, so its global address advances by a fixed stride per pass: one 64-bit
+/// add, instead of a row * stride product per chunk that the compiler would
+/// hoist into dozens of live registers. Rows of 12 or 24 chunks (widths 96, 192)
+/// are mapped as 16 or 32, and the threads on the missing columns idle.
+template <class Tile, int kThreads, typename DType>
+__device__ __forceinline__ void load_tile_or_zero(DType* smem, const DType* gmem, int64_t row_stride,
+                                                  int rows_valid, int chunks_valid) {
+  constexpr int kLanesPerRow = Tile::kChunksPerRow <= 8 ? 8 : (Tile::kChunksPerRow <= 16 ? 16 : 32);
+  constexpr int kRowsPerPass = kThreads / kLanesPerRow;
+  static_assert(Tile::kChunksPerRow <= kLanesPerRow && kThreads % kLanesPerRow == 0, "thread mapping");
+  static_assert(Tile::kRows % kRowsPerPass == 0, "passes cover the tile exactly");
+  const int chunk = static_cast<int>(threadIdx.x) % kLanesPerRow;
+  const int row0 = static_cast<int>(threadIdx.x) / kLanesPerRow;
+  if (chunk >= Tile::kChunksPerRow) return;
+  const DType* src = gmem + row0 * row_stride + chunk * 8;
+  DType* dst = smem + Tile::offset(row0, chunk * 8);
+#pragma unroll
+  for (int pass = 0; pass < Tile::kRows / kRowsPerPass; ++pass) {
+    const bool in_bounds = row0 + pass * kRowsPerPass < rows_valid && chunk < chunks_valid;
+    // A false predicate reads nothing, but the address must stay valid: the tile's first row.
+    cp_async_16_or_zero(dst + pass * kRowsPerPass * Tile::kPitch, in_bounds ? src : gmem, in_bounds);
+    src += kRowsPerPass * row_stride;
+  }
+}
+
+template <class Traits, bool kSoftCap>
+struct PrefillCta {
+  using DType = typename Traits::DType;
+  using QTile = typename Traits::QTile;
+  using KVTile = typename Traits::KVTile;
+  static constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kStages = Traits::kStages;
+  static constexpr int kMFrags = Traits::kMFrags, kNFragsS = Traits::kNFragsS, kNFragsO = Traits::kNFragsO;
+  static constexpr int kThreads = Traits::kThreads;
+
+  const PrefillParams& p;
+  const WorkItem& w;
+  DType* q_smem;
+  DType* k_smem;  // kStages K tiles
+  DType* v_smem;  // kStages V tiles
+  const DType* k_gmem;  // key 0 of this sequence and KV head
+  const DType* v_gmem;
+  int lane, warp_row0;  // warp_row0: the warp's first row in the query tile
+  int chunks_valid;     // 16-byte chunks of real head dim
+
+  /// Issues the cp.async copies of K (or V) tile `tile` into ring stage `stage`.
+  __device__ __forceinline__ void load_kv(DType* ring, const DType* gmem, int64_t token_stride, int tile,
+                                          int stage) const {
+    const int key0 = tile * kBlockN;
+    load_tile_or_zero<KVTile, kThreads>(ring + stage * KVTile::kElems, gmem + key0 * token_stride, token_stride,
+                                        w.kv_len - key0, chunks_valid);
+  }
+
+  /// S = Q K^T for this warp's rows and the K tile in `k_stage`.
+  __device__ __forceinline__ void compute_scores(const DType* k_stage, float (&s)[kMFrags][kNFragsS][4]) const {
+#pragma unroll
+    for (int mi = 0; mi < kMFrags; ++mi)
+#pragma unroll
+      for (int nb = 0; nb < kNFragsS; ++nb)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[mi][nb][e] = 0.f;
+#pragma unroll
+    for (int kk = 0; kk < Traits::kHeadDim / 16; ++kk) {
+      uint32_t q_frag[kMFrags][4];
+#pragma unroll
+      for (int mi = 0; mi < kMFrags; ++mi) {
+        // lanes 0-15: rows 0-15 at dims 0-7; lanes 16-31: rows 0-15 at dims 8-15 -> a0..a3
+        ldmatrix_x4(q_frag[mi], q_smem + QTile::offset(warp_row0 + mi * 16 + lane % 16, kk * 16 + (lane / 16) * 8));
+      }
+#pragma unroll
+      for (int nb = 0; nb < kNFragsS; nb += 2) {
+        // matrices: keys 0-7 | dims 0-7, keys 0-7 | dims 8-15, keys 8-15 | dims 0-7, keys 8-15 | dims 8-15
+        // -> b0, b1 of key fragment nb, then b0, b1 of key fragment nb + 1
+        uint32_t k_frag[4];
+        ldmatrix_x4(k_frag, k_stage + KVTile::offset(nb * 8 + lane % 8 + (lane / 16) * 8, kk * 16 + ((lane / 8) % 2) * 8));
+#pragma unroll
+        for (int mi = 0; mi < kMFrags; ++mi) {
+          mma_m16n8k16_f32<DType>(s[mi][nb], q_frag[mi], k_frag[0], k_frag[1]);
+          mma_m16n8k16_f32<DType>(s[mi][nb + 1], q_frag[mi], k_frag[2], k_frag[3]);
+        }
+      }
+    }
+  }
+
+  /// Applies the soft cap and, for tiles that need it, the mask (by select).
+  template <bool kNeedMask>
+  __device__ __forceinline__ void scores_to_logits(float (&s)[kMFrags][kNFragsS][4], int key0,
+                                                   const VisibleKeys& visibility) const {
+    // Intervals are recomputed per masked tile rather than kept: registers are the
+    // scarce resource here, and only edge tiles pay for the arithmetic.
+    KeyInterval visible[2 * kMFrags];
+    if constexpr (kNeedMask) {
+#pragma unroll
+      for (int r = 0; r < 2 * kMFrags; ++r) {
+        visible[r] = visibility.of_query(w.q_row0 + warp_row0 + (r / 2) * 16 + lane / 4 + 8 * (r % 2));
+      }
+    }
+#pragma unroll
+    for (int mi = 0; mi < kMFrags; ++mi)
+#pragma unroll
+      for (int nb = 0; nb < kNFragsS; ++nb)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          float logit = s[mi][nb][e];
+          if constexpr (kSoftCap) logit = p.soft_cap * fast_tanh(logit * p.pre_cap_scale);
+          if constexpr (kNeedMask) {
+            const KeyInterval keys = visible[2 * mi + e / 2];  // c0,c1: row g; c2,c3: row g + 8
+            const int key = key0 + nb * 8 + (lane % 4) * 2 + e % 2;
+            logit = (key >= keys.begin && key < keys.end) ? logit : -INFINITY;  // select, never add
+          }
+          s[mi][nb][e] = logit;
+        }
+  }
+
+  /// O += P V for the V tile in `v_stage`; P comes from the score registers.
+  __device__ __forceinline__ void accumulate_pv(const DType* v_stage, const float (&s)[kMFrags][kNFragsS][4],
+                                                float (&o)[kMFrags][kNFragsO][4]) const {
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) {
+      // The C fragments of key blocks 2kk, 2kk+1 are exactly the A fragment of keys 16kk..16kk+15.
+      uint32_t p_frag[kMFrags][4];
+#pragma unroll
+      for (int mi = 0; mi < kMFrags; ++mi) {
+        p_frag[mi][0] = pack_pair<DType>(s[mi][2 * kk][0], s[mi][2 * kk][1]);
+        p_frag[mi][1] = pack_pair<DType>(s[mi][2 * kk][2], s[mi][2 * kk][3]);
+        p_frag[mi][2] = pack_pair<DType>(s[mi][2 * kk + 1][0], s[mi][2 * kk + 1][1]);
+        p_frag[mi][3] = pack_pair<DType>(s[mi][2 * kk + 1][2], s[mi][2 * kk + 1][3]);
+      }
+#pragma unroll
+      for (int nd = 0; nd < kNFragsO; nd += 2) {
+        // transposed matrices: keys 0-7 | dims 0-7, keys 8-15 | dims 0-7, keys 0-7 | dims 8-15, keys 8-15 | dims 8-15
+        // -> b0, b1 of dim fragment nd, then b0, b1 of dim fragment nd + 1
+        uint32_t v_frag[4];
+        ldmatrix_x4_trans(v_frag, v_stage + KVTile::offset(kk * 16 + lane % 8 + ((lane / 8) % 2) * 8, nd * 8 + (lane / 16) * 8));
+#pragma unroll
+        for (int mi = 0; mi < kMFrags; ++mi) {
+          mma_m16n8k16_f32<DType>(o[mi][nd], p_frag[mi], v_frag[0], v_frag[1]);
+          mma_m16n8k16_f32<DType>(o[mi][nd + 1], p_frag[mi], v_frag[2], v_frag[3]);
+        }
+      }
+    }
+  }
+
+  /// Writes this warp's rows of out (through its own rows of the Q tile, for
+  /// 16-byte stores) and their LSE. Only rows < qo_len and columns < D are written.
+  __device__ __forceinline__ void store(const float (&o)[kMFrags][kNFragsO][4], const float (&lse)[2 * kMFrags]) const {
+    const int g = lane / 4, t = lane % 4;
+    // This warp alone read these Q rows, and its ldmatrix reads have completed.
+#pragma unroll
+    for (int mi = 0; mi < kMFrags; ++mi)
+#pragma unroll
+      for (int nd = 0; nd < kNFragsO; ++nd)
+#pragma unroll
+        for (int half = 0; half < 2; ++half) {
+          const int row = warp_row0 + mi * 16 + g + 8 * half;
+          *reinterpret_cast<uint32_t*>(q_smem + QTile::offset(row, nd * 8 + 2 * t)) =
+              pack_pair<DType>(o[mi][nd][2 * half], o[mi][nd][2 * half + 1]);
+        }
+    __syncwarp();
+    DType* out = static_cast<DType*>(p.out) + w.seq * p.out_strides.batch +
+                 static_cast<int64_t>(w.q_start + w.q_row0) * p.out_strides.token + w.qo_head * p.out_strides.head;
+    constexpr int kWarpRows = kMFrags * 16;
+#pragma unroll
+    for (int i = 0; i < kWarpRows * QTile::kChunksPerRow / 32; ++i) {
+      const int idx = lane + i * 32;
+      const int row = warp_row0 + idx / QTile::kChunksPerRow;
+      const int chunk = idx % QTile::kChunksPerRow;
+      if (w.q_row0 + row < w.qo_len && chunk < chunks_valid) {
+        *reinterpret_cast<uint4*>(out + row * p.out_strides.token + chunk * 8) =
+            *reinterpret_cast<const uint4*>(q_smem + QTile::offset(row, chunk * 8));
+      }
+    }
+    if (t == 0) {
+      float* lse_out = p.lse + w.seq * p.lse_strides.batch + static_cast<int64_t>(w.q_start) * p.lse_strides.token +
+                       w.qo_head * p.lse_strides.head;
+#pragma unroll
+      for (int r = 0; r < 2 * kMFrags; ++r) {
+        const int row = w.q_row0 + warp_row0 + (r / 2) * 16 + g + 8 * (r % 2);
+        if (row < w.qo_len) lse_out[row * p.lse_strides.token] = lse[r];
+      }
+    }
+  }
+
+  __device__ __forceinline__ void run() {
+    const int rows_valid = min(kBlockM, w.qo_len - w.q_row0);
+    const DType* q_gmem = static_cast<const DType*>(p.q) + w.seq * p.q_strides.batch +
+                          static_cast<int64_t>(w.q_start + w.q_row0) * p.q_strides.token + w.qo_head * p.q_strides.head;
+
+    // The tiles the whole CTA needs.
+    const VisibleKeys visibility{w.kv_len, w.kv_len - w.qo_len, p.causal, p.window_left};
+    // Keys visible to the first row's interval end and last row's interval begin bound
+    // what any row sees in between (both ends grow with the row index).
+    const KeyInterval first_row = visibility.of_query(w.q_row0);
+    const KeyInterval last_row = visibility.of_query(w.q_row0 + rows_valid - 1);
+    const int tile_begin = first_row.begin / kBlockN;
+    const int tile_end = last_row.end > first_row.begin ? (last_row.end + kBlockN - 1) / kBlockN : tile_begin;
+    const int num_tiles = tile_end - tile_begin;
+
+    // Pipeline. Commit groups are issued in the order K_0, V_0, K_1, V_1, ...; the
+    // prologue issues K_0..K_{S-1} and V_0..V_{S-2} (Q rides with K_0), each
+    // iteration one V and one K, and empty groups past the last tile keep the
+    // count uniform. Before each wait 2S - 1 groups are pending, so waiting
+    // until 2S - 2 remain completes exactly the oldest: K_j, then V_j.
+    load_tile_or_zero<QTile, kThreads>(q_smem, q_gmem, p.q_strides.token, rows_valid, chunks_valid);
+#pragma unroll
+    for (int stage = 0; stage < kStages; ++stage) {
+      if (stage < num_tiles) load_kv(k_smem, k_gmem, p.k_strides.token, tile_begin + stage, stage);
+      cp_async_commit();
+      if (stage + 1 < kStages) {
+        if (stage < num_tiles) load_kv(v_smem, v_gmem, p.v_strides.token, tile_begin + stage, stage);
+        cp_async_commit();
+      }
+    }
+
+    float o[kMFrags][kNFragsO][4];
+#pragma unroll
+    for (int mi = 0; mi < kMFrags; ++mi)
+#pragma unroll
+      for (int nd = 0; nd < kNFragsO; ++nd)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[mi][nd][e] = 0.f;
+    OnlineSoftmax<kMFrags> softmax;
+    softmax.init();
+
+    for (int j = 0; j < num_tiles; ++j) {
+      const int stage = j % kStages;
+      const int key0 = (tile_begin + j) * kBlockN;
+      // A tile needs per-element masking unless every row sees every key in it.
+      const bool need_mask = !(key0 >= last_row.begin && key0 + kBlockN <= first_row.end);
+
+      cp_async_wait<2 * kStages - 2>();
+      __syncthreads();  // K_j has landed for all threads; all warps are done with V_{j-1}
+      const int v_ahead = j + kStages - 1;  // V_{j+S-1} reuses V_{j-1}'s stage
+      if (v_ahead < num_tiles) load_kv(v_smem, v_gmem, p.v_strides.token, tile_begin + v_ahead, v_ahead % kStages);
+      cp_async_commit();
+
+      float s[kMFrags][kNFragsS][4];
+      compute_scores(k_smem + stage * KVTile::kElems, s);
+      if (need_mask) {
+        scores_to_logits</*kNeedMask=*/true>(s, key0, visibility);
+      } else {
+        scores_to_logits</*kNeedMask=*/false>(s, key0, visibility);
+      }
+      softmax.update(s, o, p.logit_to_log2);
+
+      cp_async_wait<2 * kStages - 2>();
+      __syncthreads();  // V_j has landed for all threads; all warps are done with K_j
+      const int k_ahead = j + kStages;  // K_{j+S} reuses K_j's stage
+      if (k_ahead < num_tiles) load_kv(k_smem, k_gmem, p.k_strides.token, tile_begin + k_ahead, stage);
+      cp_async_commit();
+
+      accumulate_pv(v_smem + stage * KVTile::kElems, s, o);
+    }
+
+    cp_async_wait<0>();  // nothing may still write the Q tile that store() reuses
+    __syncthreads();
+    float lse[2 * kMFrags];
+    softmax.finalize(o, p.logit_to_log2, lse);
+    store(o, lse);
+  }
+};
+
+template <class Traits, bool kSoftCap>
+__global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
+    prefill_kernel(const __grid_constant__ PrefillParams params) {
+  using DType = typename Traits::DType;
+  extern __shared__ __align__(16) uint8_t smem[];
+  WorkItem work;
+  if (!find_work_item<Traits::kBlockM>(params, work)) return;
+  const int lane = static_cast<int>(threadIdx.x) % 32;
+  const int kv_head = work.qo_head / params.group_size;
+  DType* q_smem = reinterpret_cast<DType*>(smem);
+  DType* k_smem = q_smem + Traits::QTile::kElems;
+  PrefillCta<Traits, kSoftCap>{
+      params,
+      work,
+      q_smem,
+      k_smem,
+      k_smem + Traits::kStages * Traits::KVTile::kElems,
+      static_cast<const DType*>(params.k) + work.seq * params.k_strides.batch +
+          static_cast<int64_t>(work.kv_start) * params.k_strides.token + kv_head * params.k_strides.head,
+      static_cast<const DType*>(params.v) + work.seq * params.v_strides.batch +
+          static_cast<int64_t>(work.kv_start) * params.v_strides.token + kv_head * params.v_strides.head,
+      lane,
+      (static_cast<int>(threadIdx.x) / 32) * Traits::kMFrags * 16,
+      params.head_dim / 8}
+      .run();
+}
+
+}  // namespace torch_attn

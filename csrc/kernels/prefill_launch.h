@@ -1,0 +1,24 @@
+// Host-side entry points of the CUDA prefill kernels. No torch headers: the
+// torch glue (prefill_cuda.cpp) includes this, and each instantiation file
+// (csrc/instantiations/*.cu) defines one of them.
+#pragma once
+#include <cuda_runtime_api.h>
+#include "params.h"
+#include "prefill_traits.cuh"
+
+namespace torch_attn {
+
+enum class ScalarKind { kFloat16, kBFloat16 };
+
+/// Launches the prefill kernel for one element type and head-dim tile width on
+/// `stream`. Returns the launch error, if any; never synchronises.
+template <ScalarKind kKind, int kHeadDimTile>
+cudaError_t launch_prefill(const PrefillParams& params, cudaStream_t stream);
+
+/// Query rows per CTA for a head-dim tile width (the host sizes the grid with it).
+int prefill_block_m(int head_dim_tile);
+
+/// Shared memory one CTA needs, to check against the device's per-block limit.
+size_t prefill_smem_bytes(int head_dim_tile);
+
+}  // namespace torch_attn

@@ -1,0 +1,57 @@
+// The compiled configurations of the prefill kernel: one tile table, one traits struct.
+#pragma once
+#include <cstddef>
+#include "smem_tile.cuh"
+
+namespace torch_attn {
+
+// Head-dim widths the kernel is compiled for; a head dim D (a multiple of 8) runs
+// on the smallest width >= D, with the columns past D zero-filled.
+#define TORCH_ATTN_FOR_EACH_HEAD_DIM_TILE(X) X(64) X(96) X(128) X(192) X(256)
+
+/// The tile table. Each warp owns whole rows of the query tile, so softmax row
+/// statistics never leave a warp (quad shuffles only). Per thread the O accumulator
+/// holds BM / warps * width / 32 floats and the score tile BM / warps * BN / 32;
+/// both must fit next to addresses and fragments in 255 registers.
+template <int kHeadDimTile>
+struct TileShape;
+// 64: O is small (64 floats); BN = 128 would halve the loop trips but its 128-float S spills; 55 KB.
+template <> struct TileShape<64>  { static constexpr int kBlockM = 128, kBlockN = 64,  kWarps = 4, kStages = 2; };
+// 96: as 128, with a narrower O; 80 KB: 2 CTAs/SM.
+template <> struct TileShape<96>  { static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 4, kStages = 2; };
+// 128: FlashAttention-2's 128 x 64 with 4 warps of 32 rows (O 128 + S 64 floats);
+// 104 KB with two K/V stages: 2 CTAs/SM on H100 (228 KB/SM).
+template <> struct TileShape<128> { static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 4, kStages = 2; };
+// 192: 8 warps of 16 rows keep O at 96 floats; 154 KB: 1 CTA of 8 warps per SM.
+template <> struct TileShape<192> { static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 8, kStages = 2; };
+// 256: 8 warps of 16 rows (O 128 floats); one K/V stage (V_j loads under Q K_j^T,
+// K_j+1 under P V_j) keeps it at 135 KB, which also fits an A100's 163 KB.
+template <> struct TileShape<256> { static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 8, kStages = 1; };
+
+template <typename DType_, int kHeadDimTile>
+struct PrefillTraits {
+  using DType = DType_;
+  using Shape = TileShape<kHeadDimTile>;
+  static constexpr int kHeadDim = kHeadDimTile;
+  static constexpr int kBlockM = Shape::kBlockM;  // query rows per CTA
+  static constexpr int kBlockN = Shape::kBlockN;  // keys per K/V tile
+  static constexpr int kWarps = Shape::kWarps;
+  static constexpr int kStages = Shape::kStages;  // K/V tiles in flight
+  static constexpr int kThreads = kWarps * 32;
+
+  static constexpr int kMFrags = kBlockM / (16 * kWarps);  // m16 query fragments per warp
+  static constexpr int kNFragsS = kBlockN / 8;             // n8 key fragments of S
+  static constexpr int kNFragsO = kHeadDim / 8;            // n8 head-dim fragments of O
+
+  using QTile = SmemTile<kBlockM, kHeadDim>;
+  using KVTile = SmemTile<kBlockN, kHeadDim>;
+  static constexpr size_t kSmemBytes = (QTile::kElems + 2 * kStages * KVTile::kElems) * sizeof(DType);
+  // Two 4-warp CTAs per SM hide each other's barriers; 8-warp CTAs run alone.
+  static constexpr int kMinBlocksPerSm = kWarps == 4 ? 2 : 1;
+
+  static_assert(kBlockM % (16 * kWarps) == 0, "each warp owns whole m16 fragments");
+  static_assert(kBlockN % 16 == 0 && kHeadDim % 16 == 0, "ldmatrix_x4 covers 16 keys x 16 dims");
+  static_assert(kStages >= 1, "at least one K/V stage");
+};
+
+}  // namespace torch_attn

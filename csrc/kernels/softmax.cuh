@@ -1,0 +1,100 @@
+// Online softmax over the S fragments of one warp, base 2.
+//
+// Each thread holds kRows = 2 * kMFrags query rows: rows g and g + 8 of every m16
+// fragment (g = lane / 4), with the row's scores spread over the 4 lanes of a
+// quad. For one row, after the keys of tiles 0..j:
+//     m = max of the visible logits so far           (-inf while none was visible)
+//     l = sum over those keys of exp2((logit - m) * c)      c = logit_to_log2 > 0
+//     O = sum over those keys of exp2((logit - m) * c) * V[key]
+// and out = O / l, lse = (m * c + log2 l) * ln 2 (natural log, as FlashAttention).
+//
+// The -inf guard: while a row has seen no visible key its new max is -inf, and
+// exp2(logit - max) would be exp2(-inf - -inf) = NaN. Subtracting 0 instead gives
+// exp2(-inf) = 0 for every masked score and keeps l = 0 and O = 0.
+#pragma once
+#include <cmath>
+#include "mma.cuh"
+
+namespace torch_attn {
+
+template <int kMFrags>
+struct OnlineSoftmax {
+  static constexpr int kRows = 2 * kMFrags;
+  float row_max[kRows];  // m, in logit units
+  float row_sum[kRows];  // l: this lane's share; the quad's 4 shares are added in finalize()
+
+  __device__ __forceinline__ void init() {
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      row_max[r] = -INFINITY;
+      row_sum[r] = 0.f;
+    }
+  }
+
+  /// Takes a tile of logits s (masked ones are -inf), turns them into weights
+  /// P = exp2((s - m_new) * c) in place and rescales l and O by exp2((m_old - m_new) * c).
+  template <int kNFragsS, int kNFragsO>
+  __device__ __forceinline__ void update(float (&s)[kMFrags][kNFragsS][4], float (&o)[kMFrags][kNFragsO][4],
+                                         float logit_to_log2) {
+#pragma unroll
+    for (int mi = 0; mi < kMFrags; ++mi) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {  // row g uses c0,c1; row g+8 uses c2,c3
+        const int r = 2 * mi + half;
+        float tile_max = row_max[r];
+#pragma unroll
+        for (int nb = 0; nb < kNFragsS; ++nb) {
+          tile_max = fmaxf(tile_max, fmaxf(s[mi][nb][2 * half], s[mi][nb][2 * half + 1]));
+        }
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
+        tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+        // The -inf guard (see above): subtract 0 while the row has seen nothing.
+        const float max_scaled = tile_max == -INFINITY ? 0.f : tile_max * logit_to_log2;
+        const float rescale = fast_exp2(row_max[r] * logit_to_log2 - max_scaled);  // 0 when m_old = -inf
+        row_max[r] = tile_max;
+        float tile_sum = 0.f;
+#pragma unroll
+        for (int nb = 0; nb < kNFragsS; ++nb) {
+#pragma unroll
+          for (int e = 2 * half; e < 2 * half + 2; ++e) {
+            s[mi][nb][e] = fast_exp2(fmaf(s[mi][nb][e], logit_to_log2, -max_scaled));
+            tile_sum += s[mi][nb][e];
+          }
+        }
+        row_sum[r] = row_sum[r] * rescale + tile_sum;
+#pragma unroll
+        for (int nd = 0; nd < kNFragsO; ++nd) {
+          o[mi][nd][2 * half] *= rescale;
+          o[mi][nd][2 * half + 1] *= rescale;
+        }
+      }
+    }
+  }
+
+  /// O /= l (0 for rows that saw no key) and the natural-log LSE of each row
+  /// (-inf for rows that saw no key).
+  template <int kNFragsO>
+  __device__ __forceinline__ void finalize(float (&o)[kMFrags][kNFragsO][4], float logit_to_log2,
+                                           float (&lse)[kRows]) {
+#pragma unroll
+    for (int mi = 0; mi < kMFrags; ++mi) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {
+        const int r = 2 * mi + half;
+        float sum = row_sum[r];
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        const bool saw_keys = sum > 0.f;
+        const float inv_sum = saw_keys ? 1.f / sum : 0.f;
+        lse[r] = saw_keys ? (row_max[r] * logit_to_log2 + __log2f(sum)) * 0.69314718055994530942f : -INFINITY;
+#pragma unroll
+        for (int nd = 0; nd < kNFragsO; ++nd) {
+          o[mi][nd][2 * half] *= inv_sum;
+          o[mi][nd][2 * half + 1] *= inv_sum;
+        }
+      }
+    }
+  }
+};
+
+}  // namespace torch_attn

@@ -1,0 +1,119 @@
+// Argument checks of attn::prefill, shared by the CPU and CUDA backends.
+// torch_attn/_fake.py mirrors the shape checks for fake tensors, with the same
+// messages (tests/test_bad_input.py runs both on every malformed call).
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <c10/util/Exception.h>
+#include <cmath>
+#include "prefill.h"
+
+namespace torch_attn {
+namespace {
+
+const char* rank_help(int64_t dim) { return dim == 3 ? "[tokens, heads, head_dim]" : "[batch, tokens, heads, head_dim]"; }
+
+void check_indptr(const char* name, const at::Tensor& indptr, const at::Tensor& q) {
+  TORCH_CHECK_TYPE(indptr.scalar_type() == at::kInt, "attn.prefill: ", name, " must be int32, got ",
+                   indptr.scalar_type());
+  TORCH_CHECK_VALUE(indptr.dim() == 1 && indptr.numel() >= 1, "attn.prefill: ", name,
+                    " must be a 1-D [batch + 1] tensor, got shape ", indptr.sizes());
+  TORCH_CHECK_VALUE(indptr.device() == q.device(), "attn.prefill: ", name, " must be on q's device (", q.device(),
+                    "), got ", indptr.device());
+  TORCH_CHECK_VALUE(indptr.stride(0) == 1, "attn.prefill: ", name, " must be contiguous");
+}
+
+}  // namespace
+
+PrefillShape check_prefill_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                const c10::optional<at::Tensor>& qo_indptr, const c10::optional<at::Tensor>& kv_indptr,
+                                c10::optional<double> sm_scale, int64_t window_left, double logits_soft_cap) {
+  TORCH_CHECK_VALUE(q.dim() == 3 || q.dim() == 4,
+                    "attn.prefill: q must be 3-D [tokens, heads, head_dim] or 4-D [batch, tokens, heads, head_dim], "
+                    "got ", q.dim(), "-D");
+  TORCH_CHECK_VALUE(k.dim() == q.dim(), "attn.prefill: k must be ", q.dim(), "-D ", rank_help(q.dim()),
+                    " like q, got ", k.dim(), "-D");
+  TORCH_CHECK_VALUE(v.dim() == q.dim(), "attn.prefill: v must be ", q.dim(), "-D ", rank_help(q.dim()),
+                    " like q, got ", v.dim(), "-D");
+  const auto dtype = q.scalar_type();
+  TORCH_CHECK_TYPE(dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kFloat,
+                   "attn.prefill: q must be float16, bfloat16 or float32, got ", dtype);
+  TORCH_CHECK_TYPE(k.scalar_type() == dtype, "attn.prefill: k must have q's dtype (", dtype, "), got ",
+                   k.scalar_type());
+  TORCH_CHECK_TYPE(v.scalar_type() == dtype, "attn.prefill: v must have q's dtype (", dtype, "), got ",
+                   v.scalar_type());
+  TORCH_CHECK_VALUE(k.device() == q.device(), "attn.prefill: k must be on q's device (", q.device(), "), got ",
+                    k.device());
+  TORCH_CHECK_VALUE(v.device() == q.device(), "attn.prefill: v must be on q's device (", q.device(), "), got ",
+                    v.device());
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"q", q}, {"k", k}, {"v", v}}) {
+    TORCH_CHECK_VALUE(t.stride(-1) == 1, "attn.prefill: ", name,
+                      " must have a contiguous last dimension (stride 1), got stride ", t.stride(-1));
+  }
+
+  const int64_t head_dim = q.size(-1);
+  TORCH_CHECK_VALUE(head_dim % 8 == 0 && head_dim >= 8 && head_dim <= 256,
+                    "attn.prefill: head_dim (q.size(-1)) must be a multiple of 8 from 8 to 256, got ", head_dim);
+  TORCH_CHECK_VALUE(k.size(-1) == head_dim, "attn.prefill: k's head_dim must equal q's (", head_dim, "), got ",
+                    k.size(-1));
+  TORCH_CHECK_VALUE(v.size(-1) == head_dim, "attn.prefill: v's head_dim must equal q's (", head_dim, "), got ",
+                    v.size(-1));
+  const int64_t num_qo_heads = q.size(-2), num_kv_heads = k.size(-2);
+  TORCH_CHECK_VALUE(num_qo_heads >= 1 && num_kv_heads >= 1,
+                    "attn.prefill: q and k need at least one head, got q heads ", num_qo_heads, ", k heads ",
+                    num_kv_heads);
+  TORCH_CHECK_VALUE(v.size(-2) == num_kv_heads, "attn.prefill: v must have k's number of heads (", num_kv_heads,
+                    "), got ", v.size(-2));
+  TORCH_CHECK_VALUE(num_qo_heads % num_kv_heads == 0, "attn.prefill: q's heads (", num_qo_heads,
+                    ") must be a multiple of k's heads (", num_kv_heads, ") for GQA/MQA");
+  TORCH_CHECK_VALUE(v.size(-3) == k.size(-3), "attn.prefill: v must have k's number of tokens (", k.size(-3),
+                    "), got ", v.size(-3));
+
+  TORCH_CHECK_VALUE(window_left >= -1, "attn.prefill: window_left must be -1 (no window) or >= 0, got ",
+                    window_left);
+  TORCH_CHECK_VALUE(std::isfinite(logits_soft_cap) && logits_soft_cap >= 0.0,
+                    "attn.prefill: logits_soft_cap must be >= 0 (0 disables it), got ", logits_soft_cap);
+  const double scale = sm_scale.has_value() ? *sm_scale : 1.0 / std::sqrt(static_cast<double>(head_dim));
+  TORCH_CHECK_VALUE(std::isfinite(scale) && scale > 0.0, "attn.prefill: sm_scale must be a positive finite number, got ",
+                    scale);
+
+  PrefillShape shape{};
+  shape.num_qo_heads = num_qo_heads;
+  shape.num_kv_heads = num_kv_heads;
+  shape.head_dim = head_dim;
+  shape.sm_scale = scale;
+  TORCH_CHECK_VALUE(qo_indptr.has_value() == kv_indptr.has_value(),
+                    "attn.prefill: qo_indptr and kv_indptr must be given together (a ragged batch) or both be None");
+  shape.ragged = qo_indptr.has_value();
+  if (shape.ragged) {
+    TORCH_CHECK_VALUE(q.dim() == 3, "attn.prefill: with qo_indptr/kv_indptr (a ragged batch), q, k and v must be 3-D "
+                      "[total_tokens, heads, head_dim], got ", q.dim(), "-D q");
+    check_indptr("qo_indptr", *qo_indptr, q);
+    check_indptr("kv_indptr", *kv_indptr, q);
+    TORCH_CHECK_VALUE(kv_indptr->numel() == qo_indptr->numel(), "attn.prefill: kv_indptr must have qo_indptr's length (",
+                      qo_indptr->numel(), " = batch + 1), got ", kv_indptr->numel());
+    shape.num_seqs = qo_indptr->numel() - 1;
+    shape.qo_len = q.size(0);
+    shape.kv_len = k.size(0);
+  } else if (q.dim() == 4) {
+    TORCH_CHECK_VALUE(k.size(0) == q.size(0) && v.size(0) == q.size(0), "attn.prefill: k and v must have q's batch size (",
+                      q.size(0), "), got ", k.size(0), " and ", v.size(0));
+    shape.num_seqs = q.size(0);
+    shape.qo_len = q.size(1);
+    shape.kv_len = k.size(1);
+  } else {
+    shape.num_seqs = 1;
+    shape.qo_len = q.size(0);
+    shape.kv_len = k.size(0);
+  }
+  TORCH_CHECK_VALUE(shape.qo_len < (int64_t{1} << 31) && shape.kv_len < (int64_t{1} << 31),
+                    "attn.prefill: at most 2^31 - 1 tokens in q and in k/v");
+  return shape;
+}
+
+PrefillResult allocate_prefill_outputs(const at::Tensor& q) {
+  auto lse_shape = q.sizes().vec();
+  lse_shape.pop_back();
+  return {at::empty(q.sizes(), q.options()), at::empty(lse_shape, q.options().dtype(at::kFloat))};
+}
+
+}  // namespace torch_attn

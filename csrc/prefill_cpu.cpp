@@ -1,0 +1,109 @@
+// CPU implementation of attn::prefill: the same semantics as the CUDA kernel,
+// computed in float32 with ATen matrix products, a block of query rows at a time
+// so memory stays bounded on long sequences.
+#include <ATen/ATen.h>
+#include <limits>
+#include "prefill.h"
+
+namespace torch_attn {
+namespace {
+
+constexpr int64_t kQueryBlock = 256;  // query rows per block: 256 x kv_len scores per head
+
+struct CpuMask {
+  bool causal;
+  int64_t window_left;
+  double soft_cap;
+  double sm_scale;
+};
+
+/// One sequence: q [qo_len, Hq, D], k/v [kv_len, Hkv, D] -> out [qo_len, Hq, D], lse [qo_len, Hq].
+void attend_sequence(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor out, at::Tensor lse,
+                     const CpuMask& mask) {
+  const int64_t qo_len = q.size(0), kv_len = k.size(0);
+  const int64_t num_qo_heads = q.size(1), num_kv_heads = k.size(1), head_dim = q.size(2);
+  const int64_t group = num_qo_heads / num_kv_heads;
+  if (qo_len == 0) return;
+  if (kv_len == 0) {  // nothing to see: out = 0, lse = -inf
+    out.zero_();
+    lse.fill_(-std::numeric_limits<float>::infinity());
+    return;
+  }
+  const auto f32 = at::kFloat;
+  // Query heads of one KV head stacked along rows: [Hkv, group, rows, D], no copy of K/V per group.
+  const at::Tensor kf = k.to(f32).permute({1, 2, 0});  // [Hkv, D, kv_len]
+  const at::Tensor vf = v.to(f32).permute({1, 0, 2});  // [Hkv, kv_len, D]
+  const at::Tensor keys = at::arange(kv_len, at::TensorOptions().dtype(at::kLong));
+  const int64_t diag = kv_len - qo_len;  // bottom-right alignment
+
+  for (int64_t row0 = 0; row0 < qo_len; row0 += kQueryBlock) {
+    const int64_t rows = std::min(kQueryBlock, qo_len - row0);
+    const at::Tensor qb = q.narrow(0, row0, rows).to(f32).view({rows, num_kv_heads, group, head_dim})
+                              .permute({1, 2, 0, 3}).reshape({num_kv_heads, group * rows, head_dim});
+    at::Tensor logits = at::bmm(qb, kf).view({num_kv_heads, group, rows, kv_len});
+    if (mask.soft_cap > 0) {
+      logits = at::tanh(logits * (mask.sm_scale / mask.soft_cap)) * mask.soft_cap;
+    } else {
+      logits = logits * mask.sm_scale;
+    }
+    // Query i sees key j iff j <= i + diag (causal) and j >= i + diag - window_left (window).
+    const at::Tensor last = at::arange(row0, row0 + rows, keys.options()).unsqueeze(1) + diag;  // [rows, 1]
+    at::Tensor visible = at::ones({rows, kv_len}, keys.options().dtype(at::kBool));
+    if (mask.causal) visible = visible & (keys.unsqueeze(0) <= last);
+    if (mask.window_left >= 0) visible = visible & (keys.unsqueeze(0) >= last - mask.window_left);
+    logits = at::where(visible, logits, -std::numeric_limits<float>::infinity());  // select, never add
+
+    const at::Tensor row_max = std::get<0>(logits.max(-1, /*keepdim=*/true));
+    // -inf guard: a row that sees no key would compute exp(-inf - -inf) = NaN.
+    const at::Tensor safe_max = at::where(at::isinf(row_max), at::zeros_like(row_max), row_max);
+    const at::Tensor weights = at::exp(logits - safe_max);
+    const at::Tensor row_sum = weights.sum(-1, /*keepdim=*/true);
+    at::Tensor ob = at::bmm(weights.view({num_kv_heads, group * rows, kv_len}), vf)
+                        .view({num_kv_heads, group, rows, head_dim});
+    const at::Tensor saw_keys = row_sum > 0;
+    ob = at::where(saw_keys, ob / at::where(saw_keys, row_sum, at::ones_like(row_sum)), at::zeros_like(ob));
+    const at::Tensor lb = at::where(saw_keys, safe_max + at::log(row_sum),
+                                    at::full_like(row_sum, -std::numeric_limits<float>::infinity()));
+    // [Hkv, group, rows, *] -> [rows, Hq, *]
+    out.narrow(0, row0, rows).copy_(ob.permute({2, 0, 1, 3}).reshape({rows, num_qo_heads, head_dim}));
+    lse.narrow(0, row0, rows).copy_(lb.squeeze(-1).permute({2, 0, 1}).reshape({rows, num_qo_heads}));
+  }
+}
+
+/// Host-side check of ragged indptr values (possible on CPU, where reading them costs no sync).
+void check_indptr_values(const char* name, const at::Tensor& indptr, int64_t rows) {
+  const int32_t* ptr = indptr.data_ptr<int32_t>();
+  for (int64_t b = 0; b + 1 < indptr.numel(); ++b) {
+    TORCH_CHECK_VALUE(ptr[b] >= 0 && ptr[b] <= ptr[b + 1] && ptr[b + 1] <= rows, "attn.prefill: ", name,
+                      " must be non-decreasing within [0, ", rows, "], got ", name, "[", b, ":", b + 2, "] = [",
+                      ptr[b], ", ", ptr[b + 1], "]");
+  }
+}
+
+}  // namespace
+
+PrefillResult prefill_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                          const c10::optional<at::Tensor>& qo_indptr, const c10::optional<at::Tensor>& kv_indptr,
+                          bool causal, c10::optional<double> sm_scale, int64_t window_left, double logits_soft_cap) {
+  const PrefillShape shape = check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, logits_soft_cap);
+  auto [out, lse] = allocate_prefill_outputs(q);
+  const CpuMask mask{causal, window_left, logits_soft_cap, shape.sm_scale};
+  if (shape.ragged) {
+    check_indptr_values("qo_indptr", *qo_indptr, shape.qo_len);
+    check_indptr_values("kv_indptr", *kv_indptr, shape.kv_len);
+    const int32_t* qo = qo_indptr->data_ptr<int32_t>();
+    const int32_t* kv = kv_indptr->data_ptr<int32_t>();
+    for (int64_t b = 0; b < shape.num_seqs; ++b) {
+      const int64_t q0 = qo[b], q_len = qo[b + 1] - qo[b], k0 = kv[b], k_len = kv[b + 1] - kv[b];
+      attend_sequence(q.narrow(0, q0, q_len), k.narrow(0, k0, k_len), v.narrow(0, k0, k_len), out.narrow(0, q0, q_len),
+                      lse.narrow(0, q0, q_len), mask);
+    }
+  } else if (q.dim() == 4) {
+    for (int64_t b = 0; b < shape.num_seqs; ++b) attend_sequence(q[b], k[b], v[b], out[b], lse[b], mask);
+  } else {
+    attend_sequence(q, k, v, out, lse, mask);
+  }
+  return {out, lse};
+}
+
+}  // namespace torch_attn

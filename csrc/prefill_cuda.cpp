@@ -1,0 +1,126 @@
+// CUDA host glue of attn::prefill: checks, kernel parameters, dispatch by
+// (dtype, head-dim tile), launch on the current stream. Never synchronises and
+// never reads device data, so the op can be captured in a CUDA graph.
+#include <ATen/core/Tensor.h>
+#include <c10/cuda/CUDAException.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <climits>
+#include <cmath>
+#include "kernels/prefill_launch.h"
+#include "prefill.h"
+
+namespace torch_attn {
+namespace {
+
+using LaunchFn = cudaError_t (*)(const PrefillParams&, cudaStream_t);
+
+struct Launcher {
+  ScalarKind kind;
+  int head_dim_tile;
+  LaunchFn launch;
+};
+
+#define TORCH_ATTN_LAUNCHERS(W) {ScalarKind::kBFloat16, W, &launch_prefill<ScalarKind::kBFloat16, W>}, \
+                                {ScalarKind::kFloat16, W, &launch_prefill<ScalarKind::kFloat16, W>},
+constexpr Launcher kLaunchers[] = {TORCH_ATTN_FOR_EACH_HEAD_DIM_TILE(TORCH_ATTN_LAUNCHERS)};
+#undef TORCH_ATTN_LAUNCHERS
+
+/// The narrowest compiled tile width that holds head_dim (the table is sorted).
+const Launcher& pick_launcher(ScalarKind kind, int64_t head_dim) {
+  const Launcher* found = nullptr;
+  for (const Launcher& l : kLaunchers) {
+    if (l.kind == kind && l.head_dim_tile >= head_dim) {
+      found = &l;
+      break;
+    }
+  }
+  TORCH_CHECK_VALUE(found != nullptr, "attn.prefill: no CUDA kernel for head_dim ", head_dim);
+  return *found;
+}
+
+/// The kernel reads rows with 16-byte cp.async: every row must start 16-byte aligned.
+void check_cuda_layout(const char* name, const at::Tensor& t) {
+  bool aligned = reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
+  for (int64_t d = 0; d + 1 < t.dim(); ++d) aligned = aligned && (t.size(d) <= 1 || t.stride(d) % 8 == 0);
+  TORCH_CHECK_VALUE(aligned, "attn.prefill: on CUDA, ", name, " must start 16-byte aligned and have strides that are "
+                    "multiples of 8 elements (every row 16-byte aligned), got strides ", t.strides());
+}
+
+TokenHeadStrides strides_of(const at::Tensor& t, bool batched) {
+  // Batched: [B, S, H, D]; otherwise [S, H, D] (one sequence, or a ragged batch).
+  return batched ? TokenHeadStrides{t.stride(0), t.stride(1), t.stride(2)} : TokenHeadStrides{0, t.stride(0), t.stride(1)};
+}
+
+TokenHeadStrides lse_strides_of(const at::Tensor& lse, bool batched) {
+  return batched ? TokenHeadStrides{lse.stride(0), lse.stride(1), lse.stride(2)}
+                 : TokenHeadStrides{0, lse.stride(0), lse.stride(1)};
+}
+
+}  // namespace
+
+PrefillResult prefill_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                           const c10::optional<at::Tensor>& qo_indptr, const c10::optional<at::Tensor>& kv_indptr,
+                           bool causal, c10::optional<double> sm_scale, int64_t window_left, double logits_soft_cap) {
+  const PrefillShape shape = check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, logits_soft_cap);
+  TORCH_CHECK_TYPE(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16,
+                   "attn.prefill: on CUDA, q, k and v must be float16 or bfloat16 (float32 runs on CPU only), got ",
+                   q.scalar_type());
+  check_cuda_layout("q", q);
+  check_cuda_layout("k", k);
+  check_cuda_layout("v", v);
+
+  const c10::cuda::CUDAGuard device_guard(q.device());
+  auto [out, lse] = allocate_prefill_outputs(q);
+  if (out.numel() == 0 || shape.num_seqs == 0) return {out, lse};
+
+  const Launcher& launcher =
+      pick_launcher(q.scalar_type() == at::kBFloat16 ? ScalarKind::kBFloat16 : ScalarKind::kFloat16, shape.head_dim);
+  const int64_t block_m = prefill_block_m(launcher.head_dim_tile);
+  const size_t smem = prefill_smem_bytes(launcher.head_dim_tile);
+  int device_smem_limit = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&device_smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, q.get_device()));
+  TORCH_CHECK(smem <= static_cast<size_t>(device_smem_limit), "attn.prefill: head_dim ", shape.head_dim, " needs ",
+              smem, " bytes of shared memory per block; this GPU allows ", device_smem_limit);
+
+  const bool batched = q.dim() == 4;
+  PrefillParams p{};
+  p.q = q.data_ptr();
+  p.k = k.data_ptr();
+  p.v = v.data_ptr();
+  p.out = out.data_ptr();
+  p.lse = lse.data_ptr<float>();
+  p.q_strides = strides_of(q, batched);
+  p.k_strides = strides_of(k, batched);
+  p.v_strides = strides_of(v, batched);
+  p.out_strides = strides_of(out, batched);
+  p.lse_strides = lse_strides_of(lse, batched);
+  p.qo_indptr = shape.ragged ? qo_indptr->data_ptr<int32_t>() : nullptr;
+  p.kv_indptr = shape.ragged ? kv_indptr->data_ptr<int32_t>() : nullptr;
+  p.num_seqs = static_cast<int32_t>(shape.num_seqs);
+  p.qo_len = static_cast<int32_t>(shape.qo_len);
+  p.kv_len = static_cast<int32_t>(shape.kv_len);
+  p.num_qo_heads = static_cast<int32_t>(shape.num_qo_heads);
+  p.group_size = static_cast<int32_t>(shape.num_qo_heads / shape.num_kv_heads);
+  p.head_dim = static_cast<int32_t>(shape.head_dim);
+  p.causal = causal;
+  // Past qo_len + kv_len a window hides nothing; clamping keeps the kernel's int math small.
+  p.window_left = static_cast<int32_t>(std::min<int64_t>(window_left, int64_t{1} << 30));
+  const double log2e = 1.4426950408889634;
+  p.soft_cap = static_cast<float>(logits_soft_cap);
+  p.pre_cap_scale = logits_soft_cap > 0 ? static_cast<float>(shape.sm_scale / logits_soft_cap) : 0.f;
+  p.logit_to_log2 = static_cast<float>(logits_soft_cap > 0 ? log2e : shape.sm_scale * log2e);
+
+  // Dense: exactly B * ceil(S / BM) tiles. Ragged: sum_b ceil(len_b / BM) <= total / BM + B,
+  // a bound from shapes alone (no read of the device indptr).
+  const int64_t slots = shape.ragged ? shape.qo_len / block_m + shape.num_seqs
+                                     : shape.num_seqs * ((shape.qo_len + block_m - 1) / block_m);
+  TORCH_CHECK_VALUE(slots * shape.num_qo_heads <= INT32_MAX, "attn.prefill: too many query tiles x heads (",
+                    slots * shape.num_qo_heads, ") for one launch");
+  p.num_q_tile_slots = static_cast<int32_t>(slots);
+
+  C10_CUDA_CHECK(launcher.launch(p, c10::cuda::getCurrentCUDAStream(q.get_device()).stream()));
+  return {out, lse};
+}
+
+}  // namespace torch_attn

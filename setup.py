@@ -1,0 +1,55 @@
+"""Packaging. By default torch_attn installs as pure Python and compiles its ops on
+first import (JIT, cached). With TORCH_ATTN_AOT=1 the library is built now, from
+the same spec (csrc/build_spec.json):
+
+    TORCH_ATTN_AOT=1 pip install --no-build-isolation .
+"""
+import importlib.util
+import os
+import shutil
+from pathlib import Path
+
+from setuptools import setup
+from setuptools.command.build_py import build_py
+
+ROOT = Path(__file__).resolve().parent
+
+
+class BuildPyWithSources(build_py):
+    """Ships csrc/ inside the package (torch_attn/_src/csrc) so a wheel can JIT-build."""
+
+    def run(self):
+        super().run()
+        target = Path(self.build_lib) / "torch_attn" / "_src" / "csrc"
+        shutil.rmtree(target, ignore_errors=True)
+        shutil.copytree(ROOT / "csrc", target)
+
+
+def aot_extension():
+    # Load the spec module by path: importing the torch_attn package would load the library.
+    spec_path = ROOT / "torch_attn" / "_build_spec.py"
+    module_spec = importlib.util.spec_from_file_location("_torch_attn_build_spec", spec_path)
+    build_spec = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(build_spec)
+    from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
+
+    spec = build_spec.load_spec()
+    config = build_spec.resolve_build_config()
+    if config.cuda_home:
+        os.environ["CUDA_HOME"] = config.cuda_home
+    kind = CUDAExtension if config.with_cuda else CppExtension
+    sources = [os.path.relpath(s, ROOT) for s in build_spec.sources(spec, config)]
+    args = {"cxx": build_spec.cxx_flags(spec, config)}
+    if config.with_cuda:
+        args["nvcc"] = build_spec.nvcc_flags(spec, config)
+    ext = kind("torch_attn._C", sources, include_dirs=build_spec.include_dirs(spec), extra_compile_args=args)
+    print(f"torch_attn: AOT build for {config.arch_names} ({config.reason})")
+    return [ext], {"build_ext": BuildExtension, "build_py": BuildPyWithSources}
+
+
+if os.environ.get("TORCH_ATTN_AOT") == "1":
+    ext_modules, cmdclass = aot_extension()
+else:
+    ext_modules, cmdclass = [], {"build_py": BuildPyWithSources}
+
+setup(ext_modules=ext_modules, cmdclass=cmdclass)

@@ -1,0 +1,74 @@
+"""Shared test helpers: the accuracy rule, poisoning, input factories."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import torch_attn  # noqa: F401  (loads the ops)
+from torch_attn.reference import prefill_reference
+
+HAS_GPU = torch.cuda.is_available()
+
+# FlashAttention's rule: max |ours - ref64| <= 2 * max |pytorch_lowp - ref64| + EPS, where
+# pytorch_lowp is the same computation in PyTorch at the input dtype; EPS covers
+# shapes where that baseline happens to be exact (one key: out is a V row).
+EPS = {torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.float32: 1e-4}
+LSE_TOL = 2e-3  # absolute, in natural-log units, on finite LSE values
+
+
+def pytest_collection_modifyitems(config, items):
+    skip = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "gpu" in item.keywords and not HAS_GPU:
+            item.add_marker(skip)
+
+
+def make_qkv(qo_len, kv_len, num_qo_heads, num_kv_heads, head_dim, dtype, device, batch=None, generator=None):
+    """Fresh random q, k, v ([batch,] tokens, heads, head_dim)."""
+    lead = () if batch is None else (batch,)
+    def rand(tokens, heads):
+        return torch.randn(*lead, tokens, heads, head_dim, generator=generator).to(device=device, dtype=dtype)
+    return rand(qo_len, num_qo_heads), rand(kv_len, num_kv_heads), rand(kv_len, num_kv_heads)
+
+
+def check_against_reference(out, lse, q, k, v, **kwargs):
+    """Asserts out/lse match the float64 reference within FlashAttention's rule."""
+    assert out.shape == q.shape and out.dtype == q.dtype
+    assert lse.shape == q.shape[:-1] and lse.dtype == torch.float32
+    ref_out, ref_lse = prefill_reference(q, k, v, **kwargs)
+    assert torch.isfinite(out).all(), "non-finite output"
+    err = (out.double() - ref_out).abs().max().item() if out.numel() else 0.0
+    allowed = EPS[q.dtype]
+    if q.dtype != torch.float32 and out.numel():
+        base_out, _ = prefill_reference(q, k, v, compute_dtype=q.dtype, **kwargs)
+        allowed += 2 * (base_out.double() - ref_out).abs().max().item()
+    assert err <= allowed, f"max |out - ref| = {err:.3e} > allowed {allowed:.3e}"
+    # LSE: -inf exactly where the reference row sees no key, close elsewhere.
+    assert torch.equal(torch.isneginf(lse), torch.isneginf(ref_lse)), "LSE -inf pattern differs"
+    assert not torch.isnan(lse).any()
+    finite = torch.isfinite(ref_lse)
+    if finite.any():
+        lse_err = (lse.double()[finite] - ref_lse[finite]).abs().max().item()
+        assert lse_err <= LSE_TOL, f"max |lse - ref| = {lse_err:.3e}"
+    # Rows that see nothing are exactly 0.
+    empty = torch.isneginf(ref_lse)
+    if empty.any():
+        assert (out[empty] == 0).all()
+
+
+def poison_cuda_allocator(*shapes_dtypes):
+    """Fills the blocks the op's outputs will most likely get with NaN, so that an
+    element the kernel forgets to write shows up as NaN instead of stale zeros."""
+    blocks = [torch.full(shape, math.nan, dtype=dtype, device="cuda") for shape, dtype in shapes_dtypes]
+    del blocks
+
+
+def ragged_batch(qo_lens, kv_lens, num_qo_heads, num_kv_heads, head_dim, dtype, device, generator=None):
+    """Packed q/k/v and int32 indptrs for sequences of the given lengths."""
+    def indptr(lens):
+        return torch.tensor([0] + list(torch.tensor(lens).cumsum(0).tolist()), dtype=torch.int32, device=device)
+    q, k, v = make_qkv(sum(qo_lens), sum(kv_lens), num_qo_heads, num_kv_heads, head_dim, dtype, device,
+                       generator=generator)
+    return q, k, v, indptr(qo_lens), indptr(kv_lens)

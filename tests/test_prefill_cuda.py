@@ -1,0 +1,190 @@
+"""The CUDA kernel against the float64 reference: odd shapes, masks, GQA, poisoned memory."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+import torch_attn
+from conftest import check_against_reference, make_qkv, poison_cuda_allocator, ragged_batch
+
+pytestmark = pytest.mark.gpu
+
+LENGTHS = [(1, 1), (1, 333), (239, 1), (77, 77), (113, 203), (128, 217), (1000, 1000), (1023, 1024), (4097, 4097)]
+HEAD_DIMS = [64, 80, 96, 128, 192, 256]
+GROUPS = [1, 4, 8]
+MASKS = [
+    dict(causal=False),
+    dict(causal=True),
+    dict(causal=True, window_left=100),
+    dict(causal=False, logits_soft_cap=30.0),
+    dict(causal=True, window_left=37, logits_soft_cap=20.0, sm_scale=0.3),
+]
+
+
+def full_kwargs(mask):
+    return dict(causal=mask.get("causal", False), sm_scale=mask.get("sm_scale"), window_left=mask.get("window_left", -1),
+                logits_soft_cap=mask.get("logits_soft_cap", 0.0))
+
+
+def run_prefill(q, k, v, **kwargs):
+    """Calls the op with its outputs' future memory poisoned, returns (out, lse)."""
+    poison_cuda_allocator((q.shape, q.dtype), (q.shape[:-1], torch.float32))
+    return torch_attn.prefill(q, k, v, return_lse=True, **kwargs)
+
+
+CASES = [(lengths, head_dim, dtype, i) for i, (lengths, head_dim, dtype) in enumerate(
+    (l, d, t) for l in LENGTHS for d in HEAD_DIMS for t in (torch.bfloat16, torch.float16))]
+
+
+@pytest.mark.parametrize("lengths,head_dim,dtype,index", CASES,
+                         ids=[f"{l[0]}x{l[1]}-d{d}-{str(t)[6:]}" for l, d, t, _ in CASES])
+def test_matches_reference(lengths, head_dim, dtype, index):
+    # GQA ratio and mask rotate over the grid so that every pair meets every length.
+    group, mask = GROUPS[index % 3], MASKS[(index // 2) % len(MASKS)]
+    num_kv_heads = 2
+    q, k, v = make_qkv(*lengths, num_kv_heads * group, num_kv_heads, head_dim, dtype, "cuda")
+    kwargs = full_kwargs(mask)
+    out, lse = run_prefill(q, k, v, **kwargs)
+    check_against_reference(out, lse, q, k, v, **kwargs)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_ragged_batch_with_empty_sequences(causal, head_dim):
+    qo_lens = [100, 0, 1, 517, 64, 0, 129, 3000]
+    kv_lens = [100, 7, 0, 900, 64, 0, 129, 3000]  # prefixes (kv > q), empty keys, empty queries
+    q, k, v, qo_indptr, kv_indptr = ragged_batch(qo_lens, kv_lens, 16, 4, head_dim, torch.bfloat16, "cuda")
+    kwargs = dict(causal=causal, qo_indptr=qo_indptr, kv_indptr=kv_indptr)
+    out, lse = run_prefill(q, k, v, **kwargs)
+    check_against_reference(out, lse, q, k, v, **kwargs)
+
+
+@pytest.mark.parametrize("mask", [dict(causal=True), dict(causal=True, window_left=0), dict(causal=False, window_left=5)])
+def test_rows_that_see_no_key_are_zero(mask):
+    # qo_len > kv_len with a bottom-right causal mask: the first rows see no key.
+    q, k, v = make_qkv(300, 70, 4, 2, 128, torch.bfloat16, "cuda")
+    kwargs = full_kwargs(mask)
+    out, lse = run_prefill(q, k, v, **kwargs)
+    check_against_reference(out, lse, q, k, v, **kwargs)
+    assert torch.isneginf(lse).any() or not mask.get("causal")
+
+
+@pytest.mark.parametrize("poison", [math.nan, math.inf, -math.inf])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("head_dim", [80, 128])
+def test_poisoned_tails_dense(poison, causal, head_dim):
+    """K and V are views into buffers whose rows past kv_len, and whose head-dim
+    columns past D, hold poison; q's padding columns too. Nothing of it may reach out."""
+    batch, qo_len, kv_len, width = 3, 77, 131, 128 if head_dim < 128 else 136
+    def poisoned(tokens, heads, extra_rows):
+        buf = torch.full((batch, tokens + extra_rows, heads, width), poison, dtype=torch.bfloat16, device="cuda")
+        buf[:, :tokens, :, :head_dim] = torch.randn(batch, tokens, heads, head_dim, device="cuda").bfloat16()
+        return buf[:, :tokens, :, :head_dim]
+    q, k, v = poisoned(qo_len, 8, 0), poisoned(kv_len, 2, 61), poisoned(kv_len, 2, 61)
+    assert k.stride(0) == (kv_len + 61) * 2 * width  # poisoned rows sit right after each sequence
+    out, lse = run_prefill(q, k, v, causal=causal)
+    check_against_reference(out, lse, q, k, v, causal=causal, sm_scale=None, window_left=-1, logits_soft_cap=0.0)
+
+
+@pytest.mark.parametrize("poison", [math.nan, math.inf, -math.inf])
+def test_poisoned_tail_ragged(poison):
+    """The last sequence's last K/V tile runs past the tensor into poisoned memory."""
+    qo_lens, kv_lens = [33, 200, 77], [90, 200, 131]
+    q, k, v, qo_indptr, kv_indptr = ragged_batch(qo_lens, kv_lens, 8, 8, 128, torch.float16, "cuda")
+    total = k.shape[0]
+    def with_poison_after(t):
+        buf = torch.full((total + 64, *t.shape[1:]), poison, dtype=t.dtype, device="cuda")
+        buf[:total] = t
+        return buf[:total]
+    kp, vp = with_poison_after(k), with_poison_after(v)
+    kwargs = dict(causal=True, qo_indptr=qo_indptr, kv_indptr=kv_indptr)
+    out, lse = run_prefill(q, kp, vp, **kwargs)
+    check_against_reference(out, lse, q, k, v, **kwargs)
+
+
+def test_fused_qkv_views():
+    """q, k, v sliced from one fused projection output: only the last dim is contiguous."""
+    tokens, heads, head_dim = 300, 8, 128
+    qkv = torch.randn(tokens, 3, heads, head_dim, device="cuda", dtype=torch.bfloat16)
+    q, k, v = qkv[:, 0], qkv[:, 1], qkv[:, 2]
+    out, lse = run_prefill(q, k, v, causal=True)
+    check_against_reference(out, lse, q, k, v, causal=True, sm_scale=None, window_left=-1, logits_soft_cap=0.0)
+
+
+def test_dense_batch_4d():
+    q, k, v = make_qkv(200, 333, 8, 2, 64, torch.bfloat16, "cuda", batch=3)
+    out, lse = run_prefill(q, k, v, causal=True, window_left=64)
+    check_against_reference(out, lse, q, k, v, causal=True, sm_scale=None, window_left=64, logits_soft_cap=0.0)
+
+
+def test_bitwise_deterministic():
+    q, k, v, qo_indptr, kv_indptr = ragged_batch([1000, 17, 2048], [1500, 17, 2048], 32, 8, 128, torch.bfloat16, "cuda")
+    kwargs = dict(causal=True, qo_indptr=qo_indptr, kv_indptr=kv_indptr, return_lse=True)
+    first_out, first_lse = torch_attn.prefill(q, k, v, **kwargs)
+    for _ in range(3):
+        out, lse = torch_attn.prefill(q, k, v, **kwargs)
+        assert torch.equal(out, first_out) and torch.equal(lse, first_lse)
+
+
+def test_runs_on_current_stream():
+    q, k, v = make_qkv(4096, 4096, 16, 16, 128, torch.bfloat16, "cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        out = torch_attn.prefill(q, k, v, causal=True)
+        expected = torch.nn.functional.scaled_dot_product_attention(
+            q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), is_causal=True).transpose(0, 1)
+    torch.cuda.current_stream().wait_stream(side)
+    assert (out.float() - expected.float()).abs().max().item() < 2e-2
+
+
+@pytest.mark.parametrize("ragged", [False, True])
+def test_cuda_graph_capture_and_replay(ragged):
+    """Captured once, replayed on new data written in place: no host sync, no host read of indptr."""
+    if ragged:
+        q, k, v, qo_indptr, kv_indptr = ragged_batch([100, 300, 57], [100, 400, 57], 8, 2, 128, torch.bfloat16, "cuda")
+        kwargs = dict(causal=True, qo_indptr=qo_indptr, kv_indptr=kv_indptr)
+    else:
+        q, k, v = make_qkv(333, 333, 8, 2, 128, torch.bfloat16, "cuda", batch=2)
+        kwargs = dict(causal=True)
+    torch_attn.prefill(q, k, v, **kwargs)  # warm-up outside capture
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        out, lse = torch_attn.prefill(q, k, v, return_lse=True, **kwargs)
+    for _ in range(2):
+        q.copy_(torch.randn_like(q)), k.copy_(torch.randn_like(k)), v.copy_(torch.randn_like(v))
+        if ragged:  # new lengths, same totals: the graph must follow the device indptr
+            qo_indptr.copy_(torch.tensor([0, 250, 390, 457], dtype=torch.int32))
+            kv_indptr.copy_(torch.tensor([0, 10, 500, 557], dtype=torch.int32))
+        graph.replay()
+        torch.cuda.synchronize()
+        check_against_reference(out, lse, q, k, v, sm_scale=None, window_left=-1, logits_soft_cap=0.0, **kwargs)
+
+
+def test_kv_cache_over_2_31_elements():
+    """64-bit offsets: 2M tokens x 8 heads x 128 = 2^31 elements per K and V; the last
+    sequence lives past element 2^31."""
+    total_kv, heads, head_dim = 2 * 1024 * 1024 + 1024, 8, 128
+    k = torch.empty(total_kv, heads, head_dim, dtype=torch.bfloat16, device="cuda").normal_()
+    v = torch.empty_like(k).normal_()
+    qo_lens, kv_lens = [64, 200], [total_kv - 200, 200]
+    q = torch.randn(sum(qo_lens), 32, head_dim, dtype=torch.bfloat16, device="cuda")
+    qo_indptr = torch.tensor([0, 64, 264], dtype=torch.int32, device="cuda")
+    kv_indptr = torch.tensor([0, kv_lens[0], total_kv], dtype=torch.int32, device="cuda")
+    out, lse = run_prefill(q, k, v, causal=True, qo_indptr=qo_indptr, kv_indptr=kv_indptr)
+    tail_q, tail_k, tail_v = q[64:], k[kv_lens[0]:], v[kv_lens[0]:]
+    assert tail_k.storage_offset() > 2**31  # this sequence's keys start past element 2^31
+    check_against_reference(out[64:], lse[64:], tail_q, tail_k, tail_v, causal=True, sm_scale=None, window_left=-1,
+                            logits_soft_cap=0.0)
+    assert torch.isfinite(out[:64]).all()
+
+
+def test_empty_inputs():
+    q, k, v = make_qkv(0, 5, 4, 2, 64, torch.bfloat16, "cuda")
+    out, lse = torch_attn.prefill(q, k, v, return_lse=True)
+    assert out.shape == (0, 4, 64) and lse.shape == (0, 4)
+    q, k, v = make_qkv(5, 0, 4, 2, 64, torch.bfloat16, "cuda")
+    out, lse = torch_attn.prefill(q, k, v, causal=True, return_lse=True)
+    assert (out == 0).all() and torch.isneginf(lse).all()

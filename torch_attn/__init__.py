@@ -1,0 +1,14 @@
+"""torch_attn: attention prefill kernels as PyTorch dispatcher ops (torch.ops.attn.*).
+
+Importing the package loads the compiled ops, building them the first time
+(see torch_attn._loader), and registers their fake kernels for torch.compile.
+"""
+from ._loader import load_library as _load_library
+
+LIBRARY = _load_library()
+
+from . import _fake  # noqa: E402,F401  (registers fake kernels)
+from .ops import prefill  # noqa: E402
+
+__version__ = "0.1.0"
+__all__ = ["prefill", "LIBRARY", "__version__"]

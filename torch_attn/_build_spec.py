@@ -1,0 +1,154 @@
+"""What to build and how: one spec (csrc/build_spec.json) for the JIT loader, setup.py and CMake.
+
+Also decides whether this machine gets CUDA kernels, and for which architectures.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+
+def source_root() -> Path:
+    """The folder holding csrc/: the repository in a source checkout, or the copy
+    that setup.py packs next to the Python files in a wheel."""
+    here = Path(__file__).resolve().parent
+    for root in (here.parent, here / "_src"):
+        if (root / "csrc" / "build_spec.json").is_file():
+            return root
+    raise FileNotFoundError(f"torch_attn: csrc/build_spec.json not found next to {here}")
+
+
+def load_spec() -> dict:
+    return json.loads((source_root() / "csrc" / "build_spec.json").read_text())
+
+
+@dataclass(frozen=True)
+class BuildConfig:
+    with_cuda: bool
+    arch_list: tuple[str, ...]  # e.g. ("8.0", "9.0a"); empty for a CPU-only build
+    cuda_home: str | None
+    debug: str  # "" (off), "1" (-lineinfo) or "2" (-G -g)
+    reason: str  # why this build has or lacks CUDA kernels, for the notice and `info`
+
+    @property
+    def arch_names(self) -> str:
+        return ", ".join("sm_" + a.replace(".", "") for a in self.arch_list) or "CPU only"
+
+
+def find_cuda_home() -> str | None:
+    """The CUDA toolkit root. The nvcc on PATH may be a wrapper script, so ask
+    nvcc itself where it lives (`nvcc -v --dryrun` prints TOP=<root>/bin/..)."""
+    for var in ("CUDA_HOME", "CUDA_PATH"):
+        root = os.environ.get(var)
+        if root and (Path(root) / "bin" / "nvcc").exists():
+            return root
+    nvcc = shutil.which("nvcc")
+    if nvcc:
+        try:
+            dry = subprocess.run([nvcc, "-v", "--dryrun", "-c", "-x", "cu", os.devnull], capture_output=True,
+                                 text=True, timeout=60)
+            match = re.search(r"TOP=(\S+)", dry.stdout + dry.stderr)
+            if match:
+                return str(Path(match.group(1)).resolve())
+        except (OSError, subprocess.SubprocessError):
+            pass
+    if Path("/usr/local/cuda/bin/nvcc").exists():
+        return "/usr/local/cuda"
+    return None
+
+
+def parse_arch_list(text: str) -> tuple[str, ...]:
+    """'8.0;9.0a' or '8.0 9.0a' -> ('8.0', '9.0a')."""
+    archs = tuple(a for a in re.split(r"[;,\s]+", text.strip()) if a)
+    for arch in archs:
+        if not re.fullmatch(r"\d+\.\d+a?", arch):
+            raise ValueError(f"TORCH_ATTN_CUDA_ARCH_LIST: expected entries like 8.0 or 9.0a, got {arch!r}")
+    return archs
+
+
+def visible_gpu_archs() -> tuple[str, ...]:
+    """Architectures of the visible GPUs; Hopper (9.0) gets its arch-specific 9.0a."""
+    archs = set()
+    for index in range(torch.cuda.device_count()):
+        major, minor = torch.cuda.get_device_capability(index)
+        archs.add(f"{major}.{minor}" + ("a" if (major, minor) == (9, 0) else ""))
+    return tuple(sorted(archs))
+
+
+def resolve_build_config() -> BuildConfig:
+    debug = os.environ.get("TORCH_ATTN_DEBUG", "").strip()
+    if debug not in ("", "0", "1", "2"):
+        raise ValueError(f"TORCH_ATTN_DEBUG: expected 0, 1 (-lineinfo) or 2 (-G), got {debug!r}")
+    debug = "" if debug == "0" else debug
+
+    def cpu_only(reason: str) -> BuildConfig:
+        return BuildConfig(False, (), None, debug, reason)
+
+    if torch.version.cuda is None:
+        return cpu_only(f"torch {torch.__version__} is a CPU-only build")
+    requested = os.environ.get("TORCH_ATTN_CUDA_ARCH_LIST")
+    if requested is not None:
+        archs = parse_arch_list(requested)
+        if not archs:
+            return cpu_only("TORCH_ATTN_CUDA_ARCH_LIST is empty")
+        reason = "TORCH_ATTN_CUDA_ARCH_LIST"
+    elif torch.cuda.is_available():
+        archs = visible_gpu_archs()
+        reason = "the visible GPU"
+    else:
+        return cpu_only("no GPU is visible and TORCH_ATTN_CUDA_ARCH_LIST is not set")
+    cuda_home = find_cuda_home()
+    if cuda_home is None:
+        return cpu_only("nvcc was not found (put it on PATH or set CUDA_HOME)")
+    return BuildConfig(True, archs, cuda_home, debug, reason)
+
+
+def gencode_flags(arch_list: tuple[str, ...]) -> list[str]:
+    """Real machine code (code=sm_XX) for each arch: a PTX-only build would accept
+    broken inline asm until a driver JIT-compiles it on a user's machine."""
+    flags = []
+    for arch in arch_list:
+        num = arch.replace(".", "")
+        flags.append(f"-gencode=arch=compute_{num},code=sm_{num}")
+    return flags
+
+
+def sources(spec: dict, config: BuildConfig) -> list[str]:
+    root = source_root()
+    names = spec["common_sources"] + (spec["cuda_sources"] if config.with_cuda else spec["cpu_only_sources"])
+    return [str(root / name) for name in names]
+
+
+def include_dirs(spec: dict) -> list[str]:
+    return [str(source_root() / d) for d in spec["include_dirs"]]
+
+
+def cxx_flags(spec: dict, config: BuildConfig) -> list[str]:
+    return list(spec["cxx_flags"]) + (["-g"] if config.debug else [])
+
+
+def nvcc_flags(spec: dict, config: BuildConfig) -> list[str]:
+    return list(spec["nvcc_flags"]) + spec["debug_flags"].get(config.debug, []) + gencode_flags(config.arch_list)
+
+
+def cache_key(spec: dict, config: BuildConfig) -> str:
+    """Changes whenever anything that shapes the binary changes: every file under
+    csrc/, the flags, the torch / CUDA / Python versions and the arch list."""
+    digest = hashlib.sha256()
+    csrc = source_root() / "csrc"
+    for path in sorted(p for p in csrc.rglob("*") if p.is_file()):
+        digest.update(str(path.relative_to(csrc)).encode())
+        digest.update(path.read_bytes())
+    for part in (cxx_flags(spec, config), nvcc_flags(spec, config), config.with_cuda, config.cuda_home,
+                 torch.__version__, torch.version.cuda, sys.version, config.arch_list):
+        digest.update(repr(part).encode())
+    return digest.hexdigest()[:20]
