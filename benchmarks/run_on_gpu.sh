@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One GPU session in one command: build (cold, then cached import), GPU tests,
+# sanitizers, benchmark. Used on the lent H100, where every minute counts.
+#   benchmarks/run_on_gpu.sh [tests] [sanitize] [bench[=FILTER]] [flashinfer=fa2,fa3]
+# Writes logs and tables under ${OUT:-/tmp/torch_attn_out}.
+set -uo pipefail
+out=${OUT:-/tmp/torch_attn_out}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1 TORCH_ATTN_CACHE_DIR=${TORCH_ATTN_CACHE_DIR:-/tmp/torch_attn_cache}
+if ls .whl/*.whl >/dev/null 2>&1; then  # peers carried as wheels (FlashInfer)
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    && export PYTHONPATH=/tmp/site
+fi
+nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv,noheader
+echo "== cold import (JIT build)"; /usr/bin/time -f "cold import: %e s" python3 -c "import torch_attn" 2>&1 | tail -3
+echo "== cached import"; /usr/bin/time -f "cached import: %e s" python3 -c "import torch_attn"
+python3 -m torch_attn info
+fi_backends=""
+for arg in "$@"; do
+  case "$arg" in
+    tests) python3 -m pytest tests -q -m gpu -x -p no:cacheprovider 2>&1 | tee "$out/gpu_tests.log" | tail -25 ;;
+    sanitize)
+      for tool in memcheck racecheck; do
+        compute-sanitizer --tool $tool --error-exitcode 9 python3 tests/sanitize_prefill.py >"$out/$tool.log" 2>&1
+        echo "compute-sanitizer $tool: exit $? ($(grep -c 'ERROR SUMMARY: 0' "$out/$tool.log") clean summaries)"
+        tail -3 "$out/$tool.log"
+      done ;;
+    flashinfer=*) fi_backends=${arg#flashinfer=} ;;
+    bench*) filter=${arg#bench}; filter=${filter#=}
+      python3 benchmarks/bench_prefill.py --only "$filter" --flashinfer "$fi_backends" \
+        --markdown "$out/bench.md" --json "$out/bench.json" 2>&1 | tee "$out/bench.log" | tail -60 ;;
+  esac
+done
