@@ -11,6 +11,7 @@ if ls .whl/*.whl >/dev/null 2>&1; then  # peers carried as wheels (FlashInfer)
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site
 fi
+export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}  # scripts under tests/ and benchmarks/ import torch_attn
 nvidia-smi --query-gpu=name,clocks.sm,clocks.max.sm,temperature.gpu,power.draw --format=csv,noheader
 echo "== cold import (JIT build)"; /usr/bin/time -f "cold import: %e s" python3 -c "import torch_attn" 2>&1 | tail -3
 echo "== cached import"; /usr/bin/time -f "cached import: %e s" python3 -c "import torch_attn"

@@ -11,28 +11,34 @@ namespace torch_attn {
 template <ScalarKind kKind>
 using DTypeOf = std::conditional_t<kKind == ScalarKind::kBFloat16, __nv_bfloat16, __half>;
 
-/// Raises the kernel's dynamic shared-memory limit past the 48 KB default, once
-/// per device (the attribute is per device; setting it on every launch costs time).
-template <class Kernel>
-cudaError_t allow_smem_once(Kernel kernel, size_t bytes) {
-  static std::atomic<uint64_t> configured_devices{0};
+/// Raises the dynamic shared-memory limit of `kernels` past the 48 KB default,
+/// once per device and per instantiation of the caller (`configured` is the
+/// caller's own static): the attribute is per device and per kernel, and setting
+/// it on every launch would cost time on the hot path.
+template <class... Kernels>
+cudaError_t allow_smem_once(std::atomic<uint64_t>& configured, size_t bytes, Kernels... kernels) {
   int device = 0;
   cudaError_t err = cudaGetDevice(&device);
   if (err != cudaSuccess) return err;
   const uint64_t bit = device < 64 ? (uint64_t{1} << device) : 0;
-  if (bit != 0 && (configured_devices.load(std::memory_order_acquire) & bit)) return cudaSuccess;
-  err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
-  if (err == cudaSuccess) configured_devices.fetch_or(bit, std::memory_order_acq_rel);
-  return err;
+  if (bit != 0 && (configured.load(std::memory_order_acquire) & bit)) return cudaSuccess;
+  for (auto kernel : {kernels...}) {
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+    if (err != cudaSuccess) return err;
+  }
+  configured.fetch_or(bit, std::memory_order_acq_rel);
+  return cudaSuccess;
 }
 
 template <ScalarKind kKind, int kHeadDimTile>
 cudaError_t launch_prefill(const PrefillParams& params, cudaStream_t stream) {
   using Traits = PrefillTraits<DTypeOf<kKind>, kHeadDimTile>;
-  auto kernel = params.soft_cap > 0.f ? prefill_kernel<Traits, /*kSoftCap=*/true>
-                                      : prefill_kernel<Traits, /*kSoftCap=*/false>;
-  const cudaError_t err = allow_smem_once(kernel, Traits::kSmemBytes);
+  const auto with_cap = prefill_kernel<Traits, /*kSoftCap=*/true>;
+  const auto without_cap = prefill_kernel<Traits, /*kSoftCap=*/false>;
+  static std::atomic<uint64_t> smem_configured{0};  // one per (dtype, width) instantiation
+  const cudaError_t err = allow_smem_once(smem_configured, Traits::kSmemBytes, with_cap, without_cap);
   if (err != cudaSuccess) return err;
+  const auto kernel = params.soft_cap > 0.f ? with_cap : without_cap;
   const dim3 grid(static_cast<unsigned>(params.num_q_tile_slots) * static_cast<unsigned>(params.num_qo_heads));
   kernel<<<grid, Traits::kThreads, Traits::kSmemBytes, stream>>>(params);
   return cudaGetLastError();
