@@ -13,20 +13,22 @@ namespace torch_attn {
 /// statistics never leave a warp (quad shuffles only). Per thread the O accumulator
 /// holds BM / warps * width / 32 floats and the score tile BM / warps * BN / 32;
 /// both must fit next to addresses and fragments in 255 registers.
+// kMinBlocks is the CTAs per SM the register budget is cut for (__launch_bounds__):
+// 2 x 128 threads leave 255 registers a thread, 2 x 256 threads 128.
 template <int kHeadDimTile>
 struct TileShape;
 // 64: O is small (64 floats); BN = 128 would halve the loop trips but its 128-float S spills; 55 KB.
-template <> struct TileShape<64>  { static constexpr int kBlockM = 128, kBlockN = 64,  kWarps = 4, kStages = 2; };
-// 96: as 128, with a narrower O; 80 KB: 2 CTAs/SM.
-template <> struct TileShape<96>  { static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 4, kStages = 2; };
+template <> struct TileShape<64>  { static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 4, kStages = 2, kMinBlocks = 2; };
+// 96: as 128 but with one K/V stage: with two, ptxas spills a few registers; 53 KB.
+template <> struct TileShape<96>  { static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 4, kStages = 1, kMinBlocks = 2; };
 // 128: FlashAttention-2's 128 x 64 with 4 warps of 32 rows (O 128 + S 64 floats);
 // 104 KB with two K/V stages: 2 CTAs/SM on H100 (228 KB/SM).
-template <> struct TileShape<128> { static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 4, kStages = 2; };
+template <> struct TileShape<128> { static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 4, kStages = 2, kMinBlocks = 2; };
 // 192: 8 warps of 16 rows keep O at 96 floats; 154 KB: 1 CTA of 8 warps per SM.
-template <> struct TileShape<192> { static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 8, kStages = 2; };
+template <> struct TileShape<192> { static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 8, kStages = 2, kMinBlocks = 1; };
 // 256: 8 warps of 16 rows (O 128 floats); one K/V stage (V_j loads under Q K_j^T,
 // K_j+1 under P V_j) keeps it at 135 KB, which also fits an A100's 163 KB.
-template <> struct TileShape<256> { static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 8, kStages = 1; };
+template <> struct TileShape<256> { static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 8, kStages = 1, kMinBlocks = 1; };
 
 template <typename DType_, int kHeadDimTile>
 struct PrefillTraits {
@@ -46,8 +48,7 @@ struct PrefillTraits {
   using QTile = SmemTile<kBlockM, kHeadDim>;
   using KVTile = SmemTile<kBlockN, kHeadDim>;
   static constexpr size_t kSmemBytes = (QTile::kElems + 2 * kStages * KVTile::kElems) * sizeof(DType);
-  // Two 4-warp CTAs per SM hide each other's barriers; 8-warp CTAs run alone.
-  static constexpr int kMinBlocksPerSm = kWarps == 4 ? 2 : 1;
+  static constexpr int kMinBlocksPerSm = Shape::kMinBlocks;
 
   static_assert(kBlockM % (16 * kWarps) == 0, "each warp owns whole m16 fragments");
   static_assert(kBlockN % 16 == 0 && kHeadDim % 16 == 0, "ldmatrix_x4 covers 16 keys x 16 dims");
