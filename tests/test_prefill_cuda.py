@@ -61,6 +61,28 @@ def test_ragged_batch_with_empty_sequences(causal, head_dim):
     check_against_reference(out, lse, q, k, v, **kwargs)
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_ragged_batch_of_many_sequences(causal):
+    """More than 32 sequences: the kernel's other work-lookup path (prefix sums over
+    chunks of 32), with empty sequences among them."""
+    gen = torch.Generator().manual_seed(3)
+    qo_lens = torch.randint(0, 300, (45,), generator=gen).tolist()
+    qo_lens[7] = qo_lens[40] = 0
+    kv_lens = [n + int(torch.randint(0, 200, (1,), generator=gen)) for n in qo_lens]
+    q, k, v, qo_indptr, kv_indptr = ragged_batch(qo_lens, kv_lens, 8, 2, 128, torch.bfloat16, "cuda", generator=gen)
+    kwargs = dict(causal=causal, qo_indptr=qo_indptr, kv_indptr=kv_indptr)
+    out, lse = run_prefill(q, k, v, **kwargs)
+    check_against_reference(out, lse, q, k, v, **kwargs)
+
+
+def test_ragged_batch_with_one_long_sequence():
+    """Round-robin tile order with one sequence of many tiles beside short ones."""
+    q, k, v, qo_indptr, kv_indptr = ragged_batch([9000, 3, 130], [9000, 3, 200], 4, 4, 64, torch.float16, "cuda")
+    kwargs = dict(causal=True, qo_indptr=qo_indptr, kv_indptr=kv_indptr)
+    out, lse = run_prefill(q, k, v, **kwargs)
+    check_against_reference(out, lse, q, k, v, **kwargs)
+
+
 @pytest.mark.parametrize("mask", [dict(causal=True), dict(causal=True, window_left=0), dict(causal=False, window_left=5)])
 def test_rows_that_see_no_key_are_zero(mask):
     # qo_len > kv_len with a bottom-right causal mask: the first rows see no key.

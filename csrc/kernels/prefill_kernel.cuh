@@ -257,12 +257,11 @@ struct PrefillCta {
     OnlineSoftmax<kMFrags> softmax;
     softmax.init();
 
-    for (int j = 0; j < num_tiles; ++j) {
+    // One K/V tile: S = Q K_j^T, softmax, O += P V_j, with the next loads issued as
+    // soon as a stage frees up. kNeedMask: whether any score of the tile is hidden.
+    auto process_tile = [&](int j, auto need_mask) {
+      constexpr bool kNeedMask = decltype(need_mask)::value;
       const int stage = j % kStages;
-      const int key0 = (tile_begin + j) * kBlockN;
-      // A tile needs per-element masking unless every row sees every key in it.
-      const bool need_mask = !(key0 >= last_row.begin && key0 + kBlockN <= first_row.end);
-
       cp_async_wait<2 * kStages - 2>();
       __syncthreads();  // K_j has landed for all threads; all warps are done with V_{j-1}
       const int v_ahead = j + kStages - 1;  // V_{j+S-1} reuses V_{j-1}'s stage
@@ -271,11 +270,7 @@ struct PrefillCta {
 
       float s[kMFrags][kNFragsS][4];
       compute_scores(k_smem + stage * KVTile::kElems, s);
-      if (need_mask) {
-        scores_to_logits</*kNeedMask=*/true>(s, key0, visibility);
-      } else {
-        scores_to_logits</*kNeedMask=*/false>(s, key0, visibility);
-      }
+      scores_to_logits<kNeedMask>(s, (tile_begin + j) * kBlockN, visibility);
       softmax.update(s, o, p.logit_to_log2);
 
       cp_async_wait<2 * kStages - 2>();
@@ -285,7 +280,16 @@ struct PrefillCta {
       cp_async_commit();
 
       accumulate_pv(v_smem + stage * KVTile::kElems, s, o);
-    }
+    };
+    // Tiles where every row sees every key (key0 >= the last row's first key and
+    // key0 + BN <= the first row's end) need no mask; they form one run in the
+    // middle. Separate loops keep the mask's compares out of that run entirely.
+    const int full_begin = max(tile_begin, (last_row.begin + kBlockN - 1) / kBlockN) - tile_begin;
+    const int full_end = max(full_begin, min(tile_end, first_row.end / kBlockN) - tile_begin);
+    int j = 0;
+    for (; j < min(full_begin, num_tiles); ++j) process_tile(j, std::true_type{});
+    for (; j < full_end; ++j) process_tile(j, std::false_type{});
+    for (; j < num_tiles; ++j) process_tile(j, std::true_type{});
 
     cp_async_wait<0>();  // nothing may still write the Q tile that store() reuses
     __syncthreads();

@@ -32,26 +32,38 @@ struct OnlineSoftmax {
   }
 
   /// Takes a tile of logits s (masked ones are -inf), turns them into weights
-  /// P = exp2((s - m_new) * c) in place and rescales l and O by exp2((m_old - m_new) * c).
+  /// P = exp2((s - m) * c) in place and rescales l and O when m moves.
+  ///
+  /// Lazy rescaling: m only moves when the tile's max exceeds it by more than
+  /// kLazyRescaleLog2 (in log2 units), or when the row had no max yet. Otherwise
+  /// the old m stays and weights may reach 2^kLazyRescaleLog2 = 256, harmless in
+  /// fp32 (l, O) and in bf16/fp16 (P). out = O / l and lse are exact either way,
+  /// since O and l always share one m. On most tiles no row of the warp moves and
+  /// the warp skips the O *= rescale multiplies (a third of the non-MMA work).
   template <int kNFragsS, int kNFragsO>
   __device__ __forceinline__ void update(float (&s)[kMFrags][kNFragsS][4], float (&o)[kMFrags][kNFragsO][4],
                                          float logit_to_log2) {
+    constexpr float kLazyRescaleLog2 = 8.f;
 #pragma unroll
     for (int mi = 0; mi < kMFrags; ++mi) {
 #pragma unroll
       for (int half = 0; half < 2; ++half) {  // row g uses c0,c1; row g+8 uses c2,c3
         const int r = 2 * mi + half;
-        float tile_max = row_max[r];
+        float tile_max = -INFINITY;
 #pragma unroll
         for (int nb = 0; nb < kNFragsS; ++nb) {
           tile_max = fmaxf(tile_max, fmaxf(s[mi][nb][2 * half], s[mi][nb][2 * half + 1]));
         }
         tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 1));
         tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
+        // From -inf to a finite max the difference is +inf: the first visible key always moves m.
+        // From -inf to -inf it is NaN: nothing visible yet, m stays -inf.
+        const bool moves = (tile_max - row_max[r]) * logit_to_log2 > kLazyRescaleLog2;
+        const float new_max = moves ? tile_max : row_max[r];
         // The -inf guard (see above): subtract 0 while the row has seen nothing.
-        const float max_scaled = tile_max == -INFINITY ? 0.f : tile_max * logit_to_log2;
-        const float rescale = fast_exp2(row_max[r] * logit_to_log2 - max_scaled);  // 0 when m_old = -inf
-        row_max[r] = tile_max;
+        const float max_scaled = new_max == -INFINITY ? 0.f : new_max * logit_to_log2;
+        const float rescale = moves ? fast_exp2(row_max[r] * logit_to_log2 - max_scaled) : 1.f;  // 0 from -inf
+        row_max[r] = new_max;
         float tile_sum = 0.f;
 #pragma unroll
         for (int nb = 0; nb < kNFragsS; ++nb) {
@@ -62,10 +74,12 @@ struct OnlineSoftmax {
           }
         }
         row_sum[r] = row_sum[r] * rescale + tile_sum;
+        if (__any_sync(0xffffffffu, moves)) {  // warp-uniform: skip the multiplies when no row moved
 #pragma unroll
-        for (int nd = 0; nd < kNFragsO; ++nd) {
-          o[mi][nd][2 * half] *= rescale;
-          o[mi][nd][2 * half + 1] *= rescale;
+          for (int nd = 0; nd < kNFragsO; ++nd) {
+            o[mi][nd][2 * half] *= rescale;
+            o[mi][nd][2 * half + 1] *= rescale;
+          }
         }
       }
     }

@@ -1,6 +1,7 @@
 // Which (sequence, query tile, head) a CTA works on. The grid is sized from
 // tensor shapes alone, so the host never reads device data (CUDA-graph safe).
 #pragma once
+#include <climits>
 #include <cstdint>
 #include "params.h"
 
@@ -21,9 +22,9 @@ __device__ __forceinline__ int clamp_row(int32_t row, int rows) { return row < 0
 /// Finds the work item of this CTA. Returns false for the spare CTAs of a ragged
 /// grid (its size is an upper bound on the number of tiles).
 ///
-/// Order: heads vary fastest, then the query tiles of every sequence counted from
-/// the last one. Under a causal mask the last tile of a sequence has the most
-/// keys, so the heaviest CTAs start first and short ones fill the tail.
+/// Order: heads vary fastest, then query tiles counted from the end of their
+/// sequence. Under a causal mask the last tile of a sequence has the most keys, so
+/// the heaviest CTAs start first and short ones fill the tail.
 template <int kBlockM>
 __device__ __forceinline__ bool find_work_item(const PrefillParams& p, WorkItem& w) {
   const int slot = static_cast<int>(blockIdx.x) / p.num_qo_heads;
@@ -38,44 +39,78 @@ __device__ __forceinline__ bool find_work_item(const PrefillParams& p, WorkItem&
     w.kv_start = 0;
     return true;
   }
-  // Ragged: walk the sequences 32 at a time; each lane counts one sequence's
-  // tiles and a warp prefix sum finds the sequence that holds tile `slot`.
-  // Every warp does the same walk, so no shared memory or barrier is needed.
+  // Ragged: each lane of the warp counts one sequence's tiles (32 sequences at a
+  // time). Every warp does the same walk, so no shared memory or barrier is needed.
   const int lane = threadIdx.x % 32;
-  int remaining = slot;
-  for (int base = 0; base < p.num_seqs; base += 32) {
-    const int b = base + lane;
+  if (p.num_seqs <= 32) {
+    // Rounds: round r holds the r-th tile from the end of every sequence that has
+    // one, so the heaviest tiles of all sequences (under a causal mask) start first.
     int q_begin = 0, q_len = 0;
-    if (b < p.num_seqs) {
-      q_begin = clamp_row(p.qo_indptr[b], p.qo_len);
-      const int q_end = clamp_row(p.qo_indptr[b + 1], p.qo_len);
-      q_len = q_end > q_begin ? q_end - q_begin : 0;
+    if (lane < p.num_seqs) {
+      q_begin = clamp_row(p.qo_indptr[lane], p.qo_len);
+      q_len = max(0, clamp_row(p.qo_indptr[lane + 1], p.qo_len) - q_begin);
     }
     const int tiles = (q_len + kBlockM - 1) / kBlockM;
-    int inclusive = tiles;
+    // Between two rounds where a sequence runs out of tiles every round has the same
+    // members, so whole runs of rounds are skipped at once: at most 32 steps.
+    int remaining = slot;
+    for (int round = 0;;) {
+      const unsigned members = __ballot_sync(0xffffffffu, tiles > round);
+      const int count = __popc(members);
+      if (count == 0) return false;
+      const int run_end = static_cast<int>(__reduce_min_sync(0xffffffffu, tiles > round ? tiles : INT_MAX));
+      const int run_slots = count * (run_end - round);
+      if (remaining < run_slots) {
+        const int index = remaining % count;  // the index-th member of round `round + remaining / count`
+        const bool mine = (members >> lane & 1u) && __popc(members & ((1u << lane) - 1u)) == index;
+        const int owner = __ffs(__ballot_sync(0xffffffffu, mine)) - 1;
+        w.seq = owner;
+        w.qo_len = __shfl_sync(0xffffffffu, q_len, owner);
+        w.q_start = __shfl_sync(0xffffffffu, q_begin, owner);
+        w.q_row0 = (__shfl_sync(0xffffffffu, tiles, owner) - 1 - (round + remaining / count)) * kBlockM;
+        break;
+      }
+      remaining -= run_slots;
+      round = run_end;
+    }
+  } else {
+    // Many sequences: walk them 32 at a time, a warp prefix sum of tile counts finding
+    // the sequence of tile `slot` (each sequence's tiles still counted from its end).
+    bool found = false;
+    int remaining = slot;
+    for (int base = 0; base < p.num_seqs && !found; base += 32) {
+      const int b = base + lane;
+      int q_begin = 0, q_len = 0;
+      if (b < p.num_seqs) {
+        q_begin = clamp_row(p.qo_indptr[b], p.qo_len);
+        q_len = max(0, clamp_row(p.qo_indptr[b + 1], p.qo_len) - q_begin);
+      }
+      const int tiles = (q_len + kBlockM - 1) / kBlockM;
+      int inclusive = tiles;
 #pragma unroll
-    for (int offset = 1; offset < 32; offset *= 2) {
-      const int up = __shfl_up_sync(0xffffffffu, inclusive, offset);
-      if (lane >= offset) inclusive += up;
+      for (int offset = 1; offset < 32; offset *= 2) {
+        const int up = __shfl_up_sync(0xffffffffu, inclusive, offset);
+        if (lane >= offset) inclusive += up;
+      }
+      const unsigned holds = __ballot_sync(0xffffffffu, remaining < inclusive);
+      if (holds != 0) {
+        const int owner = __ffs(holds) - 1;
+        const int tile_from_end = remaining - __shfl_sync(0xffffffffu, inclusive - tiles, owner);
+        w.seq = base + owner;
+        w.qo_len = __shfl_sync(0xffffffffu, q_len, owner);
+        w.q_start = __shfl_sync(0xffffffffu, q_begin, owner);
+        w.q_row0 = (__shfl_sync(0xffffffffu, tiles, owner) - 1 - tile_from_end) * kBlockM;
+        found = true;
+      } else {
+        remaining -= __shfl_sync(0xffffffffu, inclusive, 31);
+      }
     }
-    const unsigned holds = __ballot_sync(0xffffffffu, remaining < inclusive);
-    if (holds != 0) {
-      const int owner = __ffs(holds) - 1;
-      const int tile_from_end = remaining - __shfl_sync(0xffffffffu, inclusive - tiles, owner);
-      const int owner_tiles = __shfl_sync(0xffffffffu, tiles, owner);
-      w.seq = base + owner;
-      w.qo_len = __shfl_sync(0xffffffffu, q_len, owner);
-      w.q_start = __shfl_sync(0xffffffffu, q_begin, owner);
-      w.q_row0 = (owner_tiles - 1 - tile_from_end) * kBlockM;
-      const int kv_begin = clamp_row(p.kv_indptr[w.seq], p.kv_len);
-      const int kv_end = clamp_row(p.kv_indptr[w.seq + 1], p.kv_len);
-      w.kv_start = kv_begin;
-      w.kv_len = kv_end > kv_begin ? kv_end - kv_begin : 0;
-      return true;
-    }
-    remaining -= __shfl_sync(0xffffffffu, inclusive, 31);
+    if (!found) return false;
   }
-  return false;
+  const int kv_begin = clamp_row(p.kv_indptr[w.seq], p.kv_len);
+  w.kv_start = kv_begin;
+  w.kv_len = max(0, clamp_row(p.kv_indptr[w.seq + 1], p.kv_len) - kv_begin);
+  return true;
 }
 
 }  // namespace torch_attn
