@@ -5,6 +5,7 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <atomic>
 #include <climits>
 #include <cmath>
 #include "kernels/prefill_launch.h"
@@ -47,6 +48,19 @@ void check_cuda_layout(const char* name, const at::Tensor& t) {
                     "multiples of 8 elements (every row 16-byte aligned), got strides ", t.strides());
 }
 
+/// The opt-in shared-memory limit per block of `device`, read once: a device
+/// attribute query on every call would cost time on the 128-token latency path.
+int smem_per_block_limit(int device) {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> limits[kMaxDevices] = {};
+  int limit = device < kMaxDevices ? limits[device].load(std::memory_order_relaxed) : 0;
+  if (limit == 0) {
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
+    if (device < kMaxDevices) limits[device].store(limit, std::memory_order_relaxed);
+  }
+  return limit;
+}
+
 TokenHeadStrides strides_of(const at::Tensor& t, bool batched) {
   // Batched: [B, S, H, D]; otherwise [S, H, D] (one sequence, or a ragged batch).
   return batched ? TokenHeadStrides{t.stride(0), t.stride(1), t.stride(2)} : TokenHeadStrides{0, t.stride(0), t.stride(1)};
@@ -78,8 +92,7 @@ PrefillResult prefill_cuda(const at::Tensor& q, const at::Tensor& k, const at::T
       pick_launcher(q.scalar_type() == at::kBFloat16 ? ScalarKind::kBFloat16 : ScalarKind::kFloat16, shape.head_dim);
   const int64_t block_m = prefill_block_m(launcher.head_dim_tile);
   const size_t smem = prefill_smem_bytes(launcher.head_dim_tile);
-  int device_smem_limit = 0;
-  C10_CUDA_CHECK(cudaDeviceGetAttribute(&device_smem_limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, q.get_device()));
+  const int device_smem_limit = smem_per_block_limit(q.get_device());
   TORCH_CHECK(smem <= static_cast<size_t>(device_smem_limit), "attn.prefill: head_dim ", shape.head_dim, " needs ",
               smem, " bytes of shared memory per block; this GPU allows ", device_smem_limit);
 

@@ -1,0 +1,111 @@
+"""Small randomly initialised transformers models with attn_implementation="torch_attn"
+against the same weights on "sdpa": logits and generated tokens (CPU in CI, GPU marked)."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+transformers = pytest.importorskip("transformers")
+import torch_attn.integrations.transformers as integration  # noqa: E402
+from conftest import HAS_GPU  # noqa: E402
+
+DEVICES = [pytest.param("cpu", id="cpu"),
+           pytest.param("cuda", id="cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_GPU, reason="no GPU")])]
+# fp32 on CPU (the CPU path computes in fp32); bf16 on GPU against SDPA in bf16.
+DTYPE = {"cpu": torch.float32, "cuda": torch.bfloat16}
+LOGIT_TOL = {"cpu": 2e-4, "cuda": 5e-2}
+
+
+def llama_config():
+    return transformers.LlamaConfig(vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                    num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=256)
+
+
+def mistral_config():  # GQA 8/2 with a sliding window shorter than the prompts
+    return transformers.MistralConfig(vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                      num_attention_heads=8, num_key_value_heads=2, head_dim=16, sliding_window=7,
+                                      max_position_embeddings=256)
+
+
+def gemma2_config():  # logit soft cap, query_pre_attn_scalar scaling, alternating sliding layers
+    return transformers.Gemma2Config(vocab_size=128, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, head_dim=32, sliding_window=6,
+                                     attn_logit_softcapping=20.0, query_pre_attn_scalar=24,
+                                     max_position_embeddings=256)
+
+
+CONFIGS = {"llama": llama_config, "mistral": mistral_config, "gemma2": gemma2_config}
+
+
+def model_pair(name, device):
+    torch.manual_seed(0)
+    # One config object each: from_config records the implementation in the config it is given.
+    ours = transformers.AutoModelForCausalLM.from_config(CONFIGS[name](), attn_implementation=integration.NAME)
+    ref = transformers.AutoModelForCausalLM.from_config(CONFIGS[name](), attn_implementation="sdpa")
+    assert ours.config._attn_implementation == integration.NAME and ref.config._attn_implementation == "sdpa"
+    ref.load_state_dict(ours.state_dict())
+    return [m.to(device=device, dtype=DTYPE[device]).eval() for m in (ours, ref)]
+
+
+def padded_batch(device, side):
+    """Two prompts of 19 and 11 tokens, padded on `side`."""
+    gen = torch.Generator().manual_seed(1)
+    ids = torch.randint(1, 128, (2, 19), generator=gen)
+    mask = torch.ones(2, 19, dtype=torch.long)
+    if side == "left":
+        mask[1, :8] = 0
+    else:
+        mask[1, 11:] = 0
+    return ids.to(device), mask.to(device)
+
+
+def test_registered_with_transformers():
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface
+
+    assert AttentionInterface._global_mapping[integration.NAME] is integration.attention_forward
+    assert AttentionMaskInterface._global_mapping[integration.NAME] is integration.padding_mask
+
+
+def test_ragged_segments_from_padding():
+    padding = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]], dtype=torch.bool)
+    qo, kv = integration.ragged_segments(padding, q_length=2)  # the last 2 key positions are queries
+    assert kv.tolist() == [0, 2, 5, 5, 5, 10, 10, 10, 10, 15]  # an all-padding row: one padding segment
+    assert qo.tolist() == [0, 0, 2, 2, 2, 4, 4, 4, 4, 6]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", list(CONFIGS))
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_logits_match_sdpa(name, side, device, monkeypatch):
+    from transformers import AttentionInterface
+
+    calls = []
+    def counting_forward(*args, **kwargs):
+        calls.append(1)
+        return integration.attention_forward(*args, **kwargs)
+    monkeypatch.setitem(AttentionInterface._global_mapping, integration.NAME, counting_forward)
+    ours, ref = model_pair(name, device)
+    ids, mask = padded_batch(device, side)
+    with torch.no_grad():
+        got = ours(input_ids=ids, attention_mask=mask).logits.float()
+    assert len(calls) == ours.config.num_hidden_layers  # every layer ran through torch_attn
+    with torch.no_grad():
+        want = ref(input_ids=ids, attention_mask=mask).logits.float()
+    real = mask.bool()  # padded positions' logits are meaningless for every backend
+    assert torch.isfinite(got[real]).all()
+    err = (got[real] - want[real]).abs().max().item()
+    assert err < LOGIT_TOL[device], f"max |logits - sdpa| = {err:.2e}"
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("name", ["llama", "mistral"])
+def test_generate_same_tokens(name, device):
+    """Greedy decoding with a KV cache (Skv > Sq, bottom-right causal) over a left-padded batch."""
+    ours, ref = model_pair(name, device)
+    ids, mask = padded_batch(device, "left")
+    kwargs = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+    with torch.no_grad():
+        got = ours.generate(ids, **kwargs)
+        want = ref.generate(ids, **kwargs)
+    assert torch.equal(got, want)

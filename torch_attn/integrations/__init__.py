@@ -1,0 +1,1 @@
+"""Integrations with model libraries (each imported on demand; none is a dependency)."""
