@@ -7,6 +7,7 @@ the same spec (csrc/build_spec.json):
 import importlib.util
 import os
 import shutil
+import sys
 from pathlib import Path
 
 from setuptools import setup
@@ -30,6 +31,7 @@ def aot_extension():
     spec_path = ROOT / "torch_attn" / "_build_spec.py"
     module_spec = importlib.util.spec_from_file_location("_torch_attn_build_spec", spec_path)
     build_spec = importlib.util.module_from_spec(module_spec)
+    sys.modules[module_spec.name] = build_spec  # dataclasses look their module up there
     module_spec.loader.exec_module(build_spec)
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import itertools
 import json
 import math
 import statistics
@@ -158,6 +159,38 @@ def table(cases: list[Case], impls: list[str]) -> str:
     return "\n".join(lines)
 
 
+def plot(cases: list[Case], impls: list[str], subtitle: str, path: str) -> None:
+    """TFLOP/s against sequence length, one panel per (head dim, mask) of the paper grid,
+    one line per implementation."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    grid = [c for c in cases if c.dense and c.num_qo_heads == c.num_kv_heads and not c.latency]
+    head_dims = sorted({c.head_dim for c in grid})
+    if not head_dims:
+        return
+    fig, axes = plt.subplots(2, len(head_dims), figsize=(4.2 * len(head_dims), 7), squeeze=False)
+    for (row, causal), (col, head_dim) in itertools.product(enumerate((False, True)), enumerate(head_dims)):
+        ax = axes[row][col]
+        points = [c for c in grid if c.head_dim == head_dim and c.causal == causal]
+        for impl in impls:
+            xs = [c.qo_lens[0] for c in points if impl in c.results]
+            ys = [c.results[impl] for c in points if impl in c.results]
+            if xs:
+                ax.plot(xs, ys, marker="o", linewidth=2.5 if impl == "torch_attn" else 1.2, label=impl)
+        ax.set_xscale("log", base=2)
+        ax.set_title(f"d={head_dim}, {'causal' if causal else 'non-causal'}")
+        ax.set_xlabel("sequence length (16k tokens per batch)")
+        ax.set_ylabel("TFLOP/s")
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=8)
+    fig.suptitle(f"bf16 attention prefill, {subtitle}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--flashinfer", default="", help="comma list of FlashInfer backends to time (fa2,fa3)")
@@ -166,6 +199,7 @@ def main() -> None:
     parser.add_argument("--only", default="", help="run cases whose name contains this")
     parser.add_argument("--markdown", default=None, help="write the table (with card and date) here")
     parser.add_argument("--json", default=None, help="write raw numbers here")
+    parser.add_argument("--plot", default=None, help="draw TFLOP/s against sequence length into this PNG")
     args = parser.parse_args()
     flashinfer_backends = [b for b in args.flashinfer.split(",") if b]
     cases = [c for c in paper_grid() + serving_cases() if args.only in c.name]
@@ -184,6 +218,8 @@ def main() -> None:
         with open(args.json, "w") as f:
             json.dump({"card": card, "date": stamp, "cases": [{"name": c.name, **c.results} for c in cases]}, f,
                       indent=1)
+    if args.plot:
+        plot(cases, impls, f"{card}, {stamp}", args.plot)
     print(f"\n{title}\n{text}")
 
 

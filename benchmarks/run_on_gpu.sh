@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One GPU session in one command: build (cold, then cached import), GPU tests,
 # sanitizers, benchmark. Used on the lent H100, where every minute counts.
-#   benchmarks/run_on_gpu.sh [tests] [sanitize] [bench[=FILTER]] [flashinfer=fa2,fa3]
+#   benchmarks/run_on_gpu.sh [tests] [sanitize] [demo] [cmake] [flashinfer=fa2,fa3] [bench[=FILTER]]
 # Writes logs and tables under ${OUT:-/tmp/torch_attn_out}.
 set -uo pipefail
 out=${OUT:-/tmp/torch_attn_out}
@@ -26,9 +26,17 @@ for arg in "$@"; do
         echo "compute-sanitizer $tool: exit $? ($(grep -c 'ERROR SUMMARY: 0' "$out/$tool.log") clean summaries)"
         tail -3 "$out/$tool.log"
       done ;;
+    demo) python3 -m torch_attn demo 2>&1 | tee "$out/demo.log" ;;
+    cmake)  # the libtorch build from CMakeLists.txt, loaded and called once
+      cmake -S . -B /tmp/torch_attn_cmake -DTORCH_ATTN_CUDA_ARCH_LIST=9.0a \
+        -DCMAKE_PREFIX_PATH="$(python3 -c 'import torch; print(torch.utils.cmake_prefix_path)')" >"$out/cmake.log" 2>&1 \
+        && cmake --build /tmp/torch_attn_cmake -j >>"$out/cmake.log" 2>&1 \
+        && python3 -c "import torch; torch.ops.load_library('/tmp/torch_attn_cmake/libtorch_attn_C.so'); \
+q = torch.randn(300, 8, 128, device='cuda', dtype=torch.bfloat16); o, l = torch.ops.attn.prefill(q, q, q, causal=True); \
+print('cmake build: ran attn.prefill, finite:', bool(o.isfinite().all()))" || { echo "cmake build FAILED"; tail -20 "$out/cmake.log"; } ;;
     flashinfer=*) fi_backends=${arg#flashinfer=} ;;
     bench*) filter=${arg#bench}; filter=${filter#=}
       python3 benchmarks/bench_prefill.py --only "$filter" --flashinfer "$fi_backends" \
-        --markdown "$out/bench.md" --json "$out/bench.json" 2>&1 | tee "$out/bench.log" | tail -60 ;;
+        --markdown "$out/bench.md" --json "$out/bench.json" --plot "$out/bench.png" 2>&1 | tee "$out/bench.log" | tail -60 ;;
   esac
 done

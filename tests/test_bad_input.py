@@ -61,6 +61,8 @@ BAD_CALLS = [
     ("indptr_2d", (q, k, v, indptr(0, 8)[None], indptr(0, 8)), {}, ValueError, "qo_indptr must be a 1-D"),
     ("indptr_lengths_differ", (q, k, v, indptr(0, 4, 8), indptr(0, 8)), {}, ValueError,
      "kv_indptr must have qo_indptr's length"),
+    ("indptr_other_device", (q, k, v, indptr(0, 8).to("meta"), indptr(0, 8)), {}, ValueError,
+     "qo_indptr must be on q's device"),
     ("indptr_strided", (q, k, v, indptr(0, 0, 4, 4, 8, 8)[::2], indptr(0, 4, 8)), {}, ValueError,
      "qo_indptr must be contiguous"),
 ]
