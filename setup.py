@@ -33,12 +33,15 @@ def aot_extension():
     build_spec = importlib.util.module_from_spec(module_spec)
     sys.modules[module_spec.name] = build_spec  # dataclasses look their module up there
     module_spec.loader.exec_module(build_spec)
+    import torch.utils.cpp_extension as cpp_extension
     from torch.utils.cpp_extension import BuildExtension, CppExtension, CUDAExtension
 
     spec = build_spec.load_spec()
     config = build_spec.resolve_build_config()
     if config.cuda_home:
+        # torch guesses CUDA_HOME from `which nvcc`, which is wrong when nvcc is a wrapper script.
         os.environ["CUDA_HOME"] = config.cuda_home
+        cpp_extension.CUDA_HOME = config.cuda_home
     kind = CUDAExtension if config.with_cuda else CppExtension
     sources = [os.path.relpath(s, ROOT) for s in build_spec.sources(spec, config)]
     args = {"cxx": build_spec.cxx_flags(spec, config)}

@@ -39,6 +39,8 @@ class Case:
     dense: bool  # equal lengths: peers without ragged support run too
     results: dict = field(default_factory=dict)  # impl -> TFLOP/s (or µs for latency cases)
     latency: bool = False
+    page_size: int = 0  # > 0: K/V in a paged cache with shuffled pages
+    kv_layout: str = "NHD"
 
     @property
     def flops(self) -> float:
@@ -77,6 +79,17 @@ def serving_cases() -> list[Case]:
     ]
 
 
+def paged_cases() -> list[Case]:
+    """The ragged and chunked serving batches again, with K/V in a paged cache."""
+    cases = []
+    for base in serving_cases()[2:4]:
+        for page_size, layout in ((16, "NHD"), (16, "HND"), (64, "NHD"), (64, "HND")):
+            name = base.name.split(" (")[0] + f", paged {page_size} {layout}"
+            cases.append(Case(name, base.head_dim, base.causal, base.qo_lens, base.kv_lens, base.num_qo_heads,
+                              base.num_kv_heads, dense=False, page_size=page_size, kv_layout=layout))
+    return cases
+
+
 def median_ms(fn, warmup: int, repeats: int) -> float:
     for _ in range(warmup):
         fn()
@@ -92,18 +105,52 @@ def median_ms(fn, warmup: int, repeats: int) -> float:
     return statistics.median(times)
 
 
+def indptr_of(lens):
+    return torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device="cuda")
+
+
 def make_inputs(case: Case):
-    def indptr(lens):
-        return torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device="cuda")
     q = torch.randn(sum(case.qo_lens), case.num_qo_heads, case.head_dim, dtype=DTYPE, device="cuda")
     k = torch.randn(sum(case.kv_lens), case.num_kv_heads, case.head_dim, dtype=DTYPE, device="cuda")
     v = torch.randn_like(k)
-    return q, k, v, indptr(case.qo_lens), indptr(case.kv_lens)
+    return q, k, v, indptr_of(case.qo_lens), indptr_of(case.kv_lens)
+
+
+def make_paged_cache(case: Case):
+    """Random caches with every sequence's pages shuffled over the cache; returns the
+    caches and both page descriptions (ours: block_table/kv_lens; FlashInfer's)."""
+    ps = case.page_size
+    pages_per_seq = [(n + ps - 1) // ps for n in case.kv_lens]
+    num_pages = sum(pages_per_seq)
+    shape = (num_pages, ps, case.num_kv_heads, case.head_dim) if case.kv_layout == "NHD" else \
+        (num_pages, case.num_kv_heads, ps, case.head_dim)
+    k_cache = torch.randn(shape, dtype=DTYPE, device="cuda")
+    v_cache = torch.randn_like(k_cache)
+    kv_indices = torch.randperm(num_pages, device="cuda").to(torch.int32)
+    kv_page_indptr = indptr_of(pages_per_seq)
+    last_page_len = torch.tensor([n - (p - 1) * ps for n, p in zip(case.kv_lens, pages_per_seq)], dtype=torch.int32,
+                                 device="cuda")
+    block_table, kv_lens = torch_attn.block_table_from_flashinfer(kv_page_indptr, kv_indices, last_page_len, ps,
+                                                                  max_pages=max(pages_per_seq))
+    return k_cache, v_cache, block_table, kv_lens, (kv_page_indptr, kv_indices, last_page_len)
 
 
 def implementations(case: Case, q, k, v, qo_indptr, kv_indptr, flashinfer_backends):
     """name -> zero-argument callable running one prefill."""
+    import_flashinfer = lambda: __import__("flashinfer")  # noqa: E731  (only when asked for)
     impls = {}
+    if case.page_size:
+        k_cache, v_cache, block_table, kv_lens, fi_pages = make_paged_cache(case)
+        impls["torch_attn"] = lambda: torch_attn.prefill_paged(q, k_cache, v_cache, qo_indptr, block_table, kv_lens,
+                                                               kv_layout=case.kv_layout, causal=case.causal)
+        for backend in flashinfer_backends:
+            workspace = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda")
+            wrapper = import_flashinfer().BatchPrefillWithPagedKVCacheWrapper(workspace, kv_layout=case.kv_layout,
+                                                                              backend=backend)
+            wrapper.plan(qo_indptr, *fi_pages, case.num_qo_heads, case.num_kv_heads, case.head_dim, case.page_size,
+                         causal=case.causal, q_data_type=DTYPE)
+            impls[f"flashinfer-{backend}"] = lambda wrapper=wrapper: wrapper.run(q, (k_cache, v_cache))
+        return impls
     if case.dense:
         b, s, skv = len(case.qo_lens), case.qo_lens[0], case.kv_lens[0]
         q4 = q.view(b, s, case.num_qo_heads, case.head_dim)
@@ -121,10 +168,9 @@ def implementations(case: Case, q, k, v, qo_indptr, kv_indptr, flashinfer_backen
         impls["torch_attn"] = lambda: torch_attn.prefill(q, k, v, causal=case.causal, qo_indptr=qo_indptr,
                                                          kv_indptr=kv_indptr)
     for backend in flashinfer_backends:
-        import flashinfer
-
         workspace = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda")
-        wrapper = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(workspace, kv_layout="NHD", backend=backend)
+        wrapper = import_flashinfer().BatchPrefillWithRaggedKVCacheWrapper(workspace, kv_layout="NHD",
+                                                                           backend=backend)
         wrapper.plan(qo_indptr, kv_indptr, case.num_qo_heads, case.num_kv_heads, case.head_dim, causal=case.causal,
                      q_data_type=DTYPE)
         impls[f"flashinfer-{backend}"] = lambda wrapper=wrapper: wrapper.run(q, k, v)
@@ -196,13 +242,14 @@ def main() -> None:
     parser.add_argument("--flashinfer", default="", help="comma list of FlashInfer backends to time (fa2,fa3)")
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=30)
-    parser.add_argument("--only", default="", help="run cases whose name contains this")
+    parser.add_argument("--only", default="", help="run cases whose name contains one of these (comma list)")
     parser.add_argument("--markdown", default=None, help="write the table (with card and date) here")
     parser.add_argument("--json", default=None, help="write raw numbers here")
     parser.add_argument("--plot", default=None, help="draw TFLOP/s against sequence length into this PNG")
     args = parser.parse_args()
     flashinfer_backends = [b for b in args.flashinfer.split(",") if b]
-    cases = [c for c in paper_grid() + serving_cases() if args.only in c.name]
+    wanted = args.only.split(",")
+    cases = [c for c in paper_grid() + serving_cases() + paged_cases() if any(w in c.name for w in wanted)]
     for case in cases:
         run_case(case, args, flashinfer_backends)
     impls = ["torch_attn", "sdpa-flash", "sdpa-cudnn"] + [f"flashinfer-{b}" for b in flashinfer_backends]

@@ -8,8 +8,21 @@ TORCH_LIBRARY(attn, m) {
       "prefill(Tensor q, Tensor k, Tensor v, Tensor? qo_indptr=None, Tensor? kv_indptr=None, *, "
       "bool causal=False, float? sm_scale=None, int window_left=-1, float logits_soft_cap=0.0) "
       "-> (Tensor out, Tensor lse)");
+  m.def(
+      "prefill_paged(Tensor q, Tensor k_cache, Tensor v_cache, Tensor qo_indptr, Tensor block_table, Tensor kv_lens, "
+      "*, str kv_layout=\"NHD\", bool causal=False, float? sm_scale=None, int window_left=-1, "
+      "float logits_soft_cap=0.0) -> (Tensor out, Tensor lse)");
+  m.def("merge_states(Tensor out_a, Tensor lse_a, Tensor out_b, Tensor lse_b) -> (Tensor out, Tensor lse)");
 }
 
-TORCH_LIBRARY_IMPL(attn, CPU, m) { m.impl("prefill", &torch_attn::prefill_cpu); }
+TORCH_LIBRARY_IMPL(attn, CPU, m) {
+  m.impl("prefill", &torch_attn::prefill_cpu);
+  m.impl("prefill_paged", &torch_attn::prefill_paged_cpu);
+  m.impl("merge_states", &torch_attn::merge_states);
+}
 
-TORCH_LIBRARY_IMPL(attn, CUDA, m) { m.impl("prefill", &torch_attn::prefill_cuda); }
+TORCH_LIBRARY_IMPL(attn, CUDA, m) {
+  m.impl("prefill", &torch_attn::prefill_cuda);
+  m.impl("prefill_paged", &torch_attn::prefill_paged_cuda);
+  m.impl("merge_states", &torch_attn::merge_states);  // ATen ops: runs on any device
+}

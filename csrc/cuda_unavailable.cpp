@@ -6,12 +6,24 @@
 
 namespace torch_attn {
 
-PrefillResult prefill_cuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
-                           const c10::optional<at::Tensor>&, bool, c10::optional<double>, int64_t, double) {
-  TORCH_CHECK(false,
-              "attn.prefill: this torch_attn build has no CUDA kernels (it was built CPU-only; "
+namespace {
+[[noreturn]] void no_cuda_kernels(const char* op) {
+  TORCH_CHECK(false, op,
+              ": this torch_attn build has no CUDA kernels (it was built CPU-only; "
               "`python -m torch_attn info` says why). Install a CUDA build of torch with nvcc available, or set "
               "TORCH_ATTN_CUDA_ARCH_LIST, and import torch_attn again to rebuild.");
+}
+}  // namespace
+
+PrefillResult prefill_cuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
+                           const c10::optional<at::Tensor>&, bool, c10::optional<double>, int64_t, double) {
+  no_cuda_kernels("attn.prefill");
+}
+
+PrefillResult prefill_paged_cuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                                 const at::Tensor&, const at::Tensor&, c10::string_view, bool, c10::optional<double>,
+                                 int64_t, double) {
+  no_cuda_kernels("attn.prefill_paged");
 }
 
 }  // namespace torch_attn

@@ -37,6 +37,36 @@ PrefillResult prefill_cuda(const at::Tensor& q, const at::Tensor& k, const at::T
                            const c10::optional<at::Tensor>& qo_indptr, const c10::optional<at::Tensor>& kv_indptr,
                            bool causal, c10::optional<double> sm_scale, int64_t window_left, double logits_soft_cap);
 
+/// What the checks of attn::prefill_paged learn: the shape fields as above (num_seqs,
+/// qo_len = total query rows) plus the cache geometry.
+struct PagedShape {
+  PrefillShape common;
+  bool hnd;          // kv_layout "HND": [pages, heads, page_size, D]; else "NHD": [pages, page_size, heads, D]
+  int64_t num_pages;
+  int64_t page_size;
+  int64_t max_pages;  // block_table columns
+};
+
+PagedShape check_prefill_paged_args(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                    const at::Tensor& qo_indptr, const at::Tensor& block_table,
+                                    const at::Tensor& kv_lens, c10::string_view kv_layout,
+                                    c10::optional<double> sm_scale, int64_t window_left, double logits_soft_cap);
+
+PrefillResult prefill_paged_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                const at::Tensor& qo_indptr, const at::Tensor& block_table, const at::Tensor& kv_lens,
+                                c10::string_view kv_layout, bool causal, c10::optional<double> sm_scale,
+                                int64_t window_left, double logits_soft_cap);
+
+PrefillResult prefill_paged_cuda(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                 const at::Tensor& qo_indptr, const at::Tensor& block_table, const at::Tensor& kv_lens,
+                                 c10::string_view kv_layout, bool causal, c10::optional<double> sm_scale,
+                                 int64_t window_left, double logits_soft_cap);
+
+/// attn::merge_states: combines two partial attention results over disjoint key sets
+/// (any device; ATen ops, no host sync).
+PrefillResult merge_states(const at::Tensor& out_a, const at::Tensor& lse_a, const at::Tensor& out_b,
+                           const at::Tensor& lse_b);
+
 /// Output buffers of the op: out has q's shape (contiguous), lse q's shape without head_dim, float32.
 PrefillResult allocate_prefill_outputs(const at::Tensor& q);
 

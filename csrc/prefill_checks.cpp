@@ -22,6 +22,26 @@ void check_indptr(const char* name, const at::Tensor& indptr, const at::Tensor& 
   TORCH_CHECK_VALUE(indptr.stride(0) == 1, "attn.prefill: ", name, " must be contiguous");
 }
 
+/// The scalar arguments every attention op shares; returns sm_scale with its default applied.
+double check_mask_args(int64_t head_dim, c10::optional<double> sm_scale, int64_t window_left, double logits_soft_cap) {
+  TORCH_CHECK_VALUE(window_left >= -1, "attn.prefill: window_left must be -1 (no window) or >= 0, got ",
+                    window_left);
+  TORCH_CHECK_VALUE(std::isfinite(logits_soft_cap) && logits_soft_cap >= 0.0,
+                    "attn.prefill: logits_soft_cap must be >= 0 (0 disables it), got ", logits_soft_cap);
+  const double scale = sm_scale.has_value() ? *sm_scale : 1.0 / std::sqrt(static_cast<double>(head_dim));
+  TORCH_CHECK_VALUE(std::isfinite(scale) && scale > 0.0, "attn.prefill: sm_scale must be a positive finite number, got ",
+                    scale);
+  return scale;
+}
+
+void check_int_vector(const char* name, const at::Tensor& t, int64_t dim, const at::Tensor& q) {
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kInt, "attn.prefill_paged: ", name, " must be int32, got ", t.scalar_type());
+  TORCH_CHECK_VALUE(t.dim() == dim, "attn.prefill_paged: ", name, " must be ", dim, "-D, got shape ", t.sizes());
+  TORCH_CHECK_VALUE(t.device() == q.device(), "attn.prefill_paged: ", name, " must be on q's device (", q.device(),
+                    "), got ", t.device());
+  TORCH_CHECK_VALUE(t.stride(-1) == 1, "attn.prefill_paged: ", name, " must have a contiguous last dimension");
+}
+
 }  // namespace
 
 PrefillShape check_prefill_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -68,13 +88,7 @@ PrefillShape check_prefill_args(const at::Tensor& q, const at::Tensor& k, const 
   TORCH_CHECK_VALUE(v.size(-3) == k.size(-3), "attn.prefill: v must have k's number of tokens (", k.size(-3),
                     "), got ", v.size(-3));
 
-  TORCH_CHECK_VALUE(window_left >= -1, "attn.prefill: window_left must be -1 (no window) or >= 0, got ",
-                    window_left);
-  TORCH_CHECK_VALUE(std::isfinite(logits_soft_cap) && logits_soft_cap >= 0.0,
-                    "attn.prefill: logits_soft_cap must be >= 0 (0 disables it), got ", logits_soft_cap);
-  const double scale = sm_scale.has_value() ? *sm_scale : 1.0 / std::sqrt(static_cast<double>(head_dim));
-  TORCH_CHECK_VALUE(std::isfinite(scale) && scale > 0.0, "attn.prefill: sm_scale must be a positive finite number, got ",
-                    scale);
+  const double scale = check_mask_args(head_dim, sm_scale, window_left, logits_soft_cap);
 
   PrefillShape shape{};
   shape.num_qo_heads = num_qo_heads;
@@ -107,6 +121,71 @@ PrefillShape check_prefill_args(const at::Tensor& q, const at::Tensor& k, const 
   }
   TORCH_CHECK_VALUE(shape.qo_len < (int64_t{1} << 31) && shape.kv_len < (int64_t{1} << 31),
                     "attn.prefill: at most 2^31 - 1 tokens in q and in k/v");
+  return shape;
+}
+
+PagedShape check_prefill_paged_args(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                    const at::Tensor& qo_indptr, const at::Tensor& block_table,
+                                    const at::Tensor& kv_lens, c10::string_view kv_layout,
+                                    c10::optional<double> sm_scale, int64_t window_left, double logits_soft_cap) {
+  TORCH_CHECK_VALUE(kv_layout == "NHD" || kv_layout == "HND",
+                    "attn.prefill_paged: kv_layout must be \"NHD\" or \"HND\", got \"", kv_layout, "\"");
+  TORCH_CHECK_VALUE(q.dim() == 3, "attn.prefill_paged: q must be 3-D [total_tokens, heads, head_dim], got ", q.dim(),
+                    "-D");
+  TORCH_CHECK_VALUE(k_cache.dim() == 4, "attn.prefill_paged: k_cache must be 4-D [pages, page_size, heads, head_dim] "
+                    "(NHD) or [pages, heads, page_size, head_dim] (HND), got ", k_cache.dim(), "-D");
+  TORCH_CHECK_VALUE(v_cache.sizes() == k_cache.sizes(), "attn.prefill_paged: v_cache must have k_cache's shape ",
+                    k_cache.sizes(), ", got ", v_cache.sizes());
+  const auto dtype = q.scalar_type();
+  TORCH_CHECK_TYPE(dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kFloat,
+                   "attn.prefill_paged: q must be float16, bfloat16 or float32, got ", dtype);
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"k_cache", k_cache}, {"v_cache", v_cache}}) {
+    TORCH_CHECK_TYPE(t.scalar_type() == dtype, "attn.prefill_paged: ", name, " must have q's dtype (", dtype,
+                     "), got ", t.scalar_type());
+    TORCH_CHECK_VALUE(t.device() == q.device(), "attn.prefill_paged: ", name, " must be on q's device (", q.device(),
+                      "), got ", t.device());
+  }
+  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"q", q}, {"k_cache", k_cache},
+                                {"v_cache", v_cache}}) {
+    TORCH_CHECK_VALUE(t.stride(-1) == 1, "attn.prefill_paged: ", name,
+                      " must have a contiguous last dimension (stride 1), got stride ", t.stride(-1));
+  }
+  PagedShape shape{};
+  shape.hnd = kv_layout == "HND";
+  shape.num_pages = k_cache.size(0);
+  shape.page_size = k_cache.size(shape.hnd ? 2 : 1);
+  const int64_t num_kv_heads = k_cache.size(shape.hnd ? 1 : 2);
+  const int64_t head_dim = q.size(-1);
+  TORCH_CHECK_VALUE(head_dim % 8 == 0 && head_dim >= 8 && head_dim <= 256,
+                    "attn.prefill_paged: head_dim (q.size(-1)) must be a multiple of 8 from 8 to 256, got ", head_dim);
+  TORCH_CHECK_VALUE(k_cache.size(3) == head_dim, "attn.prefill_paged: k_cache's head_dim must equal q's (", head_dim,
+                    "), got ", k_cache.size(3));
+  TORCH_CHECK_VALUE(shape.num_pages >= 1 && shape.page_size >= 1 && num_kv_heads >= 1,
+                    "attn.prefill_paged: k_cache needs at least one page, page_size >= 1 and one head, got shape ",
+                    k_cache.sizes());
+  TORCH_CHECK_VALUE(q.size(1) >= 1 && q.size(1) % num_kv_heads == 0, "attn.prefill_paged: q's heads (", q.size(1),
+                    ") must be a multiple of the cache's heads (", num_kv_heads, ") for GQA/MQA");
+  check_int_vector("qo_indptr", qo_indptr, 1, q);
+  check_int_vector("block_table", block_table, 2, q);
+  check_int_vector("kv_lens", kv_lens, 1, q);
+  const int64_t num_seqs = qo_indptr.numel() - 1;
+  TORCH_CHECK_VALUE(num_seqs >= 0, "attn.prefill_paged: qo_indptr must have batch + 1 entries, got none");
+  TORCH_CHECK_VALUE(block_table.size(0) == num_seqs, "attn.prefill_paged: block_table must have one row per sequence (",
+                    num_seqs, "), got ", block_table.size(0));
+  TORCH_CHECK_VALUE(kv_lens.numel() == num_seqs, "attn.prefill_paged: kv_lens must have one entry per sequence (",
+                    num_seqs, "), got ", kv_lens.numel());
+  shape.max_pages = block_table.size(1);
+  TORCH_CHECK_VALUE(shape.max_pages * shape.page_size < (int64_t{1} << 31) && q.size(0) < (int64_t{1} << 31),
+                    "attn.prefill_paged: at most 2^31 - 1 tokens per sequence and in q");
+  PrefillShape& common = shape.common;
+  common.ragged = true;
+  common.num_seqs = num_seqs;
+  common.qo_len = q.size(0);
+  common.kv_len = shape.max_pages * shape.page_size;
+  common.num_qo_heads = q.size(1);
+  common.num_kv_heads = num_kv_heads;
+  common.head_dim = head_dim;
+  common.sm_scale = check_mask_args(head_dim, sm_scale, window_left, logits_soft_cap);
   return shape;
 }
 

@@ -80,6 +80,13 @@ void check_indptr_values(const char* name, const at::Tensor& indptr, int64_t row
   }
 }
 
+/// The keys of one sequence gathered from its pages: [kv_len, heads, D].
+at::Tensor gather_pages(const at::Tensor& cache, const at::Tensor& pages, bool hnd, int64_t kv_len) {
+  const at::Tensor selected = cache.index_select(0, pages.to(at::kLong));  // NHD [n, ps, H, D] or HND [n, H, ps, D]
+  const at::Tensor tokens_first = hnd ? selected.permute({0, 2, 1, 3}) : selected;
+  return tokens_first.reshape({-1, cache.size(hnd ? 1 : 2), cache.size(3)}).narrow(0, 0, kv_len);
+}
+
 }  // namespace
 
 PrefillResult prefill_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -102,6 +109,38 @@ PrefillResult prefill_cpu(const at::Tensor& q, const at::Tensor& k, const at::Te
     for (int64_t b = 0; b < shape.num_seqs; ++b) attend_sequence(q[b], k[b], v[b], out[b], lse[b], mask);
   } else {
     attend_sequence(q, k, v, out, lse, mask);
+  }
+  return {out, lse};
+}
+
+}  // namespace torch_attn
+
+namespace torch_attn {
+
+PrefillResult prefill_paged_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                const at::Tensor& qo_indptr, const at::Tensor& block_table, const at::Tensor& kv_lens,
+                                c10::string_view kv_layout, bool causal, c10::optional<double> sm_scale,
+                                int64_t window_left, double logits_soft_cap) {
+  const PagedShape shape = check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout,
+                                                    sm_scale, window_left, logits_soft_cap);
+  auto [out, lse] = allocate_prefill_outputs(q);
+  check_indptr_values("qo_indptr", qo_indptr, shape.common.qo_len);
+  const CpuMask mask{causal, window_left, logits_soft_cap, shape.common.sm_scale};
+  const int32_t* qo = qo_indptr.data_ptr<int32_t>();
+  const auto lens = kv_lens.accessor<int32_t, 1>();
+  for (int64_t b = 0; b < shape.common.num_seqs; ++b) {
+    const int64_t kv_len = lens[b];
+    TORCH_CHECK_VALUE(kv_len >= 0 && kv_len <= shape.max_pages * shape.page_size, "attn.prefill_paged: kv_lens[", b,
+                      "] = ", kv_len, " must be within [0, block_table.size(1) * page_size = ",
+                      shape.max_pages * shape.page_size, "]");
+    const at::Tensor pages = block_table[b].narrow(0, 0, (kv_len + shape.page_size - 1) / shape.page_size);
+    TORCH_CHECK_VALUE(pages.numel() == 0 || (pages.min().item<int32_t>() >= 0 &&
+                                             pages.max().item<int32_t>() < shape.num_pages),
+                      "attn.prefill_paged: block_table[", b, "] names pages outside [0, ", shape.num_pages, ")");
+    const int64_t q0 = qo[b], q_len = qo[b + 1] - qo[b];
+    attend_sequence(q.narrow(0, q0, q_len), gather_pages(k_cache, pages, shape.hnd, kv_len),
+                    gather_pages(v_cache, pages, shape.hnd, kv_len), out.narrow(0, q0, q_len), lse.narrow(0, q0, q_len),
+                    mask);
   }
   return {out, lse};
 }

@@ -71,45 +71,17 @@ TokenHeadStrides lse_strides_of(const at::Tensor& lse, bool batched) {
                  : TokenHeadStrides{0, lse.stride(0), lse.stride(1)};
 }
 
-}  // namespace
-
-PrefillResult prefill_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                           const c10::optional<at::Tensor>& qo_indptr, const c10::optional<at::Tensor>& kv_indptr,
-                           bool causal, c10::optional<double> sm_scale, int64_t window_left, double logits_soft_cap) {
-  const PrefillShape shape = check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, logits_soft_cap);
-  TORCH_CHECK_TYPE(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16,
-                   "attn.prefill: on CUDA, q, k and v must be float16 or bfloat16 (float32 runs on CPU only), got ",
-                   q.scalar_type());
-  check_cuda_layout("q", q);
-  check_cuda_layout("k", k);
-  check_cuda_layout("v", v);
-
-  const c10::cuda::CUDAGuard device_guard(q.device());
-  auto [out, lse] = allocate_prefill_outputs(q);
-  if (out.numel() == 0 || shape.num_seqs == 0) return {out, lse};
-
-  const Launcher& launcher =
-      pick_launcher(q.scalar_type() == at::kBFloat16 ? ScalarKind::kBFloat16 : ScalarKind::kFloat16, shape.head_dim);
-  const int64_t block_m = prefill_block_m(launcher.head_dim_tile);
-  const size_t smem = prefill_smem_bytes(launcher.head_dim_tile);
-  const int device_smem_limit = smem_per_block_limit(q.get_device());
-  TORCH_CHECK(smem <= static_cast<size_t>(device_smem_limit), "attn.prefill: head_dim ", shape.head_dim, " needs ",
-              smem, " bytes of shared memory per block; this GPU allows ", device_smem_limit);
-
+/// The parameters both ops share: q, outputs, heads, scale and mask.
+PrefillParams common_params(const at::Tensor& q, const at::Tensor& out, const at::Tensor& lse,
+                            const PrefillShape& shape, bool causal, int64_t window_left, double logits_soft_cap) {
   const bool batched = q.dim() == 4;
   PrefillParams p{};
   p.q = q.data_ptr();
-  p.k = k.data_ptr();
-  p.v = v.data_ptr();
   p.out = out.data_ptr();
   p.lse = lse.data_ptr<float>();
   p.q_strides = strides_of(q, batched);
-  p.k_strides = strides_of(k, batched);
-  p.v_strides = strides_of(v, batched);
   p.out_strides = strides_of(out, batched);
   p.lse_strides = lse_strides_of(lse, batched);
-  p.qo_indptr = shape.ragged ? qo_indptr->data_ptr<int32_t>() : nullptr;
-  p.kv_indptr = shape.ragged ? kv_indptr->data_ptr<int32_t>() : nullptr;
   p.num_seqs = static_cast<int32_t>(shape.num_seqs);
   p.qo_len = static_cast<int32_t>(shape.qo_len);
   p.kv_len = static_cast<int32_t>(shape.kv_len);
@@ -123,7 +95,18 @@ PrefillResult prefill_cuda(const at::Tensor& q, const at::Tensor& k, const at::T
   p.soft_cap = static_cast<float>(logits_soft_cap);
   p.pre_cap_scale = logits_soft_cap > 0 ? static_cast<float>(shape.sm_scale / logits_soft_cap) : 0.f;
   p.logit_to_log2 = static_cast<float>(logits_soft_cap > 0 ? log2e : shape.sm_scale * log2e);
+  return p;
+}
 
+/// Sizes the grid and launches on the current stream.
+void launch(PrefillParams& p, const PrefillShape& shape, const at::Tensor& q) {
+  const Launcher& launcher =
+      pick_launcher(q.scalar_type() == at::kBFloat16 ? ScalarKind::kBFloat16 : ScalarKind::kFloat16, shape.head_dim);
+  const int64_t block_m = prefill_block_m(launcher.head_dim_tile);
+  const size_t smem = prefill_smem_bytes(launcher.head_dim_tile);
+  const int device_smem_limit = smem_per_block_limit(q.get_device());
+  TORCH_CHECK(smem <= static_cast<size_t>(device_smem_limit), "attn.prefill: head_dim ", shape.head_dim, " needs ",
+              smem, " bytes of shared memory per block; this GPU allows ", device_smem_limit);
   // Dense: exactly B * ceil(S / BM) tiles. Ragged: sum_b ceil(len_b / BM) <= total / BM + B,
   // a bound from shapes alone (no read of the device indptr).
   const int64_t slots = shape.ragged ? shape.qo_len / block_m + shape.num_seqs
@@ -131,8 +114,75 @@ PrefillResult prefill_cuda(const at::Tensor& q, const at::Tensor& k, const at::T
   TORCH_CHECK_VALUE(slots * shape.num_qo_heads <= INT32_MAX, "attn.prefill: too many query tiles x heads (",
                     slots * shape.num_qo_heads, ") for one launch");
   p.num_q_tile_slots = static_cast<int32_t>(slots);
-
   C10_CUDA_CHECK(launcher.launch(p, c10::cuda::getCurrentCUDAStream(q.get_device()).stream()));
+}
+
+void check_cuda_dtype(const at::Tensor& q) {
+  TORCH_CHECK_TYPE(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16,
+                   "attn.prefill: on CUDA, q, k and v must be float16 or bfloat16 (float32 runs on CPU only), got ",
+                   q.scalar_type());
+}
+
+}  // namespace
+
+PrefillResult prefill_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                           const c10::optional<at::Tensor>& qo_indptr, const c10::optional<at::Tensor>& kv_indptr,
+                           bool causal, c10::optional<double> sm_scale, int64_t window_left, double logits_soft_cap) {
+  const PrefillShape shape = check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, logits_soft_cap);
+  check_cuda_dtype(q);
+  check_cuda_layout("q", q);
+  check_cuda_layout("k", k);
+  check_cuda_layout("v", v);
+
+  const c10::cuda::CUDAGuard device_guard(q.device());
+  auto [out, lse] = allocate_prefill_outputs(q);
+  if (out.numel() == 0 || shape.num_seqs == 0) return {out, lse};
+
+  PrefillParams p = common_params(q, out, lse, shape, causal, window_left, logits_soft_cap);
+  const bool batched = q.dim() == 4;
+  p.k = k.data_ptr();
+  p.v = v.data_ptr();
+  p.k_strides = strides_of(k, batched);
+  p.v_strides = strides_of(v, batched);
+  p.qo_indptr = shape.ragged ? qo_indptr->data_ptr<int32_t>() : nullptr;
+  p.kv_indptr = shape.ragged ? kv_indptr->data_ptr<int32_t>() : nullptr;
+  launch(p, shape, q);
+  return {out, lse};
+}
+
+PrefillResult prefill_paged_cuda(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                 const at::Tensor& qo_indptr, const at::Tensor& block_table, const at::Tensor& kv_lens,
+                                 c10::string_view kv_layout, bool causal, c10::optional<double> sm_scale,
+                                 int64_t window_left, double logits_soft_cap) {
+  const PagedShape paged = check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout,
+                                                    sm_scale, window_left, logits_soft_cap);
+  check_cuda_dtype(q);
+  check_cuda_layout("q", q);
+  check_cuda_layout("k_cache", k_cache);
+  check_cuda_layout("v_cache", v_cache);
+  TORCH_CHECK_VALUE(paged.num_pages < (int64_t{1} << 31), "attn.prefill_paged: at most 2^31 - 1 pages");
+
+  const c10::cuda::CUDAGuard device_guard(q.device());
+  auto [out, lse] = allocate_prefill_outputs(q);
+  if (out.numel() == 0 || paged.common.num_seqs == 0) return {out, lse};
+
+  PrefillParams p = common_params(q, out, lse, paged.common, causal, window_left, logits_soft_cap);
+  p.k = k_cache.data_ptr();
+  p.v = v_cache.data_ptr();
+  // A page plays the part of a batch entry and a slot that of a token; NHD and HND differ only here.
+  const int slot_dim = paged.hnd ? 2 : 1, head_dim_index = paged.hnd ? 1 : 2;
+  p.k_strides = {k_cache.stride(0), k_cache.stride(slot_dim), k_cache.stride(head_dim_index)};
+  p.v_strides = {v_cache.stride(0), v_cache.stride(slot_dim), v_cache.stride(head_dim_index)};
+  p.qo_indptr = qo_indptr.data_ptr<int32_t>();
+  p.block_table = block_table.data_ptr<int32_t>();
+  p.block_table_stride = block_table.stride(0);
+  p.kv_lens = kv_lens.data_ptr<int32_t>();
+  p.page_size = static_cast<int32_t>(paged.page_size);
+  const bool power_of_two = (paged.page_size & (paged.page_size - 1)) == 0;
+  p.page_shift = power_of_two ? __builtin_ctzll(static_cast<unsigned long long>(paged.page_size)) : -1;
+  p.num_pages = static_cast<int32_t>(paged.num_pages);
+  p.max_pages = static_cast<int32_t>(paged.max_pages);
+  launch(p, paged.common, q);
   return {out, lse};
 }
 

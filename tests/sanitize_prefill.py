@@ -25,6 +25,23 @@ def main() -> None:
     kv = torch.full((total + 64, 2, 2, 128), math.nan, dtype=torch.bfloat16, device="cuda")
     kv[:total] = torch.randn(total, 2, 2, 128, device="cuda")
     out = torch_attn.prefill(q, kv[:total, 0], kv[:total, 1], causal=True, qo_indptr=indptr, kv_indptr=indptr)
+    # Paged caches: random values in every slot (unused ones too), page sizes 16 (NHD) and 1 (HND), a partly filled last page.
+    for page_size, layout in ((16, "NHD"), (1, "HND")):
+        kv_lens = [37, 0, 130]
+        pages = [(n + page_size - 1) // page_size for n in kv_lens]
+        shape = (sum(pages) + 2, page_size, 2, 128) if layout == "NHD" else (sum(pages) + 2, 2, page_size, 128)
+        cache = torch.randn(2, *shape, dtype=torch.bfloat16, device="cuda")
+        table = torch.zeros(3, max(pages), dtype=torch.int32, device="cuda")
+        order = torch.randperm(sum(pages) + 2, device="cuda").to(torch.int32)
+        start = 0
+        for b, n in enumerate(pages):
+            table[b, :n] = order[start:start + n]
+            start += n
+        qo = torch.tensor([0, 20, 20, 150], dtype=torch.int32, device="cuda")
+        lens = torch.tensor(kv_lens, dtype=torch.int32, device="cuda")
+        q = torch.randn(150, 8, 128, dtype=torch.bfloat16, device="cuda")
+        paged = torch_attn.prefill_paged(q, cache[0], cache[1], qo, table, lens, kv_layout=layout, causal=True)
+        assert torch.isfinite(paged).all()
     torch.cuda.synchronize()
     assert torch.isfinite(out).all()
     print("sanitize grid done")

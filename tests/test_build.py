@@ -39,16 +39,38 @@ def compiled_kernels(tmp_path_factory):
         return list(pool.map(lambda job: (job[1], *compile_kernel(job[0], job[1], out_dir)), jobs))
 
 
+def spills_by_kernel(report: str) -> dict[str, int]:
+    """ptxas -v report -> {mangled kernel name: bytes of spill stores}."""
+    spills, kernel = {}, None
+    for line in report.splitlines():
+        entry = re.search(r"Compiling entry function '(\w+)'", line)
+        if entry:
+            kernel = entry.group(1)
+        stores = re.search(r"(\d+) bytes spill stores", line)
+        if stores and kernel:
+            spills[kernel] = int(stores.group(1))
+    return spills
+
+
+# Spills put values in local memory: a slowdown, never silent. The contiguous-K/V kernels
+# must not spill at all on sm_90a. The paged kernels (kPaged = true, the last template
+# argument: "Lb1EEEv" in the mangled name) need a few more registers for page lookups and
+# spill a little at head dim 128 (BENCHMARKS.md has their measured cost); this bound keeps
+# that from growing unnoticed.
+PAGED_SPILL_BOUND = 128
+
+
 @needs_nvcc
 def test_kernels_compile_without_spills(compiled_kernels):
     assert len(compiled_kernels) == 2 * len(KERNEL_SOURCES)
     for arch, source, _obj, report in compiled_kernels:
-        if "instantiations" not in source:
+        if "instantiations" not in source or arch != "9.0a":
             continue
-        spills = re.findall(r"(\d+) bytes spill stores", report)
-        assert spills, f"no ptxas report for {source} ({arch})"
-        # Spills put the accumulators in local memory: a large slowdown, never silent.
-        assert all(int(n) == 0 for n in spills) or arch != "9.0a", f"{source} spills on sm_90a:\n{report}"
+        spills = spills_by_kernel(report)
+        assert len(spills) == 4, f"expected 4 kernels in {source}, got {list(spills)}"
+        for kernel, stores in spills.items():
+            bound = PAGED_SPILL_BOUND if kernel.endswith("Lb1EEEvNS_13PrefillParamsE") else 0
+            assert stores <= bound, f"{kernel} in {source} spills {stores} bytes on sm_90a:\n{report}"
 
 
 @needs_nvcc
@@ -62,9 +84,14 @@ def test_sass_uses_tensor_cores_and_async_copies(compiled_kernels):
             pytest.skip("cuobjdump not found")
     obj = next(o for arch, s, o, _ in compiled_kernels if arch == "9.0a" and s.endswith("prefill_bf16_hd128.cu"))
     sass = subprocess.run([cuobjdump, "-sass", str(obj)], capture_output=True, text=True, check=True).stdout
-    for instruction in ("HMMA.16816.F32.BF16", "LDSM.16.M88.4", "LDSM.16.MT88.4", "LDGSTS.E.BYPASS.128", "MUFU.EX2"):
-        assert instruction in sass, f"{instruction} missing from the sm_90a SASS"
-    assert "STL" not in sass and "LDL" not in sass, "local-memory traffic in the d128 kernel"
+    functions = dict(re.findall(r"Function : (\w+)\n(.*?)(?=\n\s*Function : |\Z)", sass, re.S))
+    assert len(functions) == 4, list(functions)
+    for name, body in functions.items():
+        for instruction in ("HMMA.16816.F32.BF16", "LDSM.16.M88.4", "LDSM.16.MT88.4", "LDGSTS.E.BYPASS.128",
+                            "MUFU.EX2"):
+            assert instruction in body, f"{instruction} missing from {name}"
+        if not name.endswith("Lb1EEEvNS_13PrefillParamsE"):  # contiguous K/V: no local memory at all
+            assert "STL" not in body and "LDL" not in body, f"local-memory traffic in {name}"
 
 
 def test_arch_list_parsing_and_gencode():

@@ -8,7 +8,7 @@ from ._loader import load_library as _load_library
 LIBRARY = _load_library()
 
 from . import _fake  # noqa: E402,F401  (registers fake kernels)
-from .ops import prefill  # noqa: E402
+from .ops import block_table_from_flashinfer, merge_states, prefill, prefill_paged  # noqa: E402
 
 __version__ = "0.1.0"
-__all__ = ["prefill", "LIBRARY", "__version__"]
+__all__ = ["prefill", "prefill_paged", "merge_states", "block_table_from_flashinfer", "LIBRARY", "__version__"]

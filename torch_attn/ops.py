@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 
 _prefill_op = torch.ops.attn.prefill.default
+_prefill_paged_op = torch.ops.attn.prefill_paged.default
+_merge_states_op = torch.ops.attn.merge_states.default
 
 
 def _reject_grad(*tensors: torch.Tensor) -> None:
@@ -48,3 +50,66 @@ def prefill(
     out, lse = _prefill_op(q, k, v, qo_indptr, kv_indptr, causal=causal, sm_scale=sm_scale,
                            window_left=window_left, logits_soft_cap=logits_soft_cap)
     return (out, lse) if return_lse else out
+
+
+def prefill_paged(
+    q: torch.Tensor,
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    qo_indptr: torch.Tensor,
+    block_table: torch.Tensor,
+    kv_lens: torch.Tensor,
+    *,
+    kv_layout: str = "NHD",
+    causal: bool = False,
+    sm_scale: float | None = None,
+    window_left: int = -1,
+    logits_soft_cap: float = 0.0,
+    return_lse: bool = False,
+):
+    """Prefill against a paged KV cache.
+
+    Shapes:
+      q            [total_q, Hq, D], sequences packed, with qo_indptr int32 [B + 1]
+      k_cache      [num_pages, page_size, Hkv, D] ("NHD") or [num_pages, Hkv, page_size, D] ("HND");
+      v_cache      the same shape (K and V may be two views of one combined cache)
+      block_table  int32 [B, max_pages]: the page ids of each sequence, in order
+      kv_lens      int32 [B]: valid keys of each sequence (its last page may be partly filled)
+    Semantics as prefill(): query i of sequence b sees key j iff j <= i + kv_lens[b] - qo_len_b
+    (causal), so the queries are the last tokens of their sequence's keys. Cache slots past
+    kv_lens[b] and pages the block table does not name are never read.
+    """
+    _reject_grad(q, k_cache, v_cache)
+    out, lse = _prefill_paged_op(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout=kv_layout,
+                                 causal=causal, sm_scale=sm_scale, window_left=window_left,
+                                 logits_soft_cap=logits_soft_cap)
+    return (out, lse) if return_lse else out
+
+
+def merge_states(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, lse_b: torch.Tensor):
+    """Attention over the union of two disjoint key sets from the two partial results
+    (out [..., H, D], natural-log lse [..., H] as prefill returns them). A part with
+    lse = -inf (no key seen) counts for nothing. Returns (out, lse).
+
+    Shared-prefix (cascade) attention: attend to the shared prefix once, to each
+    suffix separately, and merge."""
+    return _merge_states_op(out_a, lse_a, out_b, lse_b)
+
+
+def block_table_from_flashinfer(kv_indptr: torch.Tensor, kv_indices: torch.Tensor, last_page_len: torch.Tensor,
+                                page_size: int, max_pages: int | None = None):
+    """FlashInfer's paged layout (kv_indptr [B + 1] into kv_indices, the page ids, and
+    last_page_len [B]) -> (block_table int32 [B, max_pages], kv_lens int32 [B]).
+
+    Device ops only when max_pages is given; without it the widest row is read back
+    from the device (a host sync), so pass it in CUDA graphs."""
+    num_pages = (kv_indptr[1:] - kv_indptr[:-1]).to(torch.int64)
+    if max_pages is None:
+        max_pages = int(num_pages.max().item()) if num_pages.numel() else 0
+    kv_lens = torch.where(num_pages > 0, (num_pages - 1) * page_size + last_page_len.to(torch.int64), 0)
+    column = torch.arange(max_pages, device=kv_indptr.device)
+    index = kv_indptr[:-1].to(torch.int64).unsqueeze(1) + column
+    named = column < num_pages.unsqueeze(1)
+    pages = kv_indices[index.clamp(max=max(kv_indices.numel() - 1, 0))] if kv_indices.numel() else index * 0
+    block_table = torch.where(named, pages, 0).to(torch.int32)
+    return block_table, kv_lens.to(torch.int32)

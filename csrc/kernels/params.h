@@ -35,6 +35,20 @@ struct PrefillParams {
   int32_t group_size;  // num_qo_heads / num_kv_heads (GQA/MQA)
   int32_t head_dim;    // the real head dim; the kernel's tile may be wider
 
+  // Paged KV cache (block_table null: K/V rows of a sequence are contiguous). Key j of
+  // sequence b sits in page block_table[b * block_table_stride + j / page_size] at slot
+  // j % page_size: element offset page * strides.batch + slot * strides.token + head *
+  // strides.head (so NHD and HND caches differ only in strides). kv_lens[b] keys are
+  // valid; page ids are clamped into [0, num_pages) and kv_lens into the table's
+  // capacity, so bad values cannot reach outside the cache.
+  const int32_t* block_table;
+  int64_t block_table_stride;
+  const int32_t* kv_lens;
+  int32_t page_size;
+  int32_t page_shift;  // log2(page_size) for powers of two, else -1
+  int32_t num_pages;
+  int32_t max_pages;   // block_table columns
+
   // Masks: bottom-right causal, sliding window (window_left < 0: none).
   bool causal;
   int32_t window_left;

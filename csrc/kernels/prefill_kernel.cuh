@@ -17,12 +17,15 @@
 //     replaced by -inf through a select, never by adding -inf to garbage.
 //   * Head-dim columns past D (the tile is wider than D) enter every dot product,
 //     so they are zero in Q, K and V alike.
+//   * In a paged cache the same holds for the tail of a sequence's last page and
+//     for pages it does not name: rows past kv_len are zero-filled, not looked up.
 #pragma once
 #include <cstdint>
 #include <type_traits>
 #include "cp_async.cuh"
 #include "mask.cuh"
 #include "mma.cuh"
+#include "page_table.cuh"
 #include "params.h"
 #include "prefill_traits.cuh"
 #include "softmax.cuh"
@@ -30,36 +33,78 @@
 
 namespace torch_attn {
 
-/// Copies rows [0, rows_valid) x chunks [0, chunks_valid) of a global tile into a
-/// shared tile and zero-fills every other row and chunk (see the header comment).
-///
-/// Thread mapping: a thread keeps one 16-byte column (chunk) and walks down the
-/// rows, so its global address advances by a fixed stride per pass: one 64-bit
-/// add, instead of a row * stride product per chunk that the compiler would
-/// hoist into dozens of live registers. Rows of 12 or 24 chunks (widths 96, 192)
-/// are mapped as 16 or 32, and the threads on the missing columns idle.
-template <class Tile, int kThreads, typename DType>
-__device__ __forceinline__ void load_tile_or_zero(DType* smem, const DType* gmem, int64_t row_stride,
-                                                  int rows_valid, int chunks_valid) {
-  constexpr int kLanesPerRow = Tile::kChunksPerRow <= 8 ? 8 : (Tile::kChunksPerRow <= 16 ? 16 : 32);
-  constexpr int kRowsPerPass = kThreads / kLanesPerRow;
+/// Which 16-byte pieces of a tile a thread copies: a thread keeps one 16-byte
+/// column (chunk) and walks down the rows, kRowsPerPass at a time. Rows of 12 or 24
+/// chunks (widths 96, 192) are mapped as 16 or 32, and the threads on the missing
+/// columns idle.
+template <class Tile, int kThreads>
+struct TileLoadMapping {
+  static constexpr int kLanesPerRow = Tile::kChunksPerRow <= 8 ? 8 : (Tile::kChunksPerRow <= 16 ? 16 : 32);
+  static constexpr int kRowsPerPass = kThreads / kLanesPerRow;
+  static constexpr int kPasses = Tile::kRows / kRowsPerPass;
   static_assert(Tile::kChunksPerRow <= kLanesPerRow && kThreads % kLanesPerRow == 0, "thread mapping");
   static_assert(Tile::kRows % kRowsPerPass == 0, "passes cover the tile exactly");
   const int chunk = static_cast<int>(threadIdx.x) % kLanesPerRow;
   const int row0 = static_cast<int>(threadIdx.x) / kLanesPerRow;
-  if (chunk >= Tile::kChunksPerRow) return;
-  const DType* src = gmem + row0 * row_stride + chunk * 8;
-  DType* dst = smem + Tile::offset(row0, chunk * 8);
+  __device__ __forceinline__ bool idle() const { return chunk >= Tile::kChunksPerRow; }
+};
+
+/// Copies rows [0, rows_valid) x chunks [0, chunks_valid) of a global tile with
+/// rows `row_stride` apart into a shared tile, and zero-fills every other row and
+/// chunk (see the header comment). The global address advances by a fixed stride
+/// per pass: one 64-bit add, instead of a row * stride product per chunk that the
+/// compiler would hoist into dozens of live registers.
+template <class Tile, int kThreads, typename DType>
+__device__ __forceinline__ void load_tile_or_zero(DType* smem, const DType* gmem, int64_t row_stride,
+                                                  int rows_valid, int chunks_valid) {
+  using Map = TileLoadMapping<Tile, kThreads>;
+  const Map map;
+  if (map.idle()) return;
+  const DType* src = gmem + map.row0 * row_stride + map.chunk * 8;
+  DType* dst = smem + Tile::offset(map.row0, map.chunk * 8);
 #pragma unroll
-  for (int pass = 0; pass < Tile::kRows / kRowsPerPass; ++pass) {
-    const bool in_bounds = row0 + pass * kRowsPerPass < rows_valid && chunk < chunks_valid;
+  for (int pass = 0; pass < Map::kPasses; ++pass) {
+    const bool in_bounds = map.row0 + pass * Map::kRowsPerPass < rows_valid && map.chunk < chunks_valid;
     // A false predicate reads nothing, but the address must stay valid: the tile's first row.
-    cp_async_16_or_zero(dst + pass * kRowsPerPass * Tile::kPitch, in_bounds ? src : gmem, in_bounds);
-    src += kRowsPerPass * row_stride;
+    cp_async_16_or_zero(dst + pass * Map::kRowsPerPass * Tile::kPitch, in_bounds ? src : gmem, in_bounds);
+    src += Map::kRowsPerPass * row_stride;
   }
 }
 
-template <class Traits, bool kSoftCap>
+/// As load_tile_or_zero, for keys key0.. of a paged cache. Here each thread copies
+/// consecutive chunks of a single row, so it needs one page id per tile (`page_id`,
+/// loaded a tile ahead by the caller) and keeps one 64-bit address. Rows past
+/// kv_len are zero-filled and their page id is never used.
+template <class Tile, int kThreads>
+struct PagedTileMapping {
+  static_assert(kThreads % Tile::kRows == 0, "whole threads per row");
+  static constexpr int kThreadsPerRow = kThreads / Tile::kRows;
+  static_assert(Tile::kChunksPerRow % kThreadsPerRow == 0, "whole chunks per thread");
+  static constexpr int kChunksPerThread = Tile::kChunksPerRow / kThreadsPerRow;
+  __device__ __forceinline__ static int row() { return static_cast<int>(threadIdx.x) / kThreadsPerRow; }
+  __device__ __forceinline__ static int chunk0() {
+    return (static_cast<int>(threadIdx.x) % kThreadsPerRow) * kChunksPerThread;
+  }
+};
+
+template <class Tile, int kThreads, typename DType>
+__device__ __forceinline__ void load_paged_tile_or_zero(DType* smem, const DType* head_base, const PageTable& table,
+                                                        int32_t page_id, int64_t page_stride, int64_t slot_stride,
+                                                        int key0, int rows_valid, int chunks_valid) {
+  using Map = PagedTileMapping<Tile, kThreads>;
+  const int row = Map::row(), chunk0 = Map::chunk0();
+  const bool row_valid = row < rows_valid;
+  const DType* src = row_valid ? head_base + table.offset(key0 + row, page_id, page_stride, slot_stride) : head_base;
+  DType* dst = smem + Tile::offset(row, chunk0 * 8);
+#pragma unroll
+  for (int i = 0; i < Map::kChunksPerThread; ++i) {
+    const bool in_bounds = row_valid && chunk0 + i < chunks_valid;
+    // A false predicate reads nothing; the address stays at the row's start (or head_base), inside the cache.
+    cp_async_16_or_zero(dst + i * 8, src + (in_bounds ? (chunk0 + i) * 8 : 0), in_bounds);
+  }
+}
+
+template <class Traits, bool kSoftCap, bool kPaged>
 struct PrefillCta {
   using DType = typename Traits::DType;
   using QTile = typename Traits::QTile;
@@ -73,17 +118,31 @@ struct PrefillCta {
   DType* q_smem;
   DType* k_smem;  // kStages K tiles
   DType* v_smem;  // kStages V tiles
-  const DType* k_gmem;  // key 0 of this sequence and KV head
+  const DType* k_gmem;  // key 0 of this sequence and KV head (paged: the cache at this KV head)
   const DType* v_gmem;
+  const int32_t* pages;  // paged caches only: this sequence's block-table row
   int lane, warp_row0;  // warp_row0: the warp's first row in the query tile
   int chunks_valid;     // 16-byte chunks of real head dim
 
   /// Issues the cp.async copies of K (or V) tile `tile` into ring stage `stage`.
-  __device__ __forceinline__ void load_kv(DType* ring, const DType* gmem, int64_t token_stride, int tile,
-                                          int stage) const {
+  /// page_id: paged caches only, the page of this thread's row of the tile.
+  __device__ __forceinline__ void load_kv(DType* ring, const DType* gmem, const TokenHeadStrides& strides, int tile,
+                                          int stage, int32_t page_id) const {
     const int key0 = tile * kBlockN;
-    load_tile_or_zero<KVTile, kThreads>(ring + stage * KVTile::kElems, gmem + key0 * token_stride, token_stride,
-                                        w.kv_len - key0, chunks_valid);
+    if constexpr (kPaged) {
+      load_paged_tile_or_zero<KVTile, kThreads>(ring + stage * KVTile::kElems, gmem, PageTable{p, pages}, page_id,
+                                                strides.batch, strides.token, key0, w.kv_len - key0, chunks_valid);
+    } else {
+      load_tile_or_zero<KVTile, kThreads>(ring + stage * KVTile::kElems, gmem + key0 * strides.token, strides.token,
+                                          w.kv_len - key0, chunks_valid);
+    }
+  }
+
+  /// Paged caches: the page id of this thread's row of tile `tile` (0 past kv_len or
+  /// past the last tile, where it is never used).
+  __device__ __forceinline__ int32_t row_page_id(int tile, int tile_end) const {
+    const int key = tile * kBlockN + PagedTileMapping<KVTile, kThreads>::row();
+    return kPaged && tile < tile_end && key < w.kv_len ? PageTable{p, pages}.page_id(key) : 0;
   }
 
   /// S = Q K^T for this warp's rows and the K tile in `k_stage`.
@@ -236,13 +295,27 @@ struct PrefillCta {
     // iteration one V and one K, and empty groups past the last tile keep the
     // count uniform. Before each wait 2S - 1 groups are pending, so waiting
     // until 2S - 2 remain completes exactly the oldest: K_j, then V_j.
+    //
+    // K_t and V_t are always issued one right after the other (K_t, V_t, K_t+1, ...).
+    // In a paged cache both use the page id of tile t, which is looked up when K_t-1
+    // is issued: a dependent block-table load would otherwise stall every tile's copies.
+    int32_t page_next = kPaged ? row_page_id(tile_begin, tile_end) : 0, page_now = 0;
+    auto issue_k = [&](int tile, int stage) {
+      if constexpr (kPaged) {
+        page_now = page_next;
+        page_next = row_page_id(tile + 1, tile_end);
+      }
+      load_kv(k_smem, k_gmem, p.k_strides, tile, stage, page_now);
+    };
+    auto issue_v = [&](int tile, int stage) { load_kv(v_smem, v_gmem, p.v_strides, tile, stage, page_now); };
+
     load_tile_or_zero<QTile, kThreads>(q_smem, q_gmem, p.q_strides.token, rows_valid, chunks_valid);
 #pragma unroll
     for (int stage = 0; stage < kStages; ++stage) {
-      if (stage < num_tiles) load_kv(k_smem, k_gmem, p.k_strides.token, tile_begin + stage, stage);
+      if (stage < num_tiles) issue_k(tile_begin + stage, stage);
       cp_async_commit();
       if (stage + 1 < kStages) {
-        if (stage < num_tiles) load_kv(v_smem, v_gmem, p.v_strides.token, tile_begin + stage, stage);
+        if (stage < num_tiles) issue_v(tile_begin + stage, stage);
         cp_async_commit();
       }
     }
@@ -265,7 +338,7 @@ struct PrefillCta {
       cp_async_wait<2 * kStages - 2>();
       __syncthreads();  // K_j has landed for all threads; all warps are done with V_{j-1}
       const int v_ahead = j + kStages - 1;  // V_{j+S-1} reuses V_{j-1}'s stage
-      if (v_ahead < num_tiles) load_kv(v_smem, v_gmem, p.v_strides.token, tile_begin + v_ahead, v_ahead % kStages);
+      if (v_ahead < num_tiles) issue_v(tile_begin + v_ahead, v_ahead % kStages);
       cp_async_commit();
 
       float s[kMFrags][kNFragsS][4];
@@ -276,7 +349,7 @@ struct PrefillCta {
       cp_async_wait<2 * kStages - 2>();
       __syncthreads();  // V_j has landed for all threads; all warps are done with K_j
       const int k_ahead = j + kStages;  // K_{j+S} reuses K_j's stage
-      if (k_ahead < num_tiles) load_kv(k_smem, k_gmem, p.k_strides.token, tile_begin + k_ahead, stage);
+      if (k_ahead < num_tiles) issue_k(tile_begin + k_ahead, stage);
       cp_async_commit();
 
       accumulate_pv(v_smem + stage * KVTile::kElems, s, o);
@@ -299,7 +372,7 @@ struct PrefillCta {
   }
 };
 
-template <class Traits, bool kSoftCap>
+template <class Traits, bool kSoftCap, bool kPaged>
 __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
     prefill_kernel(const __grid_constant__ PrefillParams params) {
   using DType = typename Traits::DType;
@@ -308,18 +381,20 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
   if (!find_work_item<Traits::kBlockM>(params, work)) return;
   const int lane = static_cast<int>(threadIdx.x) % 32;
   const int kv_head = work.qo_head / params.group_size;
+  // Paged caches address keys through the page table; contiguous ones from the sequence's first row.
+  const int64_t k_offset = kPaged ? 0 : work.seq * params.k_strides.batch + work.kv_start * params.k_strides.token;
+  const int64_t v_offset = kPaged ? 0 : work.seq * params.v_strides.batch + work.kv_start * params.v_strides.token;
   DType* q_smem = reinterpret_cast<DType*>(smem);
   DType* k_smem = q_smem + Traits::QTile::kElems;
-  PrefillCta<Traits, kSoftCap>{
+  PrefillCta<Traits, kSoftCap, kPaged>{
       params,
       work,
       q_smem,
       k_smem,
       k_smem + Traits::kStages * Traits::KVTile::kElems,
-      static_cast<const DType*>(params.k) + work.seq * params.k_strides.batch +
-          static_cast<int64_t>(work.kv_start) * params.k_strides.token + kv_head * params.k_strides.head,
-      static_cast<const DType*>(params.v) + work.seq * params.v_strides.batch +
-          static_cast<int64_t>(work.kv_start) * params.v_strides.token + kv_head * params.v_strides.head,
+      static_cast<const DType*>(params.k) + k_offset + kv_head * params.k_strides.head,
+      static_cast<const DType*>(params.v) + v_offset + kv_head * params.v_strides.head,
+      kPaged ? params.block_table + work.seq * params.block_table_stride : nullptr,
       lane,
       (static_cast<int>(threadIdx.x) / 32) * Traits::kMFrags * 16,
       params.head_dim / 8}

@@ -33,12 +33,17 @@ cudaError_t allow_smem_once(std::atomic<uint64_t>& configured, size_t bytes, Ker
 template <ScalarKind kKind, int kHeadDimTile>
 cudaError_t launch_prefill(const PrefillParams& params, cudaStream_t stream) {
   using Traits = PrefillTraits<DTypeOf<kKind>, kHeadDimTile>;
-  const auto with_cap = prefill_kernel<Traits, /*kSoftCap=*/true>;
-  const auto without_cap = prefill_kernel<Traits, /*kSoftCap=*/false>;
+  // Four variants: soft cap or not (a tanh per score), paged cache or not (addresses).
+  const auto with_cap = prefill_kernel<Traits, /*kSoftCap=*/true, /*kPaged=*/false>;
+  const auto without_cap = prefill_kernel<Traits, /*kSoftCap=*/false, /*kPaged=*/false>;
+  const auto paged_with_cap = prefill_kernel<Traits, /*kSoftCap=*/true, /*kPaged=*/true>;
+  const auto paged_without_cap = prefill_kernel<Traits, /*kSoftCap=*/false, /*kPaged=*/true>;
   static std::atomic<uint64_t> smem_configured{0};  // one per (dtype, width) instantiation
-  const cudaError_t err = allow_smem_once(smem_configured, Traits::kSmemBytes, with_cap, without_cap);
+  const cudaError_t err = allow_smem_once(smem_configured, Traits::kSmemBytes, with_cap, without_cap, paged_with_cap,
+                                          paged_without_cap);
   if (err != cudaSuccess) return err;
-  const auto kernel = params.soft_cap > 0.f ? with_cap : without_cap;
+  const bool soft_cap = params.soft_cap > 0.f, paged = params.block_table != nullptr;
+  const auto kernel = paged ? (soft_cap ? paged_with_cap : paged_without_cap) : (soft_cap ? with_cap : without_cap);
   const dim3 grid(static_cast<unsigned>(params.num_q_tile_slots) * static_cast<unsigned>(params.num_qo_heads));
   kernel<<<grid, Traits::kThreads, Traits::kSmemBytes, stream>>>(params);
   return cudaGetLastError();

@@ -107,9 +107,14 @@ __device__ __forceinline__ bool find_work_item(const PrefillParams& p, WorkItem&
     }
     if (!found) return false;
   }
-  const int kv_begin = clamp_row(p.kv_indptr[w.seq], p.kv_len);
-  w.kv_start = kv_begin;
-  w.kv_len = max(0, clamp_row(p.kv_indptr[w.seq + 1], p.kv_len) - kv_begin);
+  if (p.block_table != nullptr) {  // paged: keys come through the page table, at most its capacity
+    w.kv_start = 0;
+    w.kv_len = clamp_row(p.kv_lens[w.seq], p.max_pages * p.page_size);
+  } else {
+    const int kv_begin = clamp_row(p.kv_indptr[w.seq], p.kv_len);
+    w.kv_start = kv_begin;
+    w.kv_len = max(0, clamp_row(p.kv_indptr[w.seq + 1], p.kv_len) - kv_begin);
+  }
   return true;
 }
 

@@ -1,0 +1,250 @@
+"""attn.prefill_paged and attn.merge_states against the float64 reference on the gathered
+keys: page sizes, layouts, GQA, masks, poisoned unused slots, shared and shuffled pages.
+CPU cases run in CI; the same cases run on the GPU (marked)."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch._subclasses.fake_tensor import FakeTensorMode
+
+import torch_attn
+from conftest import HAS_GPU, check_against_reference, poison_cuda_allocator
+
+DEVICES = [pytest.param("cpu", id="cpu"),
+           pytest.param("cuda", id="cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_GPU, reason="no GPU")])]
+MASKS = [dict(causal=True), dict(causal=False), dict(causal=True, window_left=40),
+         dict(causal=True, logits_soft_cap=25.0, sm_scale=0.2)]
+
+
+def kwargs_of(mask):
+    return dict(causal=mask.get("causal", False), sm_scale=mask.get("sm_scale"), window_left=mask.get("window_left", -1),
+                logits_soft_cap=mask.get("logits_soft_cap", 0.0))
+
+
+def indptr(lens, device):
+    return torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=device)
+
+
+def paged_cache(kv_lens, page_size, layout, num_kv_heads, head_dim, dtype, device, poison=math.nan, share_first=0,
+                generator=None):
+    """K and V of every sequence written into shuffled pages of one combined cache
+    (k_cache and v_cache are two views of it). Every slot no sequence owns holds
+    `poison`. share_first > 0: sequence 1 reuses sequence 0's first pages (a shared
+    prefix). Returns the caches, block_table, kv_lens and the packed keys/values."""
+    pages_per_seq = [(n + page_size - 1) // page_size for n in kv_lens]
+    num_pages = sum(pages_per_seq) + 3  # spare pages nobody names
+    shape = (num_pages, 2, page_size, num_kv_heads, head_dim) if layout == "NHD" else \
+        (num_pages, 2, num_kv_heads, page_size, head_dim)
+    cache = torch.full(shape, poison, dtype=dtype, device=device)
+    order = torch.randperm(num_pages, generator=generator).tolist()
+    block_table = torch.zeros(len(kv_lens), max(pages_per_seq + [1]) + 2, dtype=torch.int32)
+    keys, values = [], []
+    for b, (kv_len, n_pages) in enumerate(zip(kv_lens, pages_per_seq)):
+        pages = [order.pop() for _ in range(n_pages)]
+        if b == 1 and share_first:
+            pages[:share_first] = block_table[0, :share_first].tolist()
+        block_table[b, :n_pages] = torch.tensor(pages, dtype=torch.int32)
+        block_table[b, n_pages:] = 10**6  # entries past the last page are garbage: never read
+        k = torch.randn(kv_len, num_kv_heads, head_dim, generator=generator).to(dtype)
+        v = torch.randn(kv_len, num_kv_heads, head_dim, generator=generator).to(dtype)
+        for j in range(kv_len):
+            page, slot = pages[j // page_size], j % page_size
+            if b == 1 and j < share_first * page_size:  # shared: the keys are sequence 0's
+                k[j] = cache[page, 0, slot] if layout == "NHD" else cache[page, 0, :, slot]
+                v[j] = cache[page, 1, slot] if layout == "NHD" else cache[page, 1, :, slot]
+            elif layout == "NHD":
+                cache[page, 0, slot], cache[page, 1, slot] = k[j], v[j]
+            else:
+                cache[page, 0, :, slot], cache[page, 1, :, slot] = k[j], v[j]
+        keys.append(k)
+        values.append(v)
+    kv_lens_t = torch.tensor(kv_lens, dtype=torch.int32, device=device)
+    return (cache[:, 0], cache[:, 1], block_table.to(device), kv_lens_t, torch.cat(keys).to(device),
+            torch.cat(values).to(device))
+
+
+def run_paged_case(device, page_size, layout, qo_lens, kv_lens, group, head_dim, mask, dtype, poison=math.nan,
+                   share_first=0):
+    gen = torch.Generator().manual_seed(page_size * 7 + len(qo_lens))
+    num_kv_heads = 2
+    k_cache, v_cache, block_table, kv_lens_t, keys, values = paged_cache(
+        kv_lens, page_size, layout, num_kv_heads, head_dim, dtype, device, poison, share_first, gen)
+    q = torch.randn(sum(qo_lens), num_kv_heads * group, head_dim, generator=gen).to(device, dtype)
+    qo_indptr = indptr(qo_lens, device)
+    kwargs = kwargs_of(mask)
+    if device == "cuda":
+        poison_cuda_allocator((q.shape, q.dtype), (q.shape[:-1], torch.float32))
+    out, lse = torch_attn.prefill_paged(q, k_cache, v_cache, qo_indptr, block_table, kv_lens_t, kv_layout=layout,
+                                        return_lse=True, **kwargs)
+    check_against_reference(out, lse, q, keys, values, qo_indptr=qo_indptr, kv_indptr=indptr(kv_lens, device), **kwargs)
+
+
+PAGE_CASES = [(ps, layout, i) for i, (ps, layout) in enumerate((p, l) for p in (1, 16, 64, 256, 48) for l in ("NHD", "HND"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("page_size,layout,index", PAGE_CASES, ids=[f"page{p}-{l}" for p, l, _ in PAGE_CASES])
+def test_matches_reference(device, page_size, layout, index):
+    # Sequences with cached prefixes (kv > q), an empty one, and lengths around tile and page edges.
+    qo_lens, kv_lens = [7, 0, 65, 1, 120], [7, 33, 300, 129, 520]
+    if device == "cuda":
+        qo_lens, kv_lens = qo_lens + [1000, 1023], kv_lens + [1000, 1024]
+    dtype = torch.bfloat16 if device == "cuda" or index % 2 else torch.float32
+    run_paged_case(device, page_size, layout, qo_lens, kv_lens, group=(1, 4, 8)[index % 3],
+                   head_dim=(64, 128, 80)[index % 3], mask=MASKS[index % len(MASKS)], dtype=dtype)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("poison", [math.nan, math.inf, -math.inf])
+def test_poisoned_slots_and_shared_pages(device, poison):
+    """Unused pages and the tail of each last page hold poison; two sequences share prefix pages."""
+    run_paged_case(device, 16, "NHD", [40, 50], [77, 90], group=4, head_dim=128, mask=dict(causal=True),
+                   dtype=torch.float16 if device == "cuda" else torch.float32, poison=poison, share_first=2)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_merge_states_of_a_split_equals_the_whole(device):
+    gen = torch.Generator().manual_seed(5)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    q = torch.randn(50, 8, 64, generator=gen).to(device, dtype)
+    k = torch.randn(300, 2, 64, generator=gen).to(device, dtype)
+    v = torch.randn(300, 2, 64, generator=gen).to(device, dtype)
+    whole, whole_lse = torch_attn.prefill(q, k, v, return_lse=True)
+    for split in (0, 1, 117, 299, 300):  # 0 and 300: one part sees no key (lse = -inf)
+        a, lse_a = torch_attn.prefill(q, k[:split], v[:split], return_lse=True)
+        b, lse_b = torch_attn.prefill(q, k[split:], v[split:], return_lse=True)
+        out, lse = torch_attn.merge_states(a, lse_a, b, lse_b)
+        torch.testing.assert_close(out.float(), whole.float(), atol=2e-2 if device == "cuda" else 1e-5, rtol=0)
+        torch.testing.assert_close(lse, whole_lse, atol=1e-3, rtol=0)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_cascade_shared_prefix_then_causal_suffix(device):
+    """Shared-prefix attention: every query sees the whole prefix (no mask) plus its own
+    suffix causally; merging the two parts equals causal attention over prefix + suffix."""
+    gen = torch.Generator().manual_seed(6)
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    prefix, suffix = 200, 70
+    k = torch.randn(prefix + suffix, 2, 128, generator=gen).to(device, dtype)
+    v = torch.randn(prefix + suffix, 2, 128, generator=gen).to(device, dtype)
+    q = torch.randn(suffix, 8, 128, generator=gen).to(device, dtype)
+    part_a = torch_attn.prefill(q, k[:prefix], v[:prefix], return_lse=True)
+    part_b = torch_attn.prefill(q, k[prefix:], v[prefix:], causal=True, return_lse=True)
+    out, lse = torch_attn.merge_states(*part_a, *part_b)
+    whole, whole_lse = torch_attn.prefill(q, k, v, causal=True, return_lse=True)
+    torch.testing.assert_close(out.float(), whole.float(), atol=2e-2 if device == "cuda" else 1e-5, rtol=0)
+    torch.testing.assert_close(lse, whole_lse, atol=1e-3, rtol=0)
+
+
+def test_merge_states_of_two_empty_parts():
+    out = torch.full((3, 2, 8), float("nan"))  # an empty part's out must not matter
+    lse = torch.full((3, 2), -math.inf)
+    merged, merged_lse = torch_attn.merge_states(out, lse, out, lse)
+    assert (merged == 0).all() and torch.isneginf(merged_lse).all()
+
+
+def test_block_table_from_flashinfer_layout():
+    kv_indptr = torch.tensor([0, 3, 3, 4], dtype=torch.int32)
+    kv_indices = torch.tensor([7, 2, 9, 4], dtype=torch.int32)
+    last_page_len = torch.tensor([5, 0, 16], dtype=torch.int32)
+    block_table, kv_lens = torch_attn.block_table_from_flashinfer(kv_indptr, kv_indices, last_page_len, page_size=16)
+    assert block_table.tolist() == [[7, 2, 9], [0, 0, 0], [4, 0, 0]]
+    assert kv_lens.tolist() == [37, 0, 16]
+    block_table, _ = torch_attn.block_table_from_flashinfer(kv_indptr, kv_indices, last_page_len, 16, max_pages=5)
+    assert block_table.shape == (3, 5)
+
+
+def test_opcheck():
+    k_cache, v_cache, block_table, kv_lens, _, _ = paged_cache([9, 20], 8, "HND", 2, 64, torch.float32, "cpu")
+    q = torch.randn(12, 4, 64)
+    qo_indptr = torch.tensor([0, 5, 12], dtype=torch.int32)
+    torch.library.opcheck(torch.ops.attn.prefill_paged.default, (q, k_cache, v_cache, qo_indptr, block_table, kv_lens),
+                          dict(kv_layout="HND", causal=True))
+    out, lse = torch.randn(5, 4, 64), torch.randn(5, 4)
+    torch.library.opcheck(torch.ops.attn.merge_states.default, (out, lse, out.clone(), lse.clone()))
+
+
+def _paged_args():
+    k_cache, v_cache, block_table, kv_lens, _, _ = paged_cache([9, 20], 8, "NHD", 2, 64, torch.float32, "cpu")
+    return torch.randn(12, 4, 64), k_cache, v_cache, torch.tensor([0, 5, 12], dtype=torch.int32), block_table, kv_lens
+
+
+def _replace(args, i, value):
+    args = list(args)
+    args[i] = value
+    return tuple(args)
+
+
+BASE = _paged_args()
+BAD_PAGED = [
+    ("layout", BASE, dict(kv_layout="NDH"), ValueError, 'kv_layout must be "NHD" or "HND"'),
+    ("q_rank", _replace(BASE, 0, BASE[0][None]), {}, ValueError, "q must be 3-D"),
+    ("cache_rank", _replace(BASE, 1, BASE[1][0]), {}, ValueError, "k_cache must be 4-D"),
+    ("v_shape", _replace(BASE, 2, BASE[2][:-1]), {}, ValueError, "v_cache must have k_cache's shape"),
+    ("cache_dtype", _replace(BASE, 1, BASE[1].double()), {}, TypeError, "k_cache must have q's dtype"),
+    ("gqa", _replace(BASE, 0, torch.randn(12, 3, 64)), {}, ValueError, "must be a multiple of the cache's heads"),
+    ("block_table_dtype", _replace(BASE, 4, BASE[4].long()), {}, TypeError, "block_table must be int32"),
+    ("block_table_rows", _replace(BASE, 4, BASE[4][:1]), {}, ValueError, "block_table must have one row per sequence"),
+    ("kv_lens_len", _replace(BASE, 5, BASE[5][:1]), {}, ValueError, "kv_lens must have one entry per sequence"),
+    ("kv_lens_rank", _replace(BASE, 5, BASE[5][None]), {}, ValueError, "kv_lens must be 1-D"),
+    ("window", BASE, dict(window_left=-3), ValueError, "window_left must be -1"),
+]
+
+
+@pytest.mark.parametrize("args,kwargs,exc,message", [c[1:] for c in BAD_PAGED], ids=[c[0] for c in BAD_PAGED])
+@pytest.mark.parametrize("fake", [False, True])
+def test_prefill_paged_rejects(args, kwargs, exc, message, fake):
+    pattern = message.replace("(", r"\(").replace(")", r"\)")
+    if fake:
+        with FakeTensorMode() as mode, pytest.raises(exc, match=pattern):
+            torch.ops.attn.prefill_paged(*[mode.from_tensor(a) for a in args], **kwargs)
+    else:
+        with pytest.raises(exc, match=pattern):
+            torch.ops.attn.prefill_paged(*args, **kwargs)
+
+
+def test_paged_values_checked_on_cpu():
+    q, k_cache, v_cache, qo_indptr, block_table, kv_lens = BASE
+    with pytest.raises(ValueError, match=r"kv_lens\[1\] = 99 must be within"):
+        torch.ops.attn.prefill_paged(q, k_cache, v_cache, qo_indptr, block_table, torch.tensor([9, 99], dtype=torch.int32))
+    bad_table = block_table.clone()
+    bad_table[0, 0] = -1
+    with pytest.raises(ValueError, match=r"block_table\[0\] names pages outside"):
+        torch.ops.attn.prefill_paged(q, k_cache, v_cache, qo_indptr, bad_table, kv_lens)
+
+
+@pytest.mark.parametrize("fake", [False, True])
+def test_merge_states_rejects(fake):
+    out, lse = torch.randn(5, 4, 64), torch.randn(5, 4)
+    calls = [((out, lse, out[:4], lse), ValueError, "out_b must have out_a's shape"),
+             ((out, lse[:, :2], out, lse), ValueError, "lse_a must be out's shape without head_dim"),
+             ((out, lse.double(), out, lse), TypeError, "lse_a must be float32"),
+             ((out, lse, out.half(), lse), TypeError, "must share one floating dtype")]
+    for args, exc, message in calls:
+        if fake:
+            with FakeTensorMode() as mode, pytest.raises(exc, match=message):
+                torch.ops.attn.merge_states(*[mode.from_tensor(a) for a in args])
+        else:
+            with pytest.raises(exc, match=message):
+                torch.ops.attn.merge_states(*args)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_GPU, reason="no GPU")
+def test_paged_cache_over_2_31_elements():
+    """64-bit offsets: a cache of 2^31 + elements per K/V; the sequence uses the last pages."""
+    num_pages, page_size, heads, head_dim = (2**31) // (16 * 8 * 128) + 64, 16, 8, 128
+    k_cache = torch.empty(num_pages, page_size, heads, head_dim, dtype=torch.bfloat16, device="cuda").normal_()
+    v_cache = torch.empty_like(k_cache).normal_()
+    pages = torch.arange(num_pages - 20, num_pages, dtype=torch.int32, device="cuda")
+    kv_len = 20 * page_size - 5
+    q = torch.randn(100, 32, head_dim, dtype=torch.bfloat16, device="cuda")
+    out, lse = torch_attn.prefill_paged(q, k_cache, v_cache, torch.tensor([0, 100], dtype=torch.int32, device="cuda"),
+                                        pages[None], torch.tensor([kv_len], dtype=torch.int32, device="cuda"),
+                                        causal=True, return_lse=True)
+    keys = k_cache[num_pages - 20:].reshape(-1, heads, head_dim)[:kv_len]
+    values = v_cache[num_pages - 20:].reshape(-1, heads, head_dim)[:kv_len]
+    assert k_cache[num_pages - 20:].storage_offset() > 2**31
+    check_against_reference(out, lse, q, keys, values, causal=True, sm_scale=None, window_left=-1, logits_soft_cap=0.0)
