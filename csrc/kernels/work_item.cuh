@@ -19,6 +19,29 @@ struct WorkItem {
 
 __device__ __forceinline__ int clamp_row(int32_t row, int rows) { return row < 0 ? 0 : (row > rows ? rows : row); }
 
+/// One lane's view of ragged sequence b (b >= num_seqs: an empty one).
+template <int kBlockM>
+struct LaneSequence {
+  int q_begin = 0, q_len = 0, tiles = 0;
+
+  __device__ __forceinline__ LaneSequence(const PrefillParams& p, int b) {
+    if (b < p.num_seqs) {
+      q_begin = clamp_row(p.qo_indptr[b], p.qo_len);
+      q_len = max(0, clamp_row(p.qo_indptr[b + 1], p.qo_len) - q_begin);
+    }
+    tiles = (q_len + kBlockM - 1) / kBlockM;
+  }
+
+  /// Hands the owner lane's sequence (number seq_base + owner) and its tile
+  /// `tile_from_end` (0: the last) to every lane.
+  __device__ __forceinline__ void assign(WorkItem& w, int seq_base, int owner, int tile_from_end) const {
+    w.seq = seq_base + owner;
+    w.qo_len = __shfl_sync(0xffffffffu, q_len, owner);
+    w.q_start = __shfl_sync(0xffffffffu, q_begin, owner);
+    w.q_row0 = (__shfl_sync(0xffffffffu, tiles, owner) - 1 - tile_from_end) * kBlockM;
+  }
+};
+
 /// Finds the work item of this CTA. Returns false for the spare CTAs of a ragged
 /// grid (its size is an upper bound on the number of tiles).
 ///
@@ -45,29 +68,20 @@ __device__ __forceinline__ bool find_work_item(const PrefillParams& p, WorkItem&
   if (p.num_seqs <= 32) {
     // Rounds: round r holds the r-th tile from the end of every sequence that has
     // one, so the heaviest tiles of all sequences (under a causal mask) start first.
-    int q_begin = 0, q_len = 0;
-    if (lane < p.num_seqs) {
-      q_begin = clamp_row(p.qo_indptr[lane], p.qo_len);
-      q_len = max(0, clamp_row(p.qo_indptr[lane + 1], p.qo_len) - q_begin);
-    }
-    const int tiles = (q_len + kBlockM - 1) / kBlockM;
+    const LaneSequence<kBlockM> mine(p, lane);
     // Between two rounds where a sequence runs out of tiles every round has the same
     // members, so whole runs of rounds are skipped at once: at most 32 steps.
     int remaining = slot;
     for (int round = 0;;) {
-      const unsigned members = __ballot_sync(0xffffffffu, tiles > round);
+      const unsigned members = __ballot_sync(0xffffffffu, mine.tiles > round);
       const int count = __popc(members);
       if (count == 0) return false;
-      const int run_end = static_cast<int>(__reduce_min_sync(0xffffffffu, tiles > round ? tiles : INT_MAX));
+      const int run_end = static_cast<int>(__reduce_min_sync(0xffffffffu, mine.tiles > round ? mine.tiles : INT_MAX));
       const int run_slots = count * (run_end - round);
       if (remaining < run_slots) {
         const int index = remaining % count;  // the index-th member of round `round + remaining / count`
-        const bool mine = (members >> lane & 1u) && __popc(members & ((1u << lane) - 1u)) == index;
-        const int owner = __ffs(__ballot_sync(0xffffffffu, mine)) - 1;
-        w.seq = owner;
-        w.qo_len = __shfl_sync(0xffffffffu, q_len, owner);
-        w.q_start = __shfl_sync(0xffffffffu, q_begin, owner);
-        w.q_row0 = (__shfl_sync(0xffffffffu, tiles, owner) - 1 - (round + remaining / count)) * kBlockM;
+        const bool owns = (members >> lane & 1u) && __popc(members & ((1u << lane) - 1u)) == index;
+        mine.assign(w, 0, __ffs(__ballot_sync(0xffffffffu, owns)) - 1, round + remaining / count);
         break;
       }
       remaining -= run_slots;
@@ -79,14 +93,8 @@ __device__ __forceinline__ bool find_work_item(const PrefillParams& p, WorkItem&
     bool found = false;
     int remaining = slot;
     for (int base = 0; base < p.num_seqs && !found; base += 32) {
-      const int b = base + lane;
-      int q_begin = 0, q_len = 0;
-      if (b < p.num_seqs) {
-        q_begin = clamp_row(p.qo_indptr[b], p.qo_len);
-        q_len = max(0, clamp_row(p.qo_indptr[b + 1], p.qo_len) - q_begin);
-      }
-      const int tiles = (q_len + kBlockM - 1) / kBlockM;
-      int inclusive = tiles;
+      const LaneSequence<kBlockM> mine(p, base + lane);
+      int inclusive = mine.tiles;
 #pragma unroll
       for (int offset = 1; offset < 32; offset *= 2) {
         const int up = __shfl_up_sync(0xffffffffu, inclusive, offset);
@@ -95,11 +103,7 @@ __device__ __forceinline__ bool find_work_item(const PrefillParams& p, WorkItem&
       const unsigned holds = __ballot_sync(0xffffffffu, remaining < inclusive);
       if (holds != 0) {
         const int owner = __ffs(holds) - 1;
-        const int tile_from_end = remaining - __shfl_sync(0xffffffffu, inclusive - tiles, owner);
-        w.seq = base + owner;
-        w.qo_len = __shfl_sync(0xffffffffu, q_len, owner);
-        w.q_start = __shfl_sync(0xffffffffu, q_begin, owner);
-        w.q_row0 = (__shfl_sync(0xffffffffu, tiles, owner) - 1 - tile_from_end) * kBlockM;
+        mine.assign(w, base, owner, remaining - __shfl_sync(0xffffffffu, inclusive - mine.tiles, owner));
         found = true;
       } else {
         remaining -= __shfl_sync(0xffffffffu, inclusive, 31);
