@@ -54,8 +54,8 @@ def spills_by_kernel(report: str) -> dict[str, int]:
 
 # Spills put values in local memory: a slowdown, never silent. The contiguous-K/V kernels
 # must not spill at all on sm_90a. The paged kernels (kPaged = true, the last template
-# argument: "Lb1EEEv" in the mangled name) need a few more registers for page lookups and
-# spill a little at head dim 128 (BENCHMARKS.md has their measured cost); this bound keeps
+# argument: "Lb1EEEv" in the mangled name) need more registers for page lookups and spill
+# 44-60 bytes at head dim 128 (their measured speed is in BENCHMARKS.md); this bound keeps
 # that from growing unnoticed.
 PAGED_SPILL_BOUND = 128
 

@@ -71,36 +71,63 @@ __device__ __forceinline__ void load_tile_or_zero(DType* smem, const DType* gmem
   }
 }
 
-/// As load_tile_or_zero, for keys key0.. of a paged cache. Here each thread copies
-/// consecutive chunks of a single row, so it needs one page id per tile (`page_id`,
-/// loaded a tile ahead by the caller) and keeps one 64-bit address. Rows past
-/// kv_len are zero-filled and their page id is never used.
+/// Paged tiles: warp w copies the tile's rows [w, w + 1) * kRowsPerWarp, whole rows
+/// per instruction (coalesced like the contiguous copy). When the page size is a
+/// multiple of kRowsPerWarp those rows share one page (tiles and row blocks start
+/// at multiples of it), so a thread needs one page id per tile, which the caller
+/// looks up a tile ahead, and walks its rows with a 64-bit add per pass. Other
+/// page sizes (below kRowsPerWarp, or not a multiple) look each row up.
 template <class Tile, int kThreads>
 struct PagedTileMapping {
-  static_assert(kThreads % Tile::kRows == 0, "whole threads per row");
-  static constexpr int kThreadsPerRow = kThreads / Tile::kRows;
-  static_assert(Tile::kChunksPerRow % kThreadsPerRow == 0, "whole chunks per thread");
-  static constexpr int kChunksPerThread = Tile::kChunksPerRow / kThreadsPerRow;
-  __device__ __forceinline__ static int row() { return static_cast<int>(threadIdx.x) / kThreadsPerRow; }
-  __device__ __forceinline__ static int chunk0() {
-    return (static_cast<int>(threadIdx.x) % kThreadsPerRow) * kChunksPerThread;
+  static constexpr int kRowsPerWarp = Tile::kRows / (kThreads / 32);
+  static constexpr int kLanesPerRow = Tile::kChunksPerRow <= 8 ? 8 : (Tile::kChunksPerRow <= 16 ? 16 : 32);
+  static constexpr int kRowsPerPass = 32 / kLanesPerRow;
+  static constexpr int kPasses = kRowsPerWarp / kRowsPerPass;
+  static_assert(Tile::kRows % (kThreads / 32) == 0 && kRowsPerWarp % kRowsPerPass == 0, "whole rows per warp");
+  /// The first row of this warp's block (whose page the caller looks up).
+  __device__ __forceinline__ static int first_row() { return static_cast<int>(threadIdx.x) / 32 * kRowsPerWarp; }
+  __device__ __forceinline__ static int lane_row() { return static_cast<int>(threadIdx.x) % 32 / kLanesPerRow; }
+  __device__ __forceinline__ static int chunk() { return static_cast<int>(threadIdx.x) % kLanesPerRow; }
+  __device__ __forceinline__ static bool one_page_per_warp(const PrefillParams& p) {
+    return p.page_size % kRowsPerWarp == 0;
   }
 };
 
+/// As load_tile_or_zero, for keys key0.. of a paged cache; page_id: the page of this
+/// warp's first row (used when the warp's rows share a page). Rows past kv_len are
+/// zero-filled and never looked up.
 template <class Tile, int kThreads, typename DType>
 __device__ __forceinline__ void load_paged_tile_or_zero(DType* smem, const DType* head_base, const PageTable& table,
                                                         int32_t page_id, int64_t page_stride, int64_t slot_stride,
                                                         int key0, int rows_valid, int chunks_valid) {
   using Map = PagedTileMapping<Tile, kThreads>;
-  const int row = Map::row(), chunk0 = Map::chunk0();
-  const bool row_valid = row < rows_valid;
-  const DType* src = row_valid ? head_base + table.offset(key0 + row, page_id, page_stride, slot_stride) : head_base;
-  DType* dst = smem + Tile::offset(row, chunk0 * 8);
+  const int chunk = Map::chunk();
+  if (chunk >= Tile::kChunksPerRow) return;  // widths 96 and 192 leave some lanes idle
+  const int row0 = Map::first_row() + Map::lane_row();
+  DType* dst = smem + Tile::offset(row0, chunk * 8);
+  if (Map::one_page_per_warp(table.p)) {
+    const int block_key = key0 + Map::first_row();
+    const DType* src = head_base + table.offset(block_key, page_id, page_stride, slot_stride) +
+                       Map::lane_row() * slot_stride + chunk * 8;
 #pragma unroll
-  for (int i = 0; i < Map::kChunksPerThread; ++i) {
-    const bool in_bounds = row_valid && chunk0 + i < chunks_valid;
-    // A false predicate reads nothing; the address stays at the row's start (or head_base), inside the cache.
-    cp_async_16_or_zero(dst + i * 8, src + (in_bounds ? (chunk0 + i) * 8 : 0), in_bounds);
+    for (int pass = 0; pass < Map::kPasses; ++pass) {
+      const bool in_bounds = row0 + pass * Map::kRowsPerPass < rows_valid && chunk < chunks_valid;
+      // A false predicate reads nothing; the address stays at a row of a named page or at head_base.
+      cp_async_16_or_zero(dst + pass * Map::kRowsPerPass * Tile::kPitch, in_bounds ? src : head_base, in_bounds);
+      src += Map::kRowsPerPass * slot_stride;
+    }
+    return;
+  }
+  // The slow path (pages smaller than a warp's rows) stays rolled: unrolled, its
+  // lookups and addresses took registers the rest of the kernel needs.
+#pragma unroll 1
+  for (int pass = 0; pass < Map::kPasses; ++pass) {
+    const int row = row0 + pass * Map::kRowsPerPass;
+    const bool in_bounds = row < rows_valid && chunk < chunks_valid;
+    const DType* src =
+        in_bounds ? head_base + table.offset(key0 + row, table.page_id(key0 + row), page_stride, slot_stride) + chunk * 8
+                  : head_base;
+    cp_async_16_or_zero(dst + pass * Map::kRowsPerPass * Tile::kPitch, src, in_bounds);
   }
 }
 
@@ -138,11 +165,13 @@ struct PrefillCta {
     }
   }
 
-  /// Paged caches: the page id of this thread's row of tile `tile` (0 past kv_len or
-  /// past the last tile, where it is never used).
+  /// Paged caches: the page of this warp's first row of tile `tile` (0 where it is
+  /// never used: past kv_len, past the last tile, or when rows are looked up one by one).
   __device__ __forceinline__ int32_t row_page_id(int tile, int tile_end) const {
-    const int key = tile * kBlockN + PagedTileMapping<KVTile, kThreads>::row();
-    return kPaged && tile < tile_end && key < w.kv_len ? PageTable{p, pages}.page_id(key) : 0;
+    using Map = PagedTileMapping<KVTile, kThreads>;
+    const int key = tile * kBlockN + Map::first_row();
+    return kPaged && tile < tile_end && key < w.kv_len && Map::one_page_per_warp(p) ? PageTable{p, pages}.page_id(key)
+                                                                                   : 0;
   }
 
   /// S = Q K^T for this warp's rows and the K tile in `k_stage`.
@@ -297,8 +326,8 @@ struct PrefillCta {
     // until 2S - 2 remain completes exactly the oldest: K_j, then V_j.
     //
     // K_t and V_t are always issued one right after the other (K_t, V_t, K_t+1, ...).
-    // In a paged cache both use the page id of tile t, which is looked up when K_t-1
-    // is issued: a dependent block-table load would otherwise stall every tile's copies.
+    // In a paged cache both use the page id of tile t (per warp), which is looked up
+    // when K_t-1 is issued: a dependent block-table load would otherwise stall the copies.
     int32_t page_next = kPaged ? row_page_id(tile_begin, tile_end) : 0, page_now = 0;
     auto issue_k = [&](int tile, int stage) {
       if constexpr (kPaged) {
