@@ -65,10 +65,19 @@ def poison_cuda_allocator(*shapes_dtypes):
     del blocks
 
 
+def indptr_of(lens, device):
+    """cu_seqlens-style int32 [len(lens) + 1] offsets of packed sequences."""
+    return torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=device)
+
+
+def mask_kwargs(mask):
+    """A partial mask spec (test tables) -> every masking keyword of prefill, defaults filled in."""
+    return dict(causal=mask.get("causal", False), sm_scale=mask.get("sm_scale"), window_left=mask.get("window_left", -1),
+                logits_soft_cap=mask.get("logits_soft_cap", 0.0))
+
+
 def ragged_batch(qo_lens, kv_lens, num_qo_heads, num_kv_heads, head_dim, dtype, device, generator=None):
     """Packed q/k/v and int32 indptrs for sequences of the given lengths."""
-    def indptr(lens):
-        return torch.tensor([0] + list(torch.tensor(lens).cumsum(0).tolist()), dtype=torch.int32, device=device)
     q, k, v = make_qkv(sum(qo_lens), sum(kv_lens), num_qo_heads, num_kv_heads, head_dim, dtype, device,
                        generator=generator)
-    return q, k, v, indptr(qo_lens), indptr(kv_lens)
+    return q, k, v, indptr_of(qo_lens, device), indptr_of(kv_lens, device)

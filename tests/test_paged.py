@@ -10,21 +10,12 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import torch_attn
-from conftest import HAS_GPU, check_against_reference, poison_cuda_allocator
+from conftest import HAS_GPU, check_against_reference, indptr_of, mask_kwargs, poison_cuda_allocator
 
 DEVICES = [pytest.param("cpu", id="cpu"),
            pytest.param("cuda", id="cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_GPU, reason="no GPU")])]
 MASKS = [dict(causal=True), dict(causal=False), dict(causal=True, window_left=40),
          dict(causal=True, logits_soft_cap=25.0, sm_scale=0.2)]
-
-
-def kwargs_of(mask):
-    return dict(causal=mask.get("causal", False), sm_scale=mask.get("sm_scale"), window_left=mask.get("window_left", -1),
-                logits_soft_cap=mask.get("logits_soft_cap", 0.0))
-
-
-def indptr(lens, device):
-    return torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=device)
 
 
 def paged_cache(kv_lens, page_size, layout, num_kv_heads, head_dim, dtype, device, poison=math.nan, share_first=0,
@@ -72,13 +63,13 @@ def run_paged_case(device, page_size, layout, qo_lens, kv_lens, group, head_dim,
     k_cache, v_cache, block_table, kv_lens_t, keys, values = paged_cache(
         kv_lens, page_size, layout, num_kv_heads, head_dim, dtype, device, poison, share_first, gen)
     q = torch.randn(sum(qo_lens), num_kv_heads * group, head_dim, generator=gen).to(device, dtype)
-    qo_indptr = indptr(qo_lens, device)
-    kwargs = kwargs_of(mask)
+    qo_indptr = indptr_of(qo_lens, device)
+    kwargs = mask_kwargs(mask)
     if device == "cuda":
         poison_cuda_allocator((q.shape, q.dtype), (q.shape[:-1], torch.float32))
     out, lse = torch_attn.prefill_paged(q, k_cache, v_cache, qo_indptr, block_table, kv_lens_t, kv_layout=layout,
                                         return_lse=True, **kwargs)
-    check_against_reference(out, lse, q, keys, values, qo_indptr=qo_indptr, kv_indptr=indptr(kv_lens, device), **kwargs)
+    check_against_reference(out, lse, q, keys, values, qo_indptr=qo_indptr, kv_indptr=indptr_of(kv_lens, device), **kwargs)
 
 
 PAGE_CASES = [(ps, layout, i) for i, (ps, layout) in enumerate((p, l) for p in (1, 16, 64, 256, 48) for l in ("NHD", "HND"))]

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import torch_attn
-from conftest import check_against_reference, make_qkv, ragged_batch
+from conftest import check_against_reference, make_qkv, mask_kwargs, ragged_batch
 
 LENGTHS = [(1, 1), (239, 1), (113, 203), (128, 217), (1023, 1024)]
 HEAD_DIMS = [64, 80, 96, 128, 256]
@@ -22,18 +22,13 @@ MASKS = [
 CASES = [(lengths, head_dim, i) for i, (lengths, head_dim) in enumerate((l, d) for l in LENGTHS for d in HEAD_DIMS)]
 
 
-def kwargs_of(mask):
-    return dict(causal=mask.get("causal", False), sm_scale=mask.get("sm_scale"), window_left=mask.get("window_left", -1),
-                logits_soft_cap=mask.get("logits_soft_cap", 0.0))
-
-
 @pytest.mark.parametrize("lengths,head_dim,index", CASES, ids=[f"{l[0]}x{l[1]}-d{d}" for l, d, _ in CASES])
 def test_matches_reference(lengths, head_dim, index):
     # dtype, GQA ratio and mask rotate over the grid (coprime periods: every pair meets).
     dtype, group, mask = DTYPES[index % 3], GROUPS[(index // 3) % 3], MASKS[index % len(MASKS)]
     num_kv_heads = 1 if lengths[0] > 1000 else 2
     q, k, v = make_qkv(*lengths, num_kv_heads * group, num_kv_heads, head_dim, dtype, "cpu")
-    kwargs = kwargs_of(mask)
+    kwargs = mask_kwargs(mask)
     out, lse = torch_attn.prefill(q, k, v, return_lse=True, **kwargs)
     check_against_reference(out, lse, q, k, v, **kwargs)
 
@@ -42,7 +37,7 @@ def test_matches_reference(lengths, head_dim, index):
 def test_ragged_batch_with_empty_sequences(mask):
     qo_lens, kv_lens = [17, 0, 1, 130, 0, 64], [17, 9, 0, 300, 0, 64]
     q, k, v, qo_indptr, kv_indptr = ragged_batch(qo_lens, kv_lens, 8, 2, 64, torch.bfloat16, "cpu")
-    kwargs = dict(kwargs_of(mask), qo_indptr=qo_indptr, kv_indptr=kv_indptr)
+    kwargs = dict(mask_kwargs(mask), qo_indptr=qo_indptr, kv_indptr=kv_indptr)
     out, lse = torch_attn.prefill(q, k, v, return_lse=True, **kwargs)
     check_against_reference(out, lse, q, k, v, **kwargs)
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import torch_attn
-from conftest import check_against_reference, make_qkv, poison_cuda_allocator, ragged_batch
+from conftest import check_against_reference, make_qkv, mask_kwargs, poison_cuda_allocator, ragged_batch
 
 pytestmark = pytest.mark.gpu
 
@@ -21,11 +21,6 @@ MASKS = [
     dict(causal=False, logits_soft_cap=30.0),
     dict(causal=True, window_left=37, logits_soft_cap=20.0, sm_scale=0.3),
 ]
-
-
-def full_kwargs(mask):
-    return dict(causal=mask.get("causal", False), sm_scale=mask.get("sm_scale"), window_left=mask.get("window_left", -1),
-                logits_soft_cap=mask.get("logits_soft_cap", 0.0))
 
 
 def run_prefill(q, k, v, **kwargs):
@@ -45,7 +40,7 @@ def test_matches_reference(lengths, head_dim, dtype, index):
     group, mask = GROUPS[index % 3], MASKS[(index // 2) % len(MASKS)]
     num_kv_heads = 2
     q, k, v = make_qkv(*lengths, num_kv_heads * group, num_kv_heads, head_dim, dtype, "cuda")
-    kwargs = full_kwargs(mask)
+    kwargs = mask_kwargs(mask)
     out, lse = run_prefill(q, k, v, **kwargs)
     check_against_reference(out, lse, q, k, v, **kwargs)
 
@@ -95,7 +90,7 @@ def test_ragged_batch_with_one_long_sequence():
 def test_rows_that_see_no_key_are_zero(mask):
     # qo_len > kv_len with a bottom-right causal mask: the first rows see no key.
     q, k, v = make_qkv(300, 70, 4, 2, 128, torch.bfloat16, "cuda")
-    kwargs = full_kwargs(mask)
+    kwargs = mask_kwargs(mask)
     out, lse = run_prefill(q, k, v, **kwargs)
     check_against_reference(out, lse, q, k, v, **kwargs)
     assert torch.isneginf(lse).any() or not mask.get("causal")

@@ -37,6 +37,11 @@ def check_mask_args(head_dim, sm_scale, window_left, logits_soft_cap) -> None:
         raise ValueError(f"attn.prefill: sm_scale must be a positive finite number, got {scale}")
 
 
+def check_cuda_dtype(q) -> None:
+    if q.device.type == "cuda" and q.dtype == torch.float32:
+        raise TypeError("attn.prefill: on CUDA, q, k and v must be float16 or bfloat16 (float32 runs on CPU only)")
+
+
 def check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, logits_soft_cap) -> None:
     if q.dim() not in (3, 4):
         raise ValueError("attn.prefill: q must be 3-D [tokens, heads, head_dim] or 4-D [batch, tokens, heads, "
@@ -89,8 +94,7 @@ def check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, log
 def _prefill_fake(q, k, v, qo_indptr=None, kv_indptr=None, *, causal=False, sm_scale=None, window_left=-1,
                   logits_soft_cap=0.0):
     check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, logits_soft_cap)
-    if q.device.type == "cuda" and q.dtype == torch.float32:
-        raise TypeError("attn.prefill: on CUDA, q, k and v must be float16 or bfloat16 (float32 runs on CPU only)")
+    check_cuda_dtype(q)
     out = q.new_empty(q.shape)
     lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
     return out, lse
@@ -153,8 +157,7 @@ def _prefill_paged_fake(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, *,
                         sm_scale=None, window_left=-1, logits_soft_cap=0.0):
     check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout, sm_scale, window_left,
                              logits_soft_cap)
-    if q.device.type == "cuda" and q.dtype == torch.float32:
-        raise TypeError("attn.prefill: on CUDA, q, k and v must be float16 or bfloat16 (float32 runs on CPU only)")
+    check_cuda_dtype(q)
     return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
 
 
