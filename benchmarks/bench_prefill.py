@@ -15,6 +15,7 @@ import datetime
 import itertools
 import json
 import math
+import os
 import statistics
 from dataclasses import dataclass, field
 
@@ -135,14 +136,29 @@ def make_paged_cache(case: Case):
     return k_cache, v_cache, block_table, kv_lens, (kv_page_indptr, kv_indices, last_page_len)
 
 
+def our_backends() -> list[str]:
+    """Our CUDA kernels that run on this GPU: the mma.sync one everywhere, the wgmma
+    one on compute capability 9.0 in builds with sm_90a code."""
+    archs = torch_attn.LIBRARY.config.arch_list if torch_attn.LIBRARY.config else ()
+    return ["sm80"] + (["sm90"] if torch.cuda.get_device_capability() == (9, 0) and "9.0a" in archs else [])
+
+
+OURS = "torch_attn-"  # our rows are named torch_attn-<backend>; run_case sets TORCH_ATTN_BACKEND for them
+
+
+def with_our_backends(impls: dict, run) -> None:
+    for backend in our_backends():
+        impls[OURS + backend] = run
+
+
 def implementations(case: Case, q, k, v, qo_indptr, kv_indptr, flashinfer_backends):
     """name -> zero-argument callable running one prefill."""
     import_flashinfer = lambda: __import__("flashinfer")  # noqa: E731  (only when asked for)
     impls = {}
     if case.page_size:
         k_cache, v_cache, block_table, kv_lens, fi_pages = make_paged_cache(case)
-        impls["torch_attn"] = lambda: torch_attn.prefill_paged(q, k_cache, v_cache, qo_indptr, block_table, kv_lens,
-                                                               kv_layout=case.kv_layout, causal=case.causal)
+        with_our_backends(impls, lambda: torch_attn.prefill_paged(q, k_cache, v_cache, qo_indptr, block_table, kv_lens,
+                                                               kv_layout=case.kv_layout, causal=case.causal))
         for backend in flashinfer_backends:
             workspace = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda")
             wrapper = import_flashinfer().BatchPrefillWithPagedKVCacheWrapper(workspace, kv_layout=case.kv_layout,
@@ -156,7 +172,7 @@ def implementations(case: Case, q, k, v, qo_indptr, kv_indptr, flashinfer_backen
         q4 = q.view(b, s, case.num_qo_heads, case.head_dim)
         k4 = k.view(b, skv, case.num_kv_heads, case.head_dim)
         v4 = v.view(b, skv, case.num_kv_heads, case.head_dim)
-        impls["torch_attn"] = lambda: torch_attn.prefill(q4, k4, v4, causal=case.causal)
+        with_our_backends(impls, lambda: torch_attn.prefill(q4, k4, v4, causal=case.causal))
         qt, kt, vt = q4.transpose(1, 2), k4.transpose(1, 2), v4.transpose(1, 2)  # SDPA's [B, H, S, D]
         gqa = case.num_qo_heads != case.num_kv_heads
         for name, backend in (("sdpa-flash", SDPBackend.FLASH_ATTENTION), ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION)):
@@ -165,8 +181,8 @@ def implementations(case: Case, q, k, v, qo_indptr, kv_indptr, flashinfer_backen
                     return F.scaled_dot_product_attention(qt, kt, vt, is_causal=case.causal, enable_gqa=gqa)
             impls[name] = run
     else:
-        impls["torch_attn"] = lambda: torch_attn.prefill(q, k, v, causal=case.causal, qo_indptr=qo_indptr,
-                                                         kv_indptr=kv_indptr)
+        with_our_backends(impls, lambda: torch_attn.prefill(q, k, v, causal=case.causal, qo_indptr=qo_indptr,
+                                                            kv_indptr=kv_indptr))
     for backend in flashinfer_backends:
         workspace = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda")
         wrapper = import_flashinfer().BatchPrefillWithRaggedKVCacheWrapper(workspace, kv_layout="NHD",
@@ -180,6 +196,7 @@ def implementations(case: Case, q, k, v, qo_indptr, kv_indptr, flashinfer_backen
 def run_case(case: Case, args, flashinfer_backends) -> None:
     q, k, v, qo_indptr, kv_indptr = make_inputs(case)
     for name, fn in implementations(case, q, k, v, qo_indptr, kv_indptr, flashinfer_backends).items():
+        os.environ["TORCH_ATTN_BACKEND"] = name[len(OURS):] if name.startswith(OURS) else "auto"
         try:
             ms = median_ms(fn, args.warmup, args.repeats)
         except RuntimeError as err:  # a peer that does not support the case
@@ -189,16 +206,25 @@ def run_case(case: Case, args, flashinfer_backends) -> None:
     print(f"{case.name}: " + ", ".join(f"{n} {v:.1f}" for n, v in case.results.items()), flush=True)
 
 
+# Ratio columns: (ours, peers); a ratio > 1 means ours is faster. Against several
+# peers the fastest of them counts.
+RATIOS = [("torch_attn-sm80", ["flashinfer-fa2"]),
+          ("torch_attn-sm90", ["flashinfer-fa3", "sdpa-cudnn"])]
+
+
 def table(cases: list[Case], impls: list[str]) -> str:
-    ratio_to = "flashinfer-fa2" if "flashinfer-fa2" in impls else None
-    header = ["case"] + impls + ([f"ours / fa2"] if ratio_to else [])
+    ratios = [(ours, peers) for ours, peers in RATIOS if ours in impls and any(p in impls for p in peers)]
+    header = ["case"] + impls + [f"{ours[len(OURS):]} / best of {', '.join(p for p in peers if p in impls)}"
+                                 for ours, peers in ratios]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for case in cases:
         cells = [case.name] + [f"{case.results[i]:.1f}" if i in case.results else "—" for i in impls]
-        if ratio_to:
-            ours, peer = case.results.get("torch_attn"), case.results.get(ratio_to)
-            if ours and peer:
-                cells.append(f"{(peer / ours) if case.latency else (ours / peer):.2f}")
+        for ours, peers in ratios:
+            mine = case.results.get(ours)
+            found = [case.results[p] for p in peers if p in case.results]
+            if mine and found:
+                best = min(found) if case.latency else max(found)
+                cells.append(f"{(best / mine) if case.latency else (mine / best):.2f}")
             else:
                 cells.append("—")
         lines.append("| " + " | ".join(cells) + " |")
@@ -225,7 +251,7 @@ def plot(cases: list[Case], impls: list[str], subtitle: str, path: str) -> None:
             xs = [c.qo_lens[0] for c in points if impl in c.results]
             ys = [c.results[impl] for c in points if impl in c.results]
             if xs:
-                ax.plot(xs, ys, marker="o", linewidth=2.5 if impl == "torch_attn" else 1.2, label=impl)
+                ax.plot(xs, ys, marker="o", linewidth=2.5 if impl.startswith(OURS) else 1.2, label=impl)
         ax.set_xscale("log", base=2)
         ax.set_title(f"d={head_dim}, {'causal' if causal else 'non-causal'}")
         ax.set_xlabel("sequence length (16k tokens per batch)")
@@ -252,7 +278,8 @@ def main() -> None:
     cases = [c for c in paper_grid() + serving_cases() + paged_cases() if any(w in c.name for w in wanted)]
     for case in cases:
         run_case(case, args, flashinfer_backends)
-    impls = ["torch_attn", "sdpa-flash", "sdpa-cudnn"] + [f"flashinfer-{b}" for b in flashinfer_backends]
+    impls = [OURS + b for b in our_backends()] + ["sdpa-flash", "sdpa-cudnn"] + \
+        [f"flashinfer-{b}" for b in flashinfer_backends]
     card = torch.cuda.get_device_name()
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     title = (f"{card}, torch {torch.__version__}, {stamp}; TFLOP/s (µs per call for the latency row), "

@@ -20,11 +20,15 @@ fi_backends=""
 for arg in "$@"; do
   case "$arg" in
     tests) python3 -m pytest tests -q -m gpu -x -p no:cacheprovider 2>&1 | tee "$out/gpu_tests.log" | tail -25 ;;
-    sanitize)
-      for tool in memcheck racecheck; do
-        compute-sanitizer --tool $tool --error-exitcode 9 python3 tests/sanitize_prefill.py >"$out/$tool.log" 2>&1
-        echo "compute-sanitizer $tool: exit $? ($(grep -c 'ERROR SUMMARY: 0' "$out/$tool.log") clean summaries)"
-        tail -3 "$out/$tool.log"
+    sanitize)  # both kernels where both run (TORCH_ATTN_BACKEND=sm90 fails fast elsewhere)
+      for backend in sm80 sm90; do
+        for tool in memcheck racecheck; do
+          log="$out/$tool-$backend.log"
+          TORCH_ATTN_BACKEND=$backend compute-sanitizer --tool $tool --error-exitcode 9 \
+            python3 tests/sanitize_prefill.py >"$log" 2>&1
+          echo "compute-sanitizer $tool, $backend: exit $? ($(grep -c 'ERROR SUMMARY: 0' "$log") clean summaries)"
+          tail -3 "$log"
+        done
       done ;;
     demo) python3 -m torch_attn demo 2>&1 | tee "$out/demo.log" ;;
     cmake)  # the libtorch build from CMakeLists.txt, loaded and called once

@@ -8,6 +8,8 @@
 #include <atomic>
 #include <climits>
 #include <cmath>
+#include <cstdlib>
+#include <cstring>
 #include "kernels/prefill_launch.h"
 #include "prefill.h"
 
@@ -16,28 +18,76 @@ namespace {
 
 using LaunchFn = cudaError_t (*)(const PrefillParams&, cudaStream_t);
 
+/// One compiled kernel: the mma.sync kernel (sm_80+) or the wgmma kernel (sm_90a).
+enum class Backend { kSm80, kSm90 };
+
 struct Launcher {
+  Backend backend;
   ScalarKind kind;
   int head_dim_tile;
   LaunchFn launch;
 };
 
-#define TORCH_ATTN_LAUNCHERS(W) {ScalarKind::kBFloat16, W, &launch_prefill<ScalarKind::kBFloat16, W>}, \
-                                {ScalarKind::kFloat16, W, &launch_prefill<ScalarKind::kFloat16, W>},
-constexpr Launcher kLaunchers[] = {TORCH_ATTN_FOR_EACH_HEAD_DIM_TILE(TORCH_ATTN_LAUNCHERS)};
+#define TORCH_ATTN_LAUNCHERS(W) {Backend::kSm80, ScalarKind::kBFloat16, W, &launch_prefill<ScalarKind::kBFloat16, W>}, \
+                                {Backend::kSm80, ScalarKind::kFloat16, W, &launch_prefill<ScalarKind::kFloat16, W>},
+#define TORCH_ATTN_SM90_LAUNCHERS(W)                                                                  \
+  {Backend::kSm90, ScalarKind::kBFloat16, W, &launch_prefill_sm90<ScalarKind::kBFloat16, W>}, \
+      {Backend::kSm90, ScalarKind::kFloat16, W, &launch_prefill_sm90<ScalarKind::kFloat16, W>},
+constexpr Launcher kLaunchers[] = {TORCH_ATTN_FOR_EACH_HEAD_DIM_TILE(TORCH_ATTN_LAUNCHERS)
+                                       TORCH_ATTN_FOR_EACH_SM90_HEAD_DIM_TILE(TORCH_ATTN_SM90_LAUNCHERS)};
 #undef TORCH_ATTN_LAUNCHERS
+#undef TORCH_ATTN_SM90_LAUNCHERS
 
-/// The narrowest compiled tile width that holds head_dim (the table is sorted).
-const Launcher& pick_launcher(ScalarKind kind, int64_t head_dim) {
+/// The narrowest compiled tile width of `backend` that holds head_dim (the table is sorted).
+const Launcher& pick_launcher(Backend backend, ScalarKind kind, int64_t head_dim) {
   const Launcher* found = nullptr;
   for (const Launcher& l : kLaunchers) {
-    if (l.kind == kind && l.head_dim_tile >= head_dim) {
+    if (l.backend == backend && l.kind == kind && l.head_dim_tile >= head_dim) {
       found = &l;
       break;
     }
   }
   TORCH_CHECK_VALUE(found != nullptr, "attn.prefill: no CUDA kernel for head_dim ", head_dim);
   return *found;
+}
+
+/// Compute capability of `device` as 10 * major + minor, read once per device.
+int compute_capability(int device) {
+  constexpr int kMaxDevices = 64;
+  static std::atomic<int> known[kMaxDevices] = {};
+  int cc = device < kMaxDevices ? known[device].load(std::memory_order_relaxed) : 0;
+  if (cc == 0) {
+    int major = 0, minor = 0;
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
+    C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
+    cc = 10 * major + minor;
+    if (device < kMaxDevices) known[device].store(cc, std::memory_order_relaxed);
+  }
+  return cc;
+}
+
+/// Whether this build holds sm_90a machine code (the build adds the define when
+/// its arch list has 9.0a); without it the wgmma kernel is an empty stub.
+#ifdef TORCH_ATTN_HAS_SM90A
+constexpr bool kBuiltWithSm90a = true;
+#else
+constexpr bool kBuiltWithSm90a = false;
+#endif
+
+/// The wgmma kernel on compute capability 9.0 (sm_90a code runs on 9.0 only) in
+/// builds that have it, the mma.sync kernel elsewhere. TORCH_ATTN_BACKEND=sm80|sm90
+/// forces one (for tests and comparisons); it is read on every call, so a process
+/// can switch between calls.
+Backend pick_backend(int device) {
+  const char* env = std::getenv("TORCH_ATTN_BACKEND");
+  const bool sm90_here = kBuiltWithSm90a && compute_capability(device) == 90;
+  if (env == nullptr || *env == '\0' || std::strcmp(env, "auto") == 0) return sm90_here ? Backend::kSm90 : Backend::kSm80;
+  if (std::strcmp(env, "sm80") == 0) return Backend::kSm80;
+  TORCH_CHECK_VALUE(std::strcmp(env, "sm90") == 0, "TORCH_ATTN_BACKEND: expected auto, sm80 or sm90, got '", env, "'");
+  TORCH_CHECK_VALUE(sm90_here, "TORCH_ATTN_BACKEND=sm90: the wgmma kernel needs a GPU of compute capability 9.0 and a "
+                    "build with sm_90a code; this GPU is ", compute_capability(device) / 10, ".",
+                    compute_capability(device) % 10, " and the build ", kBuiltWithSm90a ? "has" : "lacks", " sm_90a");
+  return Backend::kSm90;
 }
 
 /// The kernel reads rows with 16-byte cp.async: every row must start 16-byte aligned.
@@ -100,10 +150,12 @@ PrefillParams common_params(const at::Tensor& q, const at::Tensor& out, const at
 
 /// Sizes the grid and launches on the current stream.
 void launch(PrefillParams& p, const PrefillShape& shape, const at::Tensor& q) {
-  const Launcher& launcher =
-      pick_launcher(q.scalar_type() == at::kBFloat16 ? ScalarKind::kBFloat16 : ScalarKind::kFloat16, shape.head_dim);
-  const int64_t block_m = prefill_block_m(launcher.head_dim_tile);
-  const size_t smem = prefill_smem_bytes(launcher.head_dim_tile);
+  const Backend backend = pick_backend(q.get_device());
+  const Launcher& launcher = pick_launcher(
+      backend, q.scalar_type() == at::kBFloat16 ? ScalarKind::kBFloat16 : ScalarKind::kFloat16, shape.head_dim);
+  const bool sm90 = backend == Backend::kSm90;
+  const int64_t block_m = sm90 ? prefill_sm90_block_m(launcher.head_dim_tile) : prefill_block_m(launcher.head_dim_tile);
+  const size_t smem = sm90 ? prefill_sm90_smem_bytes(launcher.head_dim_tile) : prefill_smem_bytes(launcher.head_dim_tile);
   const int device_smem_limit = smem_per_block_limit(q.get_device());
   TORCH_CHECK(smem <= static_cast<size_t>(device_smem_limit), "attn.prefill: head_dim ", shape.head_dim, " needs ",
               smem, " bytes of shared memory per block; this GPU allows ", device_smem_limit);

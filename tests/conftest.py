@@ -18,6 +18,45 @@ EPS = {torch.float16: 1e-3, torch.bfloat16: 8e-3, torch.float32: 1e-4}
 LSE_TOL = 2e-3  # absolute, in natural-log units, on finite LSE values
 
 
+# Every GPU test runs once per CUDA kernel: the mma.sync kernel ("sm80", any GPU) and
+# the wgmma kernel ("sm90", compute capability 9.0 with an sm_90a build), forced with
+# TORCH_ATTN_BACKEND. Other tests see the default ("auto").
+CUDA_BACKENDS = ["sm80", "sm90"]
+
+
+def pytest_generate_tests(metafunc):
+    if "cuda_backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("gpu"):
+        metafunc.parametrize("cuda_backend", CUDA_BACKENDS, indirect=True)
+
+
+def _backend_unavailable(name: str) -> str | None:
+    """Why the forced backend cannot run here (None: it can)."""
+    if not HAS_GPU:
+        return "needs a CUDA GPU"
+    try:
+        q = torch.zeros(1, 1, 64, device="cuda", dtype=torch.bfloat16)
+        torch_attn.prefill(q, q, q)
+    except ValueError as error:
+        return str(error)
+    return None
+
+
+_BACKEND_CHECKS: dict[str, str | None] = {}
+
+
+@pytest.fixture(autouse=True)
+def cuda_backend(request, monkeypatch):
+    """Sets TORCH_ATTN_BACKEND for the test; skips where that kernel cannot run."""
+    name = getattr(request, "param", "auto")
+    monkeypatch.setenv("TORCH_ATTN_BACKEND", name)
+    if name != "auto":
+        if name not in _BACKEND_CHECKS:
+            _BACKEND_CHECKS[name] = _backend_unavailable(name)
+        if _BACKEND_CHECKS[name] is not None:
+            pytest.skip(f"backend {name}: {_BACKEND_CHECKS[name]}")
+    return name
+
+
 def pytest_collection_modifyitems(config, items):
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:

@@ -213,3 +213,32 @@ def test_empty_inputs():
     q, k, v = make_qkv(5, 0, 4, 2, 64, torch.bfloat16, "cuda")
     out, lse = torch_attn.prefill(q, k, v, causal=True, return_lse=True)
     assert (out == 0).all() and torch.isneginf(lse).all()
+
+
+def kernel_names_of_one_call(**kwargs):
+    q, k, v = make_qkv(300, 300, 4, 2, 128, torch.bfloat16, "cuda")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        torch_attn.prefill(q, k, v, **kwargs)
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events() if "prefill" in e.name]
+
+
+def test_forced_backend_runs_its_kernel(cuda_backend):
+    names = kernel_names_of_one_call(causal=True)
+    expected = "prefill_sm90_kernel" if cuda_backend == "sm90" else "prefill_kernel<"
+    assert names and all(expected in name for name in names), names
+
+
+def test_auto_backend_picks_wgmma_on_hopper(monkeypatch):
+    monkeypatch.setenv("TORCH_ATTN_BACKEND", "auto")
+    archs = torch_attn.LIBRARY.config.arch_list if torch_attn.LIBRARY.config else ()
+    hopper = torch.cuda.get_device_capability() == (9, 0) and "9.0a" in archs
+    names = kernel_names_of_one_call()
+    assert names and all(("prefill_sm90_kernel" in name) == hopper for name in names), names
+
+
+def test_unknown_backend_is_an_error(monkeypatch):
+    monkeypatch.setenv("TORCH_ATTN_BACKEND", "sm70")
+    q, k, v = make_qkv(10, 10, 2, 2, 64, torch.bfloat16, "cuda")
+    with pytest.raises(ValueError, match="TORCH_ATTN_BACKEND: expected auto, sm80 or sm90"):
+        torch_attn.prefill(q, k, v)

@@ -132,12 +132,18 @@ def include_dirs(spec: dict) -> list[str]:
     return [str(source_root() / d) for d in spec["include_dirs"]]
 
 
+def arch_defines(spec: dict, config: BuildConfig) -> list[str]:
+    """-DTORCH_ATTN_HAS_SM90A when the build has sm_90a code (the wgmma kernel)."""
+    return [spec["sm90a_define"]] if "9.0a" in config.arch_list else []
+
+
 def cxx_flags(spec: dict, config: BuildConfig) -> list[str]:
-    return list(spec["cxx_flags"]) + (["-g"] if config.debug else [])
+    return list(spec["cxx_flags"]) + arch_defines(spec, config) + (["-g"] if config.debug else [])
 
 
 def nvcc_flags(spec: dict, config: BuildConfig) -> list[str]:
-    return list(spec["nvcc_flags"]) + spec["debug_flags"].get(config.debug, []) + gencode_flags(config.arch_list)
+    return (list(spec["nvcc_flags"]) + arch_defines(spec, config) + spec["debug_flags"].get(config.debug, []) +
+            gencode_flags(config.arch_list))
 
 
 def cache_key(spec: dict, config: BuildConfig) -> str:

@@ -34,4 +34,31 @@ struct VisibleKeys {
   }
 };
 
+/// The K/V tiles [begin, begin + count) that a query tile with rows [q_row0, q_row0 +
+/// rows) needs, and the run [full_begin, full_end) of them (counted from begin) in
+/// which every row sees every key, so no score needs a mask. Both interval ends grow
+/// with the row index, so the first row's end and the last row's begin bound what
+/// any row in between sees.
+struct KvTileRange {
+  int begin;
+  int count;
+  int full_begin;
+  int full_end;
+
+  template <int kBlockN>
+  __device__ __forceinline__ static KvTileRange of(const VisibleKeys& visibility, int q_row0, int rows) {
+    const KeyInterval first_row = visibility.of_query(q_row0);
+    const KeyInterval last_row = visibility.of_query(q_row0 + rows - 1);
+    const int begin = first_row.begin / kBlockN;
+    const int end = last_row.end > first_row.begin ? (last_row.end + kBlockN - 1) / kBlockN : begin;
+    // Unmasked tiles: key0 >= the last row's first key and key0 + BN <= the first row's end.
+    const int full_begin = min(max(begin, (last_row.begin + kBlockN - 1) / kBlockN), end) - begin;
+    const int full_end = max(full_begin, min(end, first_row.end / kBlockN) - begin);
+    return {begin, end - begin, full_begin, full_end};
+  }
+
+  /// Whether tile j (counted from begin) has a hidden score.
+  __device__ __forceinline__ bool needs_mask(int j) const { return j < full_begin || j >= full_end; }
+};
+
 }  // namespace torch_attn

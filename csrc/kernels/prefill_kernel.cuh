@@ -23,6 +23,8 @@
 #include <cstdint>
 #include <type_traits>
 #include "cp_async.cuh"
+#include "epilogue.cuh"
+#include "logits.cuh"
 #include "mask.cuh"
 #include "mma.cuh"
 #include "page_table.cuh"
@@ -61,12 +63,12 @@ __device__ __forceinline__ void load_tile_or_zero(DType* smem, const DType* gmem
   const Map map;
   if (map.idle()) return;
   const DType* src = gmem + map.row0 * row_stride + map.chunk * 8;
-  DType* dst = smem + Tile::offset(map.row0, map.chunk * 8);
 #pragma unroll
   for (int pass = 0; pass < Map::kPasses; ++pass) {
-    const bool in_bounds = map.row0 + pass * Map::kRowsPerPass < rows_valid && map.chunk < chunks_valid;
+    const int row = map.row0 + pass * Map::kRowsPerPass;
+    const bool in_bounds = row < rows_valid && map.chunk < chunks_valid;
     // A false predicate reads nothing, but the address must stay valid: the tile's first row.
-    cp_async_16_or_zero(dst + pass * Map::kRowsPerPass * Tile::kPitch, in_bounds ? src : gmem, in_bounds);
+    cp_async_16_or_zero(smem + Tile::offset(row, map.chunk * 8), in_bounds ? src : gmem, in_bounds);
     src += Map::kRowsPerPass * row_stride;
   }
 }
@@ -104,16 +106,16 @@ __device__ __forceinline__ void load_paged_tile_or_zero(DType* smem, const DType
   const int chunk = Map::chunk();
   if (chunk >= Tile::kChunksPerRow) return;  // widths 96 and 192 leave some lanes idle
   const int row0 = Map::first_row() + Map::lane_row();
-  DType* dst = smem + Tile::offset(row0, chunk * 8);
   if (Map::one_page_per_warp(table.p)) {
     const int block_key = key0 + Map::first_row();
     const DType* src = head_base + table.offset(block_key, page_id, page_stride, slot_stride) +
                        Map::lane_row() * slot_stride + chunk * 8;
 #pragma unroll
     for (int pass = 0; pass < Map::kPasses; ++pass) {
-      const bool in_bounds = row0 + pass * Map::kRowsPerPass < rows_valid && chunk < chunks_valid;
+      const int row = row0 + pass * Map::kRowsPerPass;
+      const bool in_bounds = row < rows_valid && chunk < chunks_valid;
       // A false predicate reads nothing; the address stays at a row of a named page or at head_base.
-      cp_async_16_or_zero(dst + pass * Map::kRowsPerPass * Tile::kPitch, in_bounds ? src : head_base, in_bounds);
+      cp_async_16_or_zero(smem + Tile::offset(row, chunk * 8), in_bounds ? src : head_base, in_bounds);
       src += Map::kRowsPerPass * slot_stride;
     }
     return;
@@ -127,7 +129,7 @@ __device__ __forceinline__ void load_paged_tile_or_zero(DType* smem, const DType
     const DType* src =
         in_bounds ? head_base + table.offset(key0 + row, table.page_id(key0 + row), page_stride, slot_stride) + chunk * 8
                   : head_base;
-    cp_async_16_or_zero(dst + pass * Map::kRowsPerPass * Tile::kPitch, src, in_bounds);
+    cp_async_16_or_zero(smem + Tile::offset(row, chunk * 8), src, in_bounds);
   }
 }
 
@@ -205,36 +207,6 @@ struct PrefillCta {
     }
   }
 
-  /// Applies the soft cap and, for tiles that need it, the mask (by select).
-  template <bool kNeedMask>
-  __device__ __forceinline__ void scores_to_logits(float (&s)[kMFrags][kNFragsS][4], int key0,
-                                                   const VisibleKeys& visibility) const {
-    // Intervals are recomputed per masked tile rather than kept: registers are the
-    // scarce resource here, and only edge tiles pay for the arithmetic.
-    KeyInterval visible[2 * kMFrags];
-    if constexpr (kNeedMask) {
-#pragma unroll
-      for (int r = 0; r < 2 * kMFrags; ++r) {
-        visible[r] = visibility.of_query(w.q_row0 + warp_row0 + (r / 2) * 16 + lane / 4 + 8 * (r % 2));
-      }
-    }
-#pragma unroll
-    for (int mi = 0; mi < kMFrags; ++mi)
-#pragma unroll
-      for (int nb = 0; nb < kNFragsS; ++nb)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) {
-          float logit = s[mi][nb][e];
-          if constexpr (kSoftCap) logit = p.soft_cap * fast_tanh(logit * p.pre_cap_scale);
-          if constexpr (kNeedMask) {
-            const KeyInterval keys = visible[2 * mi + e / 2];  // c0,c1: row g; c2,c3: row g + 8
-            const int key = key0 + nb * 8 + (lane % 4) * 2 + e % 2;
-            logit = (key >= keys.begin && key < keys.end) ? logit : -INFINITY;  // select, never add
-          }
-          s[mi][nb][e] = logit;
-        }
-  }
-
   /// O += P V for the V tile in `v_stage`; P comes from the score registers.
   __device__ __forceinline__ void accumulate_pv(const DType* v_stage, const float (&s)[kMFrags][kNFragsS][4],
                                                 float (&o)[kMFrags][kNFragsO][4]) const {
@@ -264,46 +236,6 @@ struct PrefillCta {
     }
   }
 
-  /// Writes this warp's rows of out (through its own rows of the Q tile, for
-  /// 16-byte stores) and their LSE. Only rows < qo_len and columns < D are written.
-  __device__ __forceinline__ void store(const float (&o)[kMFrags][kNFragsO][4], const float (&lse)[2 * kMFrags]) const {
-    const int g = lane / 4, t = lane % 4;
-    // This warp alone read these Q rows, and its ldmatrix reads have completed.
-#pragma unroll
-    for (int mi = 0; mi < kMFrags; ++mi)
-#pragma unroll
-      for (int nd = 0; nd < kNFragsO; ++nd)
-#pragma unroll
-        for (int half = 0; half < 2; ++half) {
-          const int row = warp_row0 + mi * 16 + g + 8 * half;
-          *reinterpret_cast<uint32_t*>(q_smem + QTile::offset(row, nd * 8 + 2 * t)) =
-              pack_pair<DType>(o[mi][nd][2 * half], o[mi][nd][2 * half + 1]);
-        }
-    __syncwarp();
-    DType* out = static_cast<DType*>(p.out) + w.seq * p.out_strides.batch +
-                 static_cast<int64_t>(w.q_start + w.q_row0) * p.out_strides.token + w.qo_head * p.out_strides.head;
-    constexpr int kWarpRows = kMFrags * 16;
-#pragma unroll
-    for (int i = 0; i < kWarpRows * QTile::kChunksPerRow / 32; ++i) {
-      const int idx = lane + i * 32;
-      const int row = warp_row0 + idx / QTile::kChunksPerRow;
-      const int chunk = idx % QTile::kChunksPerRow;
-      if (w.q_row0 + row < w.qo_len && chunk < chunks_valid) {
-        *reinterpret_cast<uint4*>(out + row * p.out_strides.token + chunk * 8) =
-            *reinterpret_cast<const uint4*>(q_smem + QTile::offset(row, chunk * 8));
-      }
-    }
-    if (t == 0) {
-      float* lse_out = p.lse + w.seq * p.lse_strides.batch + static_cast<int64_t>(w.q_start) * p.lse_strides.token +
-                       w.qo_head * p.lse_strides.head;
-#pragma unroll
-      for (int r = 0; r < 2 * kMFrags; ++r) {
-        const int row = w.q_row0 + warp_row0 + (r / 2) * 16 + g + 8 * (r % 2);
-        if (row < w.qo_len) lse_out[row * p.lse_strides.token] = lse[r];
-      }
-    }
-  }
-
   __device__ __forceinline__ void run() {
     const int rows_valid = min(kBlockM, w.qo_len - w.q_row0);
     const DType* q_gmem = static_cast<const DType*>(p.q) + w.seq * p.q_strides.batch +
@@ -311,13 +243,8 @@ struct PrefillCta {
 
     // The tiles the whole CTA needs.
     const VisibleKeys visibility{w.kv_len, w.kv_len - w.qo_len, p.causal, p.window_left};
-    // Keys visible to the first row's interval end and last row's interval begin bound
-    // what any row sees in between (both ends grow with the row index).
-    const KeyInterval first_row = visibility.of_query(w.q_row0);
-    const KeyInterval last_row = visibility.of_query(w.q_row0 + rows_valid - 1);
-    const int tile_begin = first_row.begin / kBlockN;
-    const int tile_end = last_row.end > first_row.begin ? (last_row.end + kBlockN - 1) / kBlockN : tile_begin;
-    const int num_tiles = tile_end - tile_begin;
+    const KvTileRange tiles = KvTileRange::of<kBlockN>(visibility, w.q_row0, rows_valid);
+    const int tile_begin = tiles.begin, tile_end = tiles.begin + tiles.count, num_tiles = tiles.count;
 
     // Pipeline. Commit groups are issued in the order K_0, V_0, K_1, V_1, ...; the
     // prologue issues K_0..K_{S-1} and V_0..V_{S-2} (Q rides with K_0), each
@@ -372,7 +299,7 @@ struct PrefillCta {
 
       float s[kMFrags][kNFragsS][4];
       compute_scores(k_smem + stage * KVTile::kElems, s);
-      scores_to_logits<kNeedMask>(s, (tile_begin + j) * kBlockN, visibility);
+      scores_to_logits<kSoftCap, kNeedMask>(s, p, visibility, w.q_row0 + warp_row0, (tile_begin + j) * kBlockN, lane);
       softmax.update(s, o, p.logit_to_log2);
 
       cp_async_wait<2 * kStages - 2>();
@@ -383,21 +310,20 @@ struct PrefillCta {
 
       accumulate_pv(v_smem + stage * KVTile::kElems, s, o);
     };
-    // Tiles where every row sees every key (key0 >= the last row's first key and
-    // key0 + BN <= the first row's end) need no mask; they form one run in the
-    // middle. Separate loops keep the mask's compares out of that run entirely.
-    const int full_begin = max(tile_begin, (last_row.begin + kBlockN - 1) / kBlockN) - tile_begin;
-    const int full_end = max(full_begin, min(tile_end, first_row.end / kBlockN) - tile_begin);
+    // The unmasked tiles form one run in the middle; separate loops keep the mask's
+    // compares out of that run entirely.
+    // (Taken from a second call: ptxas spilled when the run's ends were kept from the first one.)
+    const KvTileRange run = KvTileRange::of<kBlockN>(visibility, w.q_row0, rows_valid);
     int j = 0;
-    for (; j < min(full_begin, num_tiles); ++j) process_tile(j, std::true_type{});
-    for (; j < full_end; ++j) process_tile(j, std::false_type{});
+    for (; j < run.full_begin; ++j) process_tile(j, std::true_type{});
+    for (; j < run.full_end; ++j) process_tile(j, std::false_type{});
     for (; j < num_tiles; ++j) process_tile(j, std::true_type{});
 
     cp_async_wait<0>();  // nothing may still write the Q tile that store() reuses
     __syncthreads();
     float lse[2 * kMFrags];
     softmax.finalize(o, p.logit_to_log2, lse);
-    store(o, lse);
+    store_warp_rows<QTile>(p, w, q_smem, warp_row0, lane, chunks_valid, o, lse);
   }
 };
 

@@ -1,52 +1,20 @@
 // Definition of launch_prefill; included only by the instantiation files.
 #pragma once
-#include <cuda_bf16.h>
-#include <cuda_fp16.h>
-#include <atomic>
+#include "launch_utils.cuh"
 #include "prefill_kernel.cuh"
 #include "prefill_launch.h"
 
 namespace torch_attn {
 
-template <ScalarKind kKind>
-using DTypeOf = std::conditional_t<kKind == ScalarKind::kBFloat16, __nv_bfloat16, __half>;
-
-/// Raises the dynamic shared-memory limit of `kernels` past the 48 KB default,
-/// once per device and per instantiation of the caller (`configured` is the
-/// caller's own static): the attribute is per device and per kernel, and setting
-/// it on every launch would cost time on the hot path.
-template <class... Kernels>
-cudaError_t allow_smem_once(std::atomic<uint64_t>& configured, size_t bytes, Kernels... kernels) {
-  int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
-  const uint64_t bit = device < 64 ? (uint64_t{1} << device) : 0;
-  if (bit != 0 && (configured.load(std::memory_order_acquire) & bit)) return cudaSuccess;
-  for (auto kernel : {kernels...}) {
-    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
-    if (err != cudaSuccess) return err;
-  }
-  configured.fetch_or(bit, std::memory_order_acq_rel);
-  return cudaSuccess;
-}
-
 template <ScalarKind kKind, int kHeadDimTile>
 cudaError_t launch_prefill(const PrefillParams& params, cudaStream_t stream) {
   using Traits = PrefillTraits<DTypeOf<kKind>, kHeadDimTile>;
-  // Four variants: soft cap or not (a tanh per score), paged cache or not (addresses).
-  const auto with_cap = prefill_kernel<Traits, /*kSoftCap=*/true, /*kPaged=*/false>;
-  const auto without_cap = prefill_kernel<Traits, /*kSoftCap=*/false, /*kPaged=*/false>;
-  const auto paged_with_cap = prefill_kernel<Traits, /*kSoftCap=*/true, /*kPaged=*/true>;
-  const auto paged_without_cap = prefill_kernel<Traits, /*kSoftCap=*/false, /*kPaged=*/true>;
   static std::atomic<uint64_t> smem_configured{0};  // one per (dtype, width) instantiation
-  const cudaError_t err = allow_smem_once(smem_configured, Traits::kSmemBytes, with_cap, without_cap, paged_with_cap,
-                                          paged_without_cap);
-  if (err != cudaSuccess) return err;
-  const bool soft_cap = params.soft_cap > 0.f, paged = params.block_table != nullptr;
-  const auto kernel = paged ? (soft_cap ? paged_with_cap : paged_without_cap) : (soft_cap ? with_cap : without_cap);
-  const dim3 grid(static_cast<unsigned>(params.num_q_tile_slots) * static_cast<unsigned>(params.num_qo_heads));
-  kernel<<<grid, Traits::kThreads, Traits::kSmemBytes, stream>>>(params);
-  return cudaGetLastError();
+  return launch_variant(smem_configured, Traits::kThreads, Traits::kSmemBytes, params, stream,
+                        prefill_kernel<Traits, /*kSoftCap=*/true, /*kPaged=*/false>,
+                        prefill_kernel<Traits, /*kSoftCap=*/false, /*kPaged=*/false>,
+                        prefill_kernel<Traits, /*kSoftCap=*/true, /*kPaged=*/true>,
+                        prefill_kernel<Traits, /*kSoftCap=*/false, /*kPaged=*/true>);
 }
 
 }  // namespace torch_attn

@@ -4,6 +4,7 @@
 #pragma once
 #include <cuda_runtime_api.h>
 #include "params.h"
+#include "prefill_sm90_traits.cuh"
 #include "prefill_traits.cuh"
 
 namespace torch_attn {
@@ -15,10 +16,18 @@ enum class ScalarKind { kFloat16, kBFloat16 };
 template <ScalarKind kKind, int kHeadDimTile>
 cudaError_t launch_prefill(const PrefillParams& params, cudaStream_t stream);
 
+/// The same for the Hopper kernel (prefill_sm90_kernel.cuh): compiled from every
+/// build, but with a body only for sm_90a; launch it only on compute capability 9.0
+/// from builds that include sm_90a code (TORCH_ATTN_HAS_SM90A).
+template <ScalarKind kKind, int kHeadDimTile>
+cudaError_t launch_prefill_sm90(const PrefillParams& params, cudaStream_t stream);
+
 /// Query rows per CTA for a head-dim tile width (the host sizes the grid with it).
 int prefill_block_m(int head_dim_tile);
+int prefill_sm90_block_m(int head_dim_tile);
 
 /// Shared memory one CTA needs, to check against the device's per-block limit.
 size_t prefill_smem_bytes(int head_dim_tile);
+size_t prefill_sm90_smem_bytes(int head_dim_tile);
 
 }  // namespace torch_attn

@@ -31,8 +31,10 @@ struct OnlineSoftmax {
     }
   }
 
-  /// Takes a tile of logits s (masked ones are -inf), turns them into weights
-  /// P = exp2((s - m) * c) in place and rescales l and O when m moves.
+  /// Takes a tile of logits s (masked ones are -inf) and turns them into weights
+  /// P = exp2((s - m) * c) in place, rescaling l when m moves. O must then be
+  /// multiplied by the same factor: for each row r, on_row(r, rescale, moves) is
+  /// called once its factor is known (moves: whether this thread's row moved).
   ///
   /// Lazy rescaling: m only moves when the tile's max exceeds it by more than
   /// kLazyRescaleLog2 (in log2 units), or when the row had no max yet. Otherwise
@@ -40,9 +42,9 @@ struct OnlineSoftmax {
   /// fp32 (l, O) and in bf16/fp16 (P). out = O / l and lse are exact either way,
   /// since O and l always share one m. On most tiles no row of the warp moves and
   /// the warp skips the O *= rescale multiplies (a third of the non-MMA work).
-  template <int kNFragsS, int kNFragsO>
-  __device__ __forceinline__ void update(float (&s)[kMFrags][kNFragsS][4], float (&o)[kMFrags][kNFragsO][4],
-                                         float logit_to_log2) {
+  template <int kNFragsS, class OnRow>
+  __device__ __forceinline__ void logits_to_weights(float (&s)[kMFrags][kNFragsS][4], float logit_to_log2,
+                                                    OnRow&& on_row) {
     constexpr float kLazyRescaleLog2 = 8.f;
 #pragma unroll
     for (int mi = 0; mi < kMFrags; ++mi) {
@@ -74,15 +76,29 @@ struct OnlineSoftmax {
           }
         }
         row_sum[r] = row_sum[r] * rescale + tile_sum;
-        if (__any_sync(0xffffffffu, moves)) {  // warp-uniform: skip the multiplies when no row moved
-#pragma unroll
-          for (int nd = 0; nd < kNFragsO; ++nd) {
-            o[mi][nd][2 * half] *= rescale;
-            o[mi][nd][2 * half + 1] *= rescale;
-          }
-        }
+        on_row(r, rescale, moves);
       }
     }
+  }
+
+  /// O *= rescale for row r (rows 16 mi + g and 16 mi + g + 8 of the warp).
+  template <int kNFragsO>
+  __device__ __forceinline__ static void rescale_row(float (&o)[kMFrags][kNFragsO][4], int r, float rescale) {
+#pragma unroll
+    for (int nd = 0; nd < kNFragsO; ++nd) {
+      o[r / 2][nd][2 * (r % 2)] *= rescale;
+      o[r / 2][nd][2 * (r % 2) + 1] *= rescale;
+    }
+  }
+
+  /// logits_to_weights with O rescaled right away, row by row, where a row of the
+  /// warp moved (a warp-uniform branch).
+  template <int kNFragsS, int kNFragsO>
+  __device__ __forceinline__ void update(float (&s)[kMFrags][kNFragsS][4], float (&o)[kMFrags][kNFragsO][4],
+                                         float logit_to_log2) {
+    logits_to_weights(s, logit_to_log2, [&](int r, float rescale, bool moves) {
+      if (__any_sync(0xffffffffu, moves)) rescale_row(o, r, rescale);
+    });
   }
 
   /// O /= l (0 for rows that saw no key) and the natural-log LSE of each row

@@ -1,0 +1,52 @@
+// What the launchers of both kernels share: the element type of a ScalarKind and
+// the one-time shared-memory opt-in.
+#pragma once
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+#include <cuda_runtime_api.h>
+#include <atomic>
+#include <cstdint>
+#include <type_traits>
+#include "prefill_launch.h"
+
+namespace torch_attn {
+
+template <ScalarKind kKind>
+using DTypeOf = std::conditional_t<kKind == ScalarKind::kBFloat16, __nv_bfloat16, __half>;
+
+/// Raises the dynamic shared-memory limit of `kernels` past the 48 KB default,
+/// once per device and per instantiation of the caller (`configured` is the
+/// caller's own static): the attribute is per device and per kernel, and setting
+/// it on every launch would cost time on the hot path.
+template <class... Kernels>
+cudaError_t allow_smem_once(std::atomic<uint64_t>& configured, size_t bytes, Kernels... kernels) {
+  int device = 0;
+  cudaError_t err = cudaGetDevice(&device);
+  if (err != cudaSuccess) return err;
+  const uint64_t bit = device < 64 ? (uint64_t{1} << device) : 0;
+  if (bit != 0 && (configured.load(std::memory_order_acquire) & bit)) return cudaSuccess;
+  for (auto kernel : {kernels...}) {
+    err = cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, static_cast<int>(bytes));
+    if (err != cudaSuccess) return err;
+  }
+  configured.fetch_or(bit, std::memory_order_acq_rel);
+  return cudaSuccess;
+}
+
+/// Launches the variant of a kernel that `params` needs: soft cap or not (a tanh
+/// per score), paged cache or not (addresses). One CTA per query-tile slot and head.
+template <class Kernel>
+cudaError_t launch_variant(std::atomic<uint64_t>& smem_configured, int threads, size_t smem_bytes,
+                           const PrefillParams& params, cudaStream_t stream, Kernel with_cap, Kernel without_cap,
+                           Kernel paged_with_cap, Kernel paged_without_cap) {
+  const cudaError_t err =
+      allow_smem_once(smem_configured, smem_bytes, with_cap, without_cap, paged_with_cap, paged_without_cap);
+  if (err != cudaSuccess) return err;
+  const bool soft_cap = params.soft_cap > 0.f, paged = params.block_table != nullptr;
+  const Kernel kernel = paged ? (soft_cap ? paged_with_cap : paged_without_cap) : (soft_cap ? with_cap : without_cap);
+  const dim3 grid(static_cast<unsigned>(params.num_q_tile_slots) * static_cast<unsigned>(params.num_qo_heads));
+  kernel<<<grid, threads, smem_bytes, stream>>>(params);
+  return cudaGetLastError();
+}
+
+}  // namespace torch_attn

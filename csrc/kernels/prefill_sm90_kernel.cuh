@@ -1,0 +1,332 @@
+// The Hopper prefill kernel (sm_90a): the algorithm of prefill_kernel.cuh on wgmma,
+// with warp specialisation.
+//
+// One CTA computes one query tile [128 rows] of one head of one sequence:
+//   * warpgroup 0, the producer, copies Q once and then K_j, V_j into a ring of
+//     kStages shared-memory stages with cp.async, and announces each tile on an
+//     mbarrier; it waits on "empty" mbarriers before refilling a stage;
+//   * warpgroups 1 and 2, the consumers, own 64 query rows each:
+//         S_j = Q K_j^T        wgmma, Q and K_j from shared memory
+//         P_j = softmax weights of S_j      (in registers; the same code as mma.sync)
+//         O  += P_{j} V_{j}    wgmma, P from registers, V_j from shared memory
+//     with S_{j+1} = Q K_{j+1}^T and O += P_j V_j issued together, so the softmax of
+//     tile j+1 runs on the CUDA cores while the tensor cores finish P_j V_j.
+// setmaxnreg moves registers from the producer (addresses only) to the consumers.
+//
+// Reading past valid data: the producer uses the same copy routines as the mma.sync
+// kernel, so Q, K and V rows past the sequence's end (or past kv_len in a paged
+// cache) are never read from global memory: cp.async writes zeros instead. The copy
+// engine (TMA) would zero-fill only outside the tensor's bounds; inside a ragged
+// batch or a paged cache the rows past one sequence's end hold the next sequence or
+// garbage, and a NaN there times weight 0 is NaN. Head-dim padding is zero as well,
+// and masked scores are replaced by -inf through a select.
+#pragma once
+#include <cstdint>
+#include <type_traits>
+#include "cp_async.cuh"
+#include "epilogue.cuh"
+#include "logits.cuh"
+#include "mask.cuh"
+#include "page_table.cuh"
+#include "params.h"
+#include "prefill_kernel.cuh"
+#include "prefill_sm90_traits.cuh"
+#include "softmax.cuh"
+#include "warp_specialization.cuh"
+#include "wgmma.cuh"
+#include "work_item.cuh"
+
+namespace torch_attn {
+
+template <int kStages>
+struct Sm90Barriers {
+  MBarrier q_full;            // Q has landed
+  MBarrier k_full[kStages];   // the K tile of a stage has landed
+  MBarrier v_full[kStages];
+  MBarrier k_empty[kStages];  // every consumer warp is done reading the stage's K tile
+  MBarrier v_empty[kStages];
+};
+
+template <class Traits, bool kSoftCap, bool kPaged>
+struct PrefillSm90Cta {
+  using DType = typename Traits::DType;
+  using QTile = typename Traits::QTile;
+  using KVTile = typename Traits::KVTile;
+  using Barriers = Sm90Barriers<Traits::kStages>;
+  static constexpr int kBlockN = Traits::kBlockN, kStages = Traits::kStages;
+  static constexpr int kNFragsS = Traits::kNFragsS, kNFragsO = Traits::kNFragsO, kPFrags = Traits::kPFrags;
+
+  const PrefillParams& p;
+  const WorkItem& w;
+  DType* q_smem;
+  DType* k_smem;  // kStages K tiles
+  DType* v_smem;  // kStages V tiles
+  Barriers& bar;
+  VisibleKeys visibility;
+  KvTileRange tiles;
+  int rows_valid;    // query rows of this tile inside the sequence
+  int chunks_valid;  // 16-byte chunks of real head dim
+
+  // ---- producer (warpgroup 0, threads 0..127) ----
+
+  /// Marks the oldest of this thread's two pending copy groups as landed on `full`:
+  /// wait for it, make it visible to wgmma (async proxy), arrive.
+  template <int kPendingAfter>
+  __device__ __forceinline__ static void publish_copies(MBarrier& full) {
+    cp_async_wait<kPendingAfter>();
+    fence_proxy_async_shared();
+    full.arrive();
+  }
+
+  __device__ __forceinline__ void load_kv(DType* stage_tile, const DType* gmem, const TokenHeadStrides& strides,
+                                          const int32_t* pages, int tile) const {
+    constexpr int kProducerThreads = 128;
+    const int key0 = (tiles.begin + tile) * kBlockN;
+    if constexpr (kPaged) {
+      using Map = PagedTileMapping<KVTile, kProducerThreads>;
+      const PageTable table{p, pages};
+      const int first_key = key0 + Map::first_row();
+      const int32_t page_id = first_key < w.kv_len && Map::one_page_per_warp(p) ? table.page_id(first_key) : 0;
+      load_paged_tile_or_zero<KVTile, kProducerThreads>(stage_tile, gmem, table, page_id, strides.batch,
+                                                        strides.token, key0, w.kv_len - key0, chunks_valid);
+    } else {
+      load_tile_or_zero<KVTile, kProducerThreads>(stage_tile, gmem + static_cast<int64_t>(key0) * strides.token,
+                                                  strides.token, w.kv_len - key0, chunks_valid);
+    }
+  }
+
+  /// Copy order Q, K_0, V_0, K_1, V_1, ...: each group is published once the next
+  /// one is issued, so one group is always in flight behind the one being waited for.
+  __device__ __forceinline__ void produce(const DType* k_gmem, const DType* v_gmem, const int32_t* pages) {
+    const DType* q_gmem = static_cast<const DType*>(p.q) + w.seq * p.q_strides.batch +
+                          static_cast<int64_t>(w.q_start + w.q_row0) * p.q_strides.token + w.qo_head * p.q_strides.head;
+    load_tile_or_zero<QTile, 128>(q_smem, q_gmem, p.q_strides.token, rows_valid, chunks_valid);
+    cp_async_commit();
+    MBarrier* previous = &bar.q_full;
+    for (int t = 0; t < tiles.count; ++t) {
+      const int stage = t % kStages;
+      const uint32_t parity = (t / kStages) & 1;
+      bar.k_empty[stage].wait(parity ^ 1);  // the consumers are done with K_{t-S}
+      load_kv(k_smem + stage * KVTile::kElems, k_gmem, p.k_strides, pages, t);
+      cp_async_commit();
+      publish_copies<1>(*previous);
+      bar.v_empty[stage].wait(parity ^ 1);
+      load_kv(v_smem + stage * KVTile::kElems, v_gmem, p.v_strides, pages, t);
+      cp_async_commit();
+      publish_copies<1>(bar.k_full[stage]);
+      previous = &bar.v_full[stage];
+    }
+    publish_copies<0>(*previous);
+  }
+
+  // ---- consumers (warpgroups 1 and 2) ----
+
+  /// S = Q K^T for this warpgroup's 64 rows and the K tile of `stage` (issued, not waited for).
+  __device__ __forceinline__ void issue_scores(float (&s)[kNFragsS][4], uint64_t q_desc, int stage) const {
+    const uint64_t k_desc = smem_descriptor(k_smem + stage * KVTile::kElems, 16, 1024);
+#pragma unroll
+    for (int kk = 0; kk < Traits::kHeadDim / 16; ++kk) {
+      // k-step kk: column block kk / 4, 32 bytes per 16 columns inside the 128-byte swizzled row
+      const uint32_t q_step = (kk / 4) * QTile::kBlockBytes + (kk % 4) * 32;
+      const uint32_t k_step = (kk / 4) * KVTile::kBlockBytes + (kk % 4) * 32;
+      wgmma_ss<kBlockN, DType>(s, advance_descriptor(q_desc, q_step), advance_descriptor(k_desc, k_step), kk > 0);
+    }
+  }
+
+  /// O += P V for the V tile of `stage` (issued, not waited for).
+  __device__ __forceinline__ void issue_pv(float (&o)[kNFragsO][4], const uint32_t (&pw)[kPFrags][4], int stage) const {
+    // V is [keys][dims] with dims contiguous: MN-major for B = V (N = dims, K = keys).
+    const uint64_t v_desc = smem_descriptor(v_smem + stage * KVTile::kElems, KVTile::kBlockBytes, 1024);
+#pragma unroll
+    for (int kk = 0; kk < kPFrags; ++kk) {
+      wgmma_rs<Traits::kHeadDim, DType>(o, pw[kk], advance_descriptor(v_desc, kk * 16 * 128), 1);
+    }
+  }
+
+  /// Weights in fp32 score fragments -> the A fragments of O += P V (keys 16 kk..16 kk + 15).
+  __device__ __forceinline__ static void pack_weights(const float (&s)[1][kNFragsS][4], uint32_t (&pw)[kPFrags][4]) {
+#pragma unroll
+    for (int kk = 0; kk < kPFrags; ++kk) {
+      pw[kk][0] = pack_pair<DType>(s[0][2 * kk][0], s[0][2 * kk][1]);
+      pw[kk][1] = pack_pair<DType>(s[0][2 * kk][2], s[0][2 * kk][3]);
+      pw[kk][2] = pack_pair<DType>(s[0][2 * kk + 1][0], s[0][2 * kk + 1][1]);
+      pw[kk][3] = pack_pair<DType>(s[0][2 * kk + 1][2], s[0][2 * kk + 1][3]);
+    }
+  }
+
+  __device__ __forceinline__ static void pin_weights(uint32_t (&pw)[kPFrags][4]) {
+#pragma unroll
+    for (int kk = 0; kk < kPFrags; ++kk)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(pw[kk][e])::"memory");
+  }
+
+  /// Before wgmma_fence: every ordinary write of the registers the next wgmmas use
+  /// must come first (the compiler may otherwise sink register moves past the fence,
+  /// and ptxas then serialises the wgmmas).
+  __device__ __forceinline__ static void pin_operands(float (&s)[kNFragsS][4], float (&o)[kNFragsO][4],
+                                                      uint32_t (&pw)[kPFrags][4]) {
+    wgmma_pin(s);
+    wgmma_pin(o);
+    pin_weights(pw);
+  }
+
+  /// Each consumer warp arrives once on `empty` after its wgmma reads of the stage completed.
+  __device__ __forceinline__ static void release(MBarrier& empty, int lane) {
+    if (lane == 0) empty.arrive();
+  }
+
+  __device__ __forceinline__ void consume(int group, int warp_in_group, int lane) {
+    const int warp_row0 = group * Traits::kRowsPerGroup + warp_in_group * 16;  // first Q-tile row of this warp
+    const int query_row0 = w.q_row0 + warp_row0;
+    // Q rows [64 group, 64 group + 64) of column block 0; K-major, 1024 bytes per 8 rows.
+    const uint64_t q_desc = smem_descriptor(q_smem + group * Traits::kRowsPerGroup * QTile::kBlockCols, 16, 1024);
+
+    float o[1][kNFragsO][4];
+#pragma unroll
+    for (int nd = 0; nd < kNFragsO; ++nd)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) o[0][nd][e] = 0.f;
+    OnlineSoftmax<1> softmax;
+    softmax.init();
+    bar.q_full.wait(0);
+
+    float s[1][kNFragsS][4];
+    uint32_t pw[kPFrags][4];
+    // Scores of tile j -> weights P (left in s); rescale: what O must be multiplied by.
+    auto weights_of = [&](int j, auto need_mask, float (&rescale)[2]) {
+      scores_to_logits<kSoftCap, decltype(need_mask)::value>(s, p, visibility, query_row0,
+                                                             (tiles.begin + j) * kBlockN, lane);
+      bool moved = false;
+      softmax.logits_to_weights(s, p.logit_to_log2, [&](int r, float factor, bool moves) {
+        rescale[r] = factor;
+        moved |= moves;
+      });
+      return __any_sync(0xffffffffu, moved);
+    };
+
+    if (tiles.count > 0) {
+      // Tile 0: S_0 alone.
+      bar.k_full[0].wait(0);
+      wgmma_fence();
+      issue_scores(s[0], q_desc, 0);
+      wgmma_commit();
+      wgmma_wait<0>();
+      wgmma_pin(s[0]);
+      release(bar.k_empty[0], lane);
+      float rescale[2];
+      if (tiles.needs_mask(0)) weights_of(0, std::true_type{}, rescale);
+      else weights_of(0, std::false_type{}, rescale);  // O is still 0: nothing to rescale
+
+      // Tile j: S_j = Q K_j^T and O += P_{j-1} V_{j-1} in flight together; the
+      // softmax of S_j overlaps the second.
+      auto step = [&](int j, auto need_mask) {
+        const int stage = j % kStages, prev_stage = (j - 1) % kStages;
+        pack_weights(s, pw);  // P_{j-1}, from the weights left in s
+        bar.k_full[stage].wait((j / kStages) & 1);
+        pin_operands(s[0], o[0], pw);
+        wgmma_fence();  // s, o and pw were written by ordinary instructions
+        issue_scores(s[0], q_desc, stage);
+        wgmma_commit();
+        bar.v_full[prev_stage].wait(((j - 1) / kStages) & 1);
+        wgmma_fence();  // (ptxas wants one per batch of wgmmas)
+        issue_pv(o[0], pw, prev_stage);
+        wgmma_commit();
+        wgmma_wait<1>();  // S_j is ready; P_{j-1} V_{j-1} may still run
+        wgmma_pin(s[0]);
+        release(bar.k_empty[stage], lane);
+        float rescale[2];
+        const bool moved = weights_of(j, need_mask, rescale);
+        wgmma_wait<0>();  // O is free again
+        wgmma_pin(o[0]);
+        release(bar.v_empty[prev_stage], lane);
+        if (moved) {
+          OnlineSoftmax<1>::rescale_row(o, 0, rescale[0]);
+          OnlineSoftmax<1>::rescale_row(o, 1, rescale[1]);
+        }
+      };
+      int j = 1;
+      for (; j < max(1, tiles.full_begin); ++j) step(j, std::true_type{});
+      for (; j < tiles.full_end; ++j) step(j, std::false_type{});
+      for (; j < tiles.count; ++j) step(j, std::true_type{});
+
+      const int last = tiles.count - 1, last_stage = last % kStages;
+      pack_weights(s, pw);
+      bar.v_full[last_stage].wait((last / kStages) & 1);
+      pin_operands(s[0], o[0], pw);
+      wgmma_fence();
+      issue_pv(o[0], pw, last_stage);
+      wgmma_commit();
+      wgmma_wait<0>();
+      wgmma_pin(o[0]);
+      release(bar.v_empty[last_stage], lane);
+    }
+
+    float lse[2];
+    softmax.finalize(o, p.logit_to_log2, lse);
+    // The warpgroup's last wgmma read its Q rows; all four warps are past it here.
+    named_barrier_sync(1 + group, 128);
+    store_warp_rows<QTile>(p, w, q_smem, warp_row0, lane, chunks_valid, o, lse);
+  }
+};
+
+template <class Traits, bool kSoftCap, bool kPaged>
+__global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const __grid_constant__ PrefillParams params) {
+#if defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  using DType = typename Traits::DType;
+  using Barriers = Sm90Barriers<Traits::kStages>;
+  static_assert(sizeof(Barriers) == Traits::kBarrierBytes, "the traits reserve the barriers' bytes");
+  extern __shared__ __align__(16) uint8_t smem_raw[];
+  WorkItem work;
+  if (!find_work_item<Traits::kBlockM>(params, work)) return;  // the same answer in every thread
+
+  uint8_t* smem = smem_raw + ((1024 - smem_address(smem_raw) % 1024) % 1024);
+  DType* q_smem = reinterpret_cast<DType*>(smem);
+  DType* k_smem = q_smem + Traits::QTile::kElems;
+  DType* v_smem = k_smem + Traits::kStages * Traits::KVTile::kElems;
+  Barriers& bar = *reinterpret_cast<Barriers*>(v_smem + Traits::kStages * Traits::KVTile::kElems);
+  if (threadIdx.x == 0) {
+    bar.q_full.init(128);  // every producer thread arrives once its copies landed
+    for (int s = 0; s < Traits::kStages; ++s) {
+      bar.k_full[s].init(128);
+      bar.v_full[s].init(128);
+      bar.k_empty[s].init(Traits::kConsumerWarps);  // one arrival per consumer warp
+      bar.v_empty[s].init(Traits::kConsumerWarps);
+    }
+  }
+  __syncthreads();
+
+  const int rows_valid = min(Traits::kBlockM, work.qo_len - work.q_row0);
+  const VisibleKeys visibility{work.kv_len, work.kv_len - work.qo_len, params.causal, params.window_left};
+  PrefillSm90Cta<Traits, kSoftCap, kPaged> cta{params,
+                                              work,
+                                              q_smem,
+                                              k_smem,
+                                              v_smem,
+                                              bar,
+                                              visibility,
+                                              KvTileRange::of<Traits::kBlockN>(visibility, work.q_row0, rows_valid),
+                                              rows_valid,
+                                              params.head_dim / 8};
+  const int group = static_cast<int>(threadIdx.x) / 128;
+  if (group == 0) {
+    release_registers<Traits::kProducerRegs>();
+    const int kv_head = work.qo_head / params.group_size;
+    // Paged caches address keys through the page table; contiguous ones from the sequence's first row.
+    const int64_t k_offset = kPaged ? 0 : work.seq * params.k_strides.batch + work.kv_start * params.k_strides.token;
+    const int64_t v_offset = kPaged ? 0 : work.seq * params.v_strides.batch + work.kv_start * params.v_strides.token;
+    cta.produce(static_cast<const DType*>(params.k) + k_offset + kv_head * params.k_strides.head,
+                static_cast<const DType*>(params.v) + v_offset + kv_head * params.v_strides.head,
+                kPaged ? params.block_table + work.seq * params.block_table_stride : nullptr);
+  } else {
+    claim_registers<Traits::kConsumerRegs>();
+    cta.consume(group - 1, (static_cast<int>(threadIdx.x) / 32) % 4, static_cast<int>(threadIdx.x) % 32);
+  }
+#else
+  // Compiled for another architecture: the host launches this kernel only from
+  // builds with sm_90a code, on devices of compute capability 9.0.
+  __trap();
+#endif
+}
+
+}  // namespace torch_attn
