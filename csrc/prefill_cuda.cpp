@@ -148,9 +148,8 @@ PrefillParams common_params(const at::Tensor& q, const at::Tensor& out, const at
   return p;
 }
 
-/// Sizes the grid and launches on the current stream.
-void launch(PrefillParams& p, const PrefillShape& shape, const at::Tensor& q) {
-  const Backend backend = pick_backend(q.get_device());
+/// Sizes the grid for `backend`'s kernel and launches it on the current stream.
+cudaError_t launch_with(Backend backend, PrefillParams& p, const PrefillShape& shape, const at::Tensor& q) {
   const Launcher& launcher = pick_launcher(
       backend, q.scalar_type() == at::kBFloat16 ? ScalarKind::kBFloat16 : ScalarKind::kFloat16, shape.head_dim);
   const bool sm90 = backend == Backend::kSm90;
@@ -166,7 +165,23 @@ void launch(PrefillParams& p, const PrefillShape& shape, const at::Tensor& q) {
   TORCH_CHECK_VALUE(slots * shape.num_qo_heads <= INT32_MAX, "attn.prefill: too many query tiles x heads (",
                     slots * shape.num_qo_heads, ") for one launch");
   p.num_q_tile_slots = static_cast<int32_t>(slots);
-  C10_CUDA_CHECK(launcher.launch(p, c10::cuda::getCurrentCUDAStream(q.get_device()).stream()));
+  p.experiment = std::getenv("TORCH_ATTN_EXPERIMENT") ? std::atoi(std::getenv("TORCH_ATTN_EXPERIMENT")) : 0;
+  return launcher.launch(p, c10::cuda::getCurrentCUDAStream(q.get_device()).stream());
+}
+
+/// Launches the backend's kernel. The wgmma kernel declines (cudaErrorNotSupported,
+/// before launching anything) when the copy engine cannot describe q, k or v; the
+/// mma.sync kernel runs then, unless TORCH_ATTN_BACKEND=sm90 insists.
+void launch(PrefillParams& p, const PrefillShape& shape, const at::Tensor& q) {
+  const Backend backend = pick_backend(q.get_device());
+  cudaError_t err = launch_with(backend, p, shape, q);
+  if (err == cudaErrorNotSupported && backend == Backend::kSm90) {
+    const char* forced = std::getenv("TORCH_ATTN_BACKEND");
+    TORCH_CHECK_VALUE(forced == nullptr || std::strcmp(forced, "sm90") != 0,
+                      "TORCH_ATTN_BACKEND=sm90: the copy engine cannot describe these q/k/v strides; use sm80");
+    err = launch_with(Backend::kSm80, p, shape, q);
+  }
+  C10_CUDA_CHECK(err);
 }
 
 void check_cuda_dtype(const at::Tensor& q) {

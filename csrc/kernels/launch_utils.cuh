@@ -35,17 +35,18 @@ cudaError_t allow_smem_once(std::atomic<uint64_t>& configured, size_t bytes, Ker
 
 /// Launches the variant of a kernel that `params` needs: soft cap or not (a tanh
 /// per score), paged cache or not (addresses). One CTA per query-tile slot and head.
-template <class Kernel>
+/// `extra`: further kernel arguments after the parameters.
+template <class Kernel, class... Extra>
 cudaError_t launch_variant(std::atomic<uint64_t>& smem_configured, int threads, size_t smem_bytes,
                            const PrefillParams& params, cudaStream_t stream, Kernel with_cap, Kernel without_cap,
-                           Kernel paged_with_cap, Kernel paged_without_cap) {
+                           Kernel paged_with_cap, Kernel paged_without_cap, const Extra&... extra) {
   const cudaError_t err =
       allow_smem_once(smem_configured, smem_bytes, with_cap, without_cap, paged_with_cap, paged_without_cap);
   if (err != cudaSuccess) return err;
   const bool soft_cap = params.soft_cap > 0.f, paged = params.block_table != nullptr;
   const Kernel kernel = paged ? (soft_cap ? paged_with_cap : paged_without_cap) : (soft_cap ? with_cap : without_cap);
   const dim3 grid(static_cast<unsigned>(params.num_q_tile_slots) * static_cast<unsigned>(params.num_qo_heads));
-  kernel<<<grid, threads, smem_bytes, stream>>>(params);
+  kernel<<<grid, threads, smem_bytes, stream>>>(params, extra...);
   return cudaGetLastError();
 }
 

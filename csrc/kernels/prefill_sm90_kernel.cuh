@@ -32,6 +32,7 @@
 #include "prefill_kernel.cuh"
 #include "prefill_sm90_traits.cuh"
 #include "softmax.cuh"
+#include "tensor_map.cuh"
 #include "warp_specialization.cuh"
 #include "wgmma.cuh"
 #include "work_item.cuh"
@@ -47,6 +48,16 @@ struct Sm90Barriers {
   MBarrier v_empty[kStages];
 };
 
+/// The CTA's shared memory (1024-byte aligned: the swizzle atoms need it).
+template <class Traits>
+struct Sm90SharedStorage {
+  using DType = typename Traits::DType;
+  DType q[Traits::QTile::kElems];
+  DType k[Traits::kStages][Traits::KVTile::kElems];
+  DType v[Traits::kStages][Traits::KVTile::kElems];
+  Sm90Barriers<Traits::kStages> bar;
+};
+
 template <class Traits, bool kSoftCap, bool kPaged>
 struct PrefillSm90Cta {
   using DType = typename Traits::DType;
@@ -58,14 +69,20 @@ struct PrefillSm90Cta {
 
   const PrefillParams& p;
   const WorkItem& w;
-  DType* q_smem;
-  DType* k_smem;  // kStages K tiles
-  DType* v_smem;  // kStages V tiles
-  Barriers& bar;
-  VisibleKeys visibility;
-  KvTileRange tiles;
+  // One pointer for all of shared memory: every value the roles share stays live
+  // across setmaxnreg, and the producer has only 40 registers.
+  Sm90SharedStorage<Traits>& smem;
   int rows_valid;    // query rows of this tile inside the sequence
   int chunks_valid;  // 16-byte chunks of real head dim
+
+  // Each role computes the mask and tile range itself, after setmaxnreg: values
+  // computed before the role split stay live across it, which cost a spill.
+  __device__ __forceinline__ VisibleKeys visibility() const {
+    return {w.kv_len, w.kv_len - w.qo_len, p.causal, p.window_left};
+  }
+  __device__ __forceinline__ KvTileRange tile_range() const {
+    return KvTileRange::of<kBlockN>(visibility(), w.q_row0, rows_valid);
+  }
 
   // ---- producer (warpgroup 0, threads 0..127) ----
 
@@ -78,40 +95,38 @@ struct PrefillSm90Cta {
     full.arrive();
   }
 
-  __device__ __forceinline__ void load_kv(DType* stage_tile, const DType* gmem, const TokenHeadStrides& strides,
-                                          const int32_t* pages, int tile) const {
-    constexpr int kProducerThreads = 128;
-    const int key0 = (tiles.begin + tile) * kBlockN;
-    if constexpr (kPaged) {
-      using Map = PagedTileMapping<KVTile, kProducerThreads>;
-      const PageTable table{p, pages};
-      const int first_key = key0 + Map::first_row();
-      const int32_t page_id = first_key < w.kv_len && Map::one_page_per_warp(p) ? table.page_id(first_key) : 0;
-      load_paged_tile_or_zero<KVTile, kProducerThreads>(stage_tile, gmem, table, page_id, strides.batch,
-                                                        strides.token, key0, w.kv_len - key0, chunks_valid);
-    } else {
-      load_tile_or_zero<KVTile, kProducerThreads>(stage_tile, gmem + static_cast<int64_t>(key0) * strides.token,
-                                                  strides.token, w.kv_len - key0, chunks_valid);
-    }
+  /// Paged caches: copies of tile `tile` by the whole producer warpgroup (cp.async).
+  __device__ __forceinline__ void load_paged(DType* stage_tile, const DType* gmem, const TokenHeadStrides& strides,
+                                             const int32_t* pages, int tile) const {
+    using Map = PagedTileMapping<KVTile, 128>;
+    const int key0 = tile * kBlockN;
+    const PageTable table{p, pages};
+    const int first_key = key0 + Map::first_row();
+    const int32_t page_id = first_key < w.kv_len && Map::one_page_per_warp(p) ? table.page_id(first_key) : 0;
+    load_paged_tile_or_zero<KVTile, 128, false>(stage_tile, gmem, table, page_id, strides.batch, strides.token, key0,
+                                                w.kv_len - key0, chunks_valid);
   }
 
-  /// Copy order Q, K_0, V_0, K_1, V_1, ...: each group is published once the next
-  /// one is issued, so one group is always in flight behind the one being waited for.
-  __device__ __forceinline__ void produce(const DType* k_gmem, const DType* v_gmem, const int32_t* pages) {
-    const DType* q_gmem = static_cast<const DType*>(p.q) + w.seq * p.q_strides.batch +
-                          static_cast<int64_t>(w.q_start + w.q_row0) * p.q_strides.token + w.qo_head * p.q_strides.head;
-    load_tile_or_zero<QTile, 128>(q_smem, q_gmem, p.q_strides.token, rows_valid, chunks_valid);
+  /// Paged caches: the whole producer warpgroup copies with cp.async, in the order
+  /// Q, K_0, V_0, K_1, V_1, ...; each group is published once the next one is
+  /// issued, so one group is always in flight behind the one being waited for.
+  __device__ __forceinline__ void produce_paged(const DType* k_cache, const DType* v_cache, const int32_t* pages) {
+    const DType* q_gmem = static_cast<const DType*>(p.q) + static_cast<int64_t>(w.q_start + w.q_row0) * p.q_strides.token +
+                          w.qo_head * p.q_strides.head;
+    Barriers& bar = smem.bar;
+    load_tile_or_zero<QTile, 128>(smem.q, q_gmem, p.q_strides.token, rows_valid, chunks_valid);
     cp_async_commit();
     MBarrier* previous = &bar.q_full;
+    const KvTileRange tiles = tile_range();
     for (int t = 0; t < tiles.count; ++t) {
       const int stage = t % kStages;
       const uint32_t parity = (t / kStages) & 1;
       bar.k_empty[stage].wait(parity ^ 1);  // the consumers are done with K_{t-S}
-      load_kv(k_smem + stage * KVTile::kElems, k_gmem, p.k_strides, pages, t);
+      load_paged(smem.k[stage], k_cache, p.k_strides, pages, tiles.begin + t);
       cp_async_commit();
       publish_copies<1>(*previous);
       bar.v_empty[stage].wait(parity ^ 1);
-      load_kv(v_smem + stage * KVTile::kElems, v_gmem, p.v_strides, pages, t);
+      load_paged(smem.v[stage], v_cache, p.v_strides, pages, tiles.begin + t);
       cp_async_commit();
       publish_copies<1>(bar.k_full[stage]);
       previous = &bar.v_full[stage];
@@ -119,11 +134,58 @@ struct PrefillSm90Cta {
     publish_copies<0>(*previous);
   }
 
+  /// Contiguous K/V: one thread (lane 0 of warp 0) has the copy engine load each
+  /// tile, 64 columns per box. Rows past the tensor's tokens and columns past
+  /// head_dim arrive as zeros. In a ragged batch the rows past this sequence's end
+  /// are the next sequence's: harmless in Q (rows never stored) and K (masked by
+  /// select), but not in V, so warp 0 copies that one partial V tile with cp.async
+  /// and zero-fills its tail instead.
+  __device__ __forceinline__ void produce_with_tma(const Sm90TensorMaps& maps, const DType* v_gmem, int lane) {
+    Barriers& bar = smem.bar;
+    const bool ragged = p.qo_indptr != nullptr;
+    const int batch = ragged ? 0 : w.seq;
+    const int kv_head = w.qo_head / p.group_size;
+    constexpr uint32_t kQBytes = QTile::kElems * sizeof(DType), kTileBytes = KVTile::kElems * sizeof(DType);
+    auto load_boxes = [&](DType* tile, int block_elems, int blocks, const CUtensorMap& map, int head, int token,
+                          MBarrier& full, uint32_t bytes) {
+      arrive_expecting_bytes(full, bytes);
+      for (int b = 0; b < blocks; ++b) tma_load_box(tile + b * block_elems, map, b * 64, head, token, batch, full);
+    };
+    if (lane == 0) {
+      load_boxes(smem.q, QTile::kBlockElems, Traits::kHeadDim / 64, maps.q, w.qo_head, w.q_start + w.q_row0,
+                 bar.q_full, kQBytes);
+    }
+    const KvTileRange tiles = tile_range();
+    for (int t = 0; t < tiles.count; ++t) {
+      const int stage = t % kStages;
+      const uint32_t parity = (t / kStages) & 1;
+      const int key0 = (tiles.begin + t) * kBlockN;
+      bar.k_empty[stage].wait(parity ^ 1);  // the consumers are done with K_{t-S}
+      if (lane == 0) {
+        load_boxes(smem.k[stage], KVTile::kBlockElems, Traits::kHeadDim / 64, maps.k, kv_head, w.kv_start + key0,
+                   bar.k_full[stage], kTileBytes);
+      }
+      bar.v_empty[stage].wait(parity ^ 1);
+      if (ragged && key0 + kBlockN > w.kv_len) {
+        load_tile_or_zero<KVTile, 32, false>(smem.v[stage], v_gmem + static_cast<int64_t>(key0) * p.v_strides.token,
+                                             p.v_strides.token, w.kv_len - key0, chunks_valid);
+        cp_async_commit();
+        cp_async_wait<0>();
+        fence_proxy_async_shared();
+        __syncwarp();
+        if (lane == 0) bar.v_full[stage].arrive();
+      } else if (lane == 0) {
+        load_boxes(smem.v[stage], KVTile::kBlockElems, Traits::kHeadDim / 64, maps.v, kv_head, w.kv_start + key0,
+                   bar.v_full[stage], kTileBytes);
+      }
+    }
+  }
+
   // ---- consumers (warpgroups 1 and 2) ----
 
   /// S = Q K^T for this warpgroup's 64 rows and the K tile of `stage` (issued, not waited for).
   __device__ __forceinline__ void issue_scores(float (&s)[kNFragsS][4], uint64_t q_desc, int stage) const {
-    const uint64_t k_desc = smem_descriptor(k_smem + stage * KVTile::kElems, 16, 1024);
+    const uint64_t k_desc = smem_descriptor(smem.k[stage], 16, 1024);
 #pragma unroll
     for (int kk = 0; kk < Traits::kHeadDim / 16; ++kk) {
       // k-step kk: column block kk / 4, 32 bytes per 16 columns inside the 128-byte swizzled row
@@ -136,7 +198,7 @@ struct PrefillSm90Cta {
   /// O += P V for the V tile of `stage` (issued, not waited for).
   __device__ __forceinline__ void issue_pv(float (&o)[kNFragsO][4], const uint32_t (&pw)[kPFrags][4], int stage) const {
     // V is [keys][dims] with dims contiguous: MN-major for B = V (N = dims, K = keys).
-    const uint64_t v_desc = smem_descriptor(v_smem + stage * KVTile::kElems, KVTile::kBlockBytes, 1024);
+    const uint64_t v_desc = smem_descriptor(smem.v[stage], KVTile::kBlockBytes, 1024);
 #pragma unroll
     for (int kk = 0; kk < kPFrags; ++kk) {
       wgmma_rs<Traits::kHeadDim, DType>(o, pw[kk], advance_descriptor(v_desc, kk * 16 * 128), 1);
@@ -177,10 +239,13 @@ struct PrefillSm90Cta {
   }
 
   __device__ __forceinline__ void consume(int group, int warp_in_group, int lane) {
+    const VisibleKeys visibility = this->visibility();
+    const KvTileRange tiles = tile_range();
+    Barriers& bar = smem.bar;
     const int warp_row0 = group * Traits::kRowsPerGroup + warp_in_group * 16;  // first Q-tile row of this warp
     const int query_row0 = w.q_row0 + warp_row0;
     // Q rows [64 group, 64 group + 64) of column block 0; K-major, 1024 bytes per 8 rows.
-    const uint64_t q_desc = smem_descriptor(q_smem + group * Traits::kRowsPerGroup * QTile::kBlockCols, 16, 1024);
+    const uint64_t q_desc = smem_descriptor(smem.q + group * Traits::kRowsPerGroup * QTile::kBlockCols, 16, 1024);
 
     float o[1][kNFragsO][4];
 #pragma unroll
@@ -266,58 +331,51 @@ struct PrefillSm90Cta {
     softmax.finalize(o, p.logit_to_log2, lse);
     // The warpgroup's last wgmma read its Q rows; all four warps are past it here.
     named_barrier_sync(1 + group, 128);
-    store_warp_rows<QTile>(p, w, q_smem, warp_row0, lane, chunks_valid, o, lse);
+    store_warp_rows<QTile>(p, w, smem.q, warp_row0, lane, chunks_valid, o, lse);
   }
 };
 
 template <class Traits, bool kSoftCap, bool kPaged>
-__global__ void __launch_bounds__(Traits::kThreads, 1) prefill_sm90_kernel(const __grid_constant__ PrefillParams params) {
+__global__ void __launch_bounds__(Traits::kThreads, 1)
+    prefill_sm90_kernel(const __grid_constant__ PrefillParams params, const __grid_constant__ Sm90TensorMaps maps) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using DType = typename Traits::DType;
-  using Barriers = Sm90Barriers<Traits::kStages>;
-  static_assert(sizeof(Barriers) == Traits::kBarrierBytes, "the traits reserve the barriers' bytes");
+  static_assert(sizeof(Sm90Barriers<Traits::kStages>) == Traits::kBarrierBytes, "the traits reserve the barriers");
   extern __shared__ __align__(16) uint8_t smem_raw[];
   WorkItem work;
   if (!find_work_item<Traits::kBlockM>(params, work)) return;  // the same answer in every thread
 
-  uint8_t* smem = smem_raw + ((1024 - smem_address(smem_raw) % 1024) % 1024);
-  DType* q_smem = reinterpret_cast<DType*>(smem);
-  DType* k_smem = q_smem + Traits::QTile::kElems;
-  DType* v_smem = k_smem + Traits::kStages * Traits::KVTile::kElems;
-  Barriers& bar = *reinterpret_cast<Barriers*>(v_smem + Traits::kStages * Traits::KVTile::kElems);
+  auto& smem = *reinterpret_cast<Sm90SharedStorage<Traits>*>(smem_raw + (1024 - smem_address(smem_raw) % 1024) % 1024);
+  static_assert(sizeof(smem) + 1024 <= Traits::kSmemBytes, "the traits reserve the shared storage");
   if (threadIdx.x == 0) {
-    bar.q_full.init(128);  // every producer thread arrives once its copies landed
+    // Paged: every producer thread arrives once its copies landed. Contiguous: one
+    // arrival with the byte count that the copy engine then completes.
+    const uint32_t full_arrivals = kPaged ? 128 : 1;
+    smem.bar.q_full.init(full_arrivals);
     for (int s = 0; s < Traits::kStages; ++s) {
-      bar.k_full[s].init(128);
-      bar.v_full[s].init(128);
-      bar.k_empty[s].init(Traits::kConsumerWarps);  // one arrival per consumer warp
-      bar.v_empty[s].init(Traits::kConsumerWarps);
+      smem.bar.k_full[s].init(full_arrivals);
+      smem.bar.v_full[s].init(full_arrivals);
+      smem.bar.k_empty[s].init(Traits::kConsumerWarps);  // one arrival per consumer warp
+      smem.bar.v_empty[s].init(Traits::kConsumerWarps);
     }
   }
   __syncthreads();
 
-  const int rows_valid = min(Traits::kBlockM, work.qo_len - work.q_row0);
-  const VisibleKeys visibility{work.kv_len, work.kv_len - work.qo_len, params.causal, params.window_left};
-  PrefillSm90Cta<Traits, kSoftCap, kPaged> cta{params,
-                                              work,
-                                              q_smem,
-                                              k_smem,
-                                              v_smem,
-                                              bar,
-                                              visibility,
-                                              KvTileRange::of<Traits::kBlockN>(visibility, work.q_row0, rows_valid),
-                                              rows_valid,
+  PrefillSm90Cta<Traits, kSoftCap, kPaged> cta{params, work, smem, min(Traits::kBlockM, work.qo_len - work.q_row0),
                                               params.head_dim / 8};
   const int group = static_cast<int>(threadIdx.x) / 128;
   if (group == 0) {
     release_registers<Traits::kProducerRegs>();
     const int kv_head = work.qo_head / params.group_size;
-    // Paged caches address keys through the page table; contiguous ones from the sequence's first row.
-    const int64_t k_offset = kPaged ? 0 : work.seq * params.k_strides.batch + work.kv_start * params.k_strides.token;
-    const int64_t v_offset = kPaged ? 0 : work.seq * params.v_strides.batch + work.kv_start * params.v_strides.token;
-    cta.produce(static_cast<const DType*>(params.k) + k_offset + kv_head * params.k_strides.head,
-                static_cast<const DType*>(params.v) + v_offset + kv_head * params.v_strides.head,
-                kPaged ? params.block_table + work.seq * params.block_table_stride : nullptr);
+    if constexpr (kPaged) {  // keys come through the page table
+      cta.produce_paged(static_cast<const DType*>(params.k) + kv_head * params.k_strides.head,
+                        static_cast<const DType*>(params.v) + kv_head * params.v_strides.head,
+                        params.block_table + work.seq * params.block_table_stride);
+    } else if (threadIdx.x < 32) {  // one warp drives the copy engine; the other three are done
+      const DType* v_gmem = static_cast<const DType*>(params.v) + work.seq * params.v_strides.batch +
+                            work.kv_start * params.v_strides.token + kv_head * params.v_strides.head;
+      cta.produce_with_tma(maps, v_gmem, static_cast<int>(threadIdx.x));
+    }
   } else {
     claim_registers<Traits::kConsumerRegs>();
     cta.consume(group - 1, (static_cast<int>(threadIdx.x) / 32) % 4, static_cast<int>(threadIdx.x) % 32);

@@ -16,12 +16,14 @@ namespace torch_attn {
 /// bounds BN: with 232 registers, BN = 128 up to width 128 and 64 at width 256.
 template <int kHeadDimTile>
 struct Sm90TileShape;
+// setmaxnreg splits the 384 x 168 registers the CTA starts with (64512) between the
+// producer (kProducerRegs) and the consumers: 128 x 40 + 256 x 232 or 128 x 56 + 256 x 224.
 // 64: 80 KB of shared memory (Q 16 KB, two K/V stages of 16 KB each).
-template <> struct Sm90TileShape<64>  { static constexpr int kBlockN = 128, kStages = 2; };
-// 128: 160 KB (Q 32 KB, two K/V stages of 32 KB each): one CTA per SM.
-template <> struct Sm90TileShape<128> { static constexpr int kBlockN = 128, kStages = 2; };
+template <> struct Sm90TileShape<64>  { static constexpr int kBlockN = 128, kStages = 2, kProducerRegs = 40; };
+// 128: 160 KB (Q 32 KB, two K/V stages of 32 KB each): one CTA per SM. O + S + P = 160 registers.
+template <> struct Sm90TileShape<128> { static constexpr int kBlockN = 128, kStages = 2, kProducerRegs = 40; };
 // 256: O alone takes 128 registers: BN = 64; 192 KB.
-template <> struct Sm90TileShape<256> { static constexpr int kBlockN = 64, kStages = 2; };
+template <> struct Sm90TileShape<256> { static constexpr int kBlockN = 64, kStages = 2, kProducerRegs = 40; };
 
 template <typename DType_, int kHeadDimTile>
 struct PrefillSm90Traits {
@@ -35,10 +37,10 @@ struct PrefillSm90Traits {
   static constexpr int kRowsPerGroup = kBlockM / kConsumerGroups;  // wgmma's M = 64
   static constexpr int kThreads = 128 * (1 + kConsumerGroups);
   static constexpr int kConsumerWarps = 4 * kConsumerGroups;
-  // setmaxnreg: the producer only computes addresses; consumers hold O, S and P.
-  // 128 x 56 + 256 x 224 = 64512 = 384 x 168, the registers the CTA starts with.
-  static constexpr int kProducerRegs = 56;
-  static constexpr int kConsumerRegs = 224;
+  // setmaxnreg: the producer only computes addresses (its row copies run in a rolled
+  // loop to need few); the consumers hold O, S and P and get the rest.
+  static constexpr int kProducerRegs = Shape::kProducerRegs;
+  static constexpr int kConsumerRegs = (168 * kThreads - 128 * kProducerRegs) / (128 * kConsumerGroups) / 8 * 8;
 
   static constexpr int kNFragsS = kBlockN / 8;  // n8 key fragments of S per warp
   static constexpr int kNFragsO = kHeadDim / 8;
@@ -54,6 +56,7 @@ struct PrefillSm90Traits {
   static constexpr size_t kSmemBytes = 1024 + kTileBytes + kBarrierBytes;
 
   static_assert(kRowsPerGroup == 64, "one wgmma M = 64 per consumer warpgroup");
+  static_assert(kThreads == 384 && 128 * kProducerRegs + 256 * kConsumerRegs <= 168 * kThreads, "register split");
   static_assert(kBlockN % 16 == 0 && kBlockN <= 256, "wgmma N for S");
 };
 

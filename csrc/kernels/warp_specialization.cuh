@@ -48,6 +48,11 @@ __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
+/// bar.arrive on named barrier `id`: counts towards its `threads` without waiting.
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
 /// setmaxnreg (sm_90a): a warpgroup gives up or claims registers. The kernel needs a
 /// register cap at entry (__launch_bounds__(threads, 1)), and each role must sit in
 /// its own branch of one if/else.

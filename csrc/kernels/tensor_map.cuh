@@ -1,0 +1,69 @@
+// Tensor maps for the copy engine (TMA): host-side encoding of a [batch, token,
+// head, dim] view, and the device-side copy of one box into shared memory.
+#pragma once
+#include <cuda.h>
+#include <cudaTypedefs.h>
+#include <cuda_runtime_api.h>
+#include <cstdint>
+#include "params.h"
+#include "warp_specialization.cuh"
+
+namespace torch_attn {
+
+/// The wgmma kernel's maps of q, k and v; `valid` is false when one of them cannot
+/// be encoded (strides the copy engine does not take), and the kernel then copies
+/// with cp.async instead.
+struct Sm90TensorMaps {
+  CUtensorMap q, k, v;
+  bool valid;
+};
+
+/// Encodes a 4-d map (dim, head, token, batch) of a 16-bit tensor, boxes of 64
+/// columns x 1 head x `box_rows` tokens, 128-byte swizzle (the wgmma tiles' layout,
+/// swizzled_tile.cuh). Boxes that reach past the view's tokens or dims are
+/// zero-filled by the copy engine: the rows past a dense sequence and the head-dim
+/// padding. (Inside a ragged batch the next sequence's rows are in bounds: the
+/// kernel never lets the copy engine fill a V tile that runs past its sequence.)
+inline bool encode_tensor_map(CUtensorMap* map, const void* base, bool bf16, int head_dim, int heads, int tokens,
+                              int batch, const TokenHeadStrides& strides, int box_rows) {
+  using Encode = PFN_cuTensorMapEncodeTiled_v12000;
+  static const Encode encode = [] {
+    void* fn = nullptr;
+    cudaDriverEntryPointQueryResult found{};
+    const cudaError_t err =
+        cudaGetDriverEntryPointByVersion("cuTensorMapEncodeTiled", &fn, 12000, cudaEnableDefault, &found);
+    return err == cudaSuccess && found == cudaDriverEntryPointSuccess ? reinterpret_cast<Encode>(fn) : nullptr;
+  }();
+  if (encode == nullptr || tokens <= 0 || batch <= 0) return false;
+  // Strides of dimensions of size 1 are never used; any multiple of 16 bytes will do.
+  auto stride_bytes = [](int64_t elements, int size) { return size > 1 ? static_cast<cuuint64_t>(elements) * 2 : 16; };
+  const cuuint64_t dims[4] = {static_cast<cuuint64_t>(head_dim), static_cast<cuuint64_t>(heads),
+                              static_cast<cuuint64_t>(tokens), static_cast<cuuint64_t>(batch)};
+  const cuuint64_t byte_strides[3] = {stride_bytes(strides.head, heads), stride_bytes(strides.token, tokens),
+                                      stride_bytes(strides.batch, batch)};
+  const cuuint32_t box[4] = {64, 1, static_cast<cuuint32_t>(box_rows), 1};
+  const cuuint32_t element_strides[4] = {1, 1, 1, 1};
+  return encode(map, bf16 ? CU_TENSOR_MAP_DATA_TYPE_BFLOAT16 : CU_TENSOR_MAP_DATA_TYPE_FLOAT16, 4,
+                const_cast<void*>(base), dims, byte_strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
+                CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
+                CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
+}
+
+/// mbarrier.arrive.expect_tx: arrive, and expect `bytes` more from the copy engine.
+__device__ __forceinline__ void arrive_expecting_bytes(MBarrier& bar, uint32_t bytes) {
+  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_address(&bar.word)), "r"(bytes)
+               : "memory");
+}
+
+/// cp.async.bulk.tensor: one box at coordinates (col, head, token, batch) into
+/// shared memory; its bytes complete on `bar`.
+__device__ __forceinline__ void tma_load_box(void* smem_dst, const CUtensorMap& map, int col, int head, int token,
+                                             int batch, MBarrier& bar) {
+  asm volatile(
+      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], "
+      "[%6];\n" ::"r"(smem_address(smem_dst)),
+      "l"(&map), "r"(col), "r"(head), "r"(token), "r"(batch), "r"(smem_address(&bar.word))
+      : "memory");
+}
+
+}  // namespace torch_attn
