@@ -165,7 +165,6 @@ cudaError_t launch_with(Backend backend, PrefillParams& p, const PrefillShape& s
   TORCH_CHECK_VALUE(slots * shape.num_qo_heads <= INT32_MAX, "attn.prefill: too many query tiles x heads (",
                     slots * shape.num_qo_heads, ") for one launch");
   p.num_q_tile_slots = static_cast<int32_t>(slots);
-  p.experiment = std::getenv("TORCH_ATTN_EXPERIMENT") ? std::atoi(std::getenv("TORCH_ATTN_EXPERIMENT")) : 0;
   return launcher.launch(p, c10::cuda::getCurrentCUDAStream(q.get_device()).stream());
 }
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 
@@ -26,6 +27,10 @@ def cmd_info(_args) -> int:
     else:
         print(f"build        {'CUDA + CPU' if lib.config.with_cuda else 'CPU only'}: {lib.config.reason}")
         print(f"archs        {lib.config.arch_names}")
+        if lib.config.with_cuda:
+            kernels = "mma.sync (sm_80+)" + (", wgmma (sm_90a, chosen on compute capability 9.0)"
+                                             if "9.0a" in lib.config.arch_list else "")
+            print(f"kernels      {kernels}; TORCH_ATTN_BACKEND={os.environ.get('TORCH_ATTN_BACKEND', 'auto')}")
         print(f"CUDA home    {lib.config.cuda_home or _build_spec.find_cuda_home() or 'not found'}")
         print(f"debug        {lib.config.debug or 'off'}")
     print(f"cache dir    {_loader.cache_root()}")

@@ -64,7 +64,6 @@ struct PrefillParams {
   // num_seqs * ceil(qo_len / BM) slots. Ragged: an upper bound computed from
   // shapes (total_q / BM + num_seqs); CTAs past the real tiles exit at once.
   int32_t num_q_tile_slots;
-  int32_t experiment;  // TEMP A/B switch
 };
 
 }  // namespace torch_attn

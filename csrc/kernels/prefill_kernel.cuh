@@ -334,7 +334,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
   using DType = typename Traits::DType;
   extern __shared__ __align__(16) uint8_t smem[];
   WorkItem work;
-  if (!find_work_item<Traits::kBlockM>(params, work)) return;
+  if (!find_work_item<Traits::kBlockM>(params, static_cast<int>(blockIdx.x), work)) return;
   const int lane = static_cast<int>(threadIdx.x) % 32;
   const int kv_head = work.qo_head / params.group_size;
   // Paged caches address keys through the page table; contiguous ones from the sequence's first row.

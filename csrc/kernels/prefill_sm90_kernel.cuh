@@ -39,9 +39,10 @@
 
 namespace torch_attn {
 
-template <int kStages>
+template <int kStages, int kQStages>
 struct Sm90Barriers {
-  MBarrier q_full;            // Q has landed
+  MBarrier q_full[kQStages];   // Q has landed
+  MBarrier q_empty[kQStages];  // every consumer warp has stored its rows of out (through the Q tile)
   MBarrier k_full[kStages];   // the K tile of a stage has landed
   MBarrier v_full[kStages];
   MBarrier k_empty[kStages];  // every consumer warp is done reading the stage's K tile
@@ -52,10 +53,10 @@ struct Sm90Barriers {
 template <class Traits>
 struct Sm90SharedStorage {
   using DType = typename Traits::DType;
-  DType q[Traits::QTile::kElems];
+  DType q[Traits::kQStages][Traits::QTile::kElems];
   DType k[Traits::kStages][Traits::KVTile::kElems];
   DType v[Traits::kStages][Traits::KVTile::kElems];
-  Sm90Barriers<Traits::kStages> bar;
+  Sm90Barriers<Traits::kStages, Traits::kQStages> bar;
 };
 
 template <class Traits, bool kSoftCap, bool kPaged>
@@ -63,7 +64,7 @@ struct PrefillSm90Cta {
   using DType = typename Traits::DType;
   using QTile = typename Traits::QTile;
   using KVTile = typename Traits::KVTile;
-  using Barriers = Sm90Barriers<Traits::kStages>;
+  using Barriers = Sm90Barriers<Traits::kStages, Traits::kQStages>;
   static constexpr int kBlockN = Traits::kBlockN, kStages = Traits::kStages;
   static constexpr int kNFragsS = Traits::kNFragsS, kNFragsO = Traits::kNFragsO, kPFrags = Traits::kPFrags;
 
@@ -95,32 +96,49 @@ struct PrefillSm90Cta {
     full.arrive();
   }
 
-  /// Paged caches: copies of tile `tile` by the whole producer warpgroup (cp.async).
+  /// Paged caches: copies of tile `tile` by the whole producer warpgroup (cp.async),
+  /// in blocks of 64 rows: each warp then copies 16 rows, which lie in one page for
+  /// page sizes that are multiples of 16, and needs one page-table lookup for them.
   __device__ __forceinline__ void load_paged(DType* stage_tile, const DType* gmem, const TokenHeadStrides& strides,
                                              const int32_t* pages, int tile) const {
-    using Map = PagedTileMapping<KVTile, 128>;
-    const int key0 = tile * kBlockN;
+    constexpr int kBlockRows = kBlockN < 64 ? kBlockN : 64;
+    load_paged_rows<TileRows<KVTile, kBlockRows, 0>>(stage_tile, gmem, strides, pages, tile * kBlockN);
+    if constexpr (kBlockN > kBlockRows) {
+      static_assert(kBlockN == 2 * kBlockRows, "two blocks of rows");
+      load_paged_rows<TileRows<KVTile, kBlockRows, kBlockRows>>(stage_tile, gmem, strides, pages,
+                                                                  tile * kBlockN + kBlockRows);
+    }
+  }
+
+  template <class Rows>
+  __device__ __forceinline__ void load_paged_rows(DType* stage_tile, const DType* gmem,
+                                                  const TokenHeadStrides& strides, const int32_t* pages,
+                                                  int key0) const {
+    using Map = PagedTileMapping<Rows, 128>;
     const PageTable table{p, pages};
     const int first_key = key0 + Map::first_row();
     const int32_t page_id = first_key < w.kv_len && Map::one_page_per_warp(p) ? table.page_id(first_key) : 0;
-    load_paged_tile_or_zero<KVTile, 128, false>(stage_tile, gmem, table, page_id, strides.batch, strides.token, key0,
-                                                w.kv_len - key0, chunks_valid);
+    load_paged_tile_or_zero<Rows, 128, false>(stage_tile, gmem, table, page_id, strides.batch, strides.token, key0,
+                                              w.kv_len - key0, chunks_valid);
   }
 
   /// Paged caches: the whole producer warpgroup copies with cp.async, in the order
   /// Q, K_0, V_0, K_1, V_1, ...; each group is published once the next one is
   /// issued, so one group is always in flight behind the one being waited for.
-  __device__ __forceinline__ void produce_paged(const DType* k_cache, const DType* v_cache, const int32_t* pages) {
+  __device__ __forceinline__ void produce_paged(const DType* k_cache, const DType* v_cache, const int32_t* pages,
+                                                uint32_t& tiles_done, int items_done) {
     const DType* q_gmem = static_cast<const DType*>(p.q) + static_cast<int64_t>(w.q_start + w.q_row0) * p.q_strides.token +
                           w.qo_head * p.q_strides.head;
     Barriers& bar = smem.bar;
-    load_tile_or_zero<QTile, 128>(smem.q, q_gmem, p.q_strides.token, rows_valid, chunks_valid);
+    const int q_stage = items_done % Traits::kQStages;
+    bar.q_empty[q_stage].wait(((items_done / Traits::kQStages) & 1) ^ 1);  // an earlier item's out has left it
+    load_tile_or_zero<QTile, 128>(smem.q[q_stage], q_gmem, p.q_strides.token, rows_valid, chunks_valid);
     cp_async_commit();
-    MBarrier* previous = &bar.q_full;
+    MBarrier* previous = &bar.q_full[q_stage];
     const KvTileRange tiles = tile_range();
-    for (int t = 0; t < tiles.count; ++t) {
-      const int stage = t % kStages;
-      const uint32_t parity = (t / kStages) & 1;
+    for (int t = 0; t < tiles.count; ++t, ++tiles_done) {
+      const int stage = tiles_done % kStages;
+      const uint32_t parity = (tiles_done / kStages) & 1;
       bar.k_empty[stage].wait(parity ^ 1);  // the consumers are done with K_{t-S}
       load_paged(smem.k[stage], k_cache, p.k_strides, pages, tiles.begin + t);
       cp_async_commit();
@@ -140,7 +158,8 @@ struct PrefillSm90Cta {
   /// are the next sequence's: harmless in Q (rows never stored) and K (masked by
   /// select), but not in V, so warp 0 copies that one partial V tile with cp.async
   /// and zero-fills its tail instead.
-  __device__ __forceinline__ void produce_with_tma(const Sm90TensorMaps& maps, const DType* v_gmem, int lane) {
+  __device__ __forceinline__ void produce_with_tma(const Sm90TensorMaps& maps, const DType* v_gmem, int lane,
+                                                   uint32_t& tiles_done, int items_done) {
     Barriers& bar = smem.bar;
     const bool ragged = p.qo_indptr != nullptr;
     const int batch = ragged ? 0 : w.seq;
@@ -151,20 +170,28 @@ struct PrefillSm90Cta {
       arrive_expecting_bytes(full, bytes);
       for (int b = 0; b < blocks; ++b) tma_load_box(tile + b * block_elems, map, b * 64, head, token, batch, full);
     };
-    if (lane == 0) {
-      load_boxes(smem.q, QTile::kBlockElems, Traits::kHeadDim / 64, maps.q, w.qo_head, w.q_start + w.q_row0,
-                 bar.q_full, kQBytes);
-    }
+    // Q waits for the consumers to finish the previous item's out (stored through
+    // the Q tile); K_0 goes first, so it loads while they do.
+    auto load_q = [&] {
+      const int q_stage = items_done % Traits::kQStages;
+      bar.q_empty[q_stage].wait(((items_done / Traits::kQStages) & 1) ^ 1);
+      if (lane == 0) {
+        load_boxes(smem.q[q_stage], QTile::kBlockElems, Traits::kHeadDim / 64, maps.q, w.qo_head, w.q_start + w.q_row0,
+                   bar.q_full[q_stage], kQBytes);
+      }
+    };
     const KvTileRange tiles = tile_range();
-    for (int t = 0; t < tiles.count; ++t) {
-      const int stage = t % kStages;
-      const uint32_t parity = (t / kStages) & 1;
+    if (tiles.count == 0) load_q();
+    for (int t = 0; t < tiles.count; ++t, ++tiles_done) {
+      const int stage = tiles_done % kStages;
+      const uint32_t parity = (tiles_done / kStages) & 1;
       const int key0 = (tiles.begin + t) * kBlockN;
       bar.k_empty[stage].wait(parity ^ 1);  // the consumers are done with K_{t-S}
       if (lane == 0) {
         load_boxes(smem.k[stage], KVTile::kBlockElems, Traits::kHeadDim / 64, maps.k, kv_head, w.kv_start + key0,
                    bar.k_full[stage], kTileBytes);
       }
+      if (t == 0) load_q();
       bar.v_empty[stage].wait(parity ^ 1);
       if (ragged && key0 + kBlockN > w.kv_len) {
         load_tile_or_zero<KVTile, 32, false>(smem.v[stage], v_gmem + static_cast<int64_t>(key0) * p.v_strides.token,
@@ -238,14 +265,21 @@ struct PrefillSm90Cta {
     if (lane == 0) empty.arrive();
   }
 
-  __device__ __forceinline__ void consume(int group, int warp_in_group, int lane) {
+  __device__ __forceinline__ void consume(int group, int warp_in_group, int lane, uint32_t& tiles_done,
+                                          int items_done) const {
+    // Addresses and masks derived from the warp and lane alone would be computed once,
+    // outside the loop over work items, and kept (spilled) throughout: opaque copies
+    // make the compiler derive them per item, where they are needed.
+    asm volatile("" : "+r"(group), "+r"(warp_in_group), "+r"(lane));
     const VisibleKeys visibility = this->visibility();
     const KvTileRange tiles = tile_range();
     Barriers& bar = smem.bar;
     const int warp_row0 = group * Traits::kRowsPerGroup + warp_in_group * 16;  // first Q-tile row of this warp
     const int query_row0 = w.q_row0 + warp_row0;
     // Q rows [64 group, 64 group + 64) of column block 0; K-major, 1024 bytes per 8 rows.
-    const uint64_t q_desc = smem_descriptor(smem.q + group * Traits::kRowsPerGroup * QTile::kBlockCols, 16, 1024);
+    const int q_stage = items_done % Traits::kQStages;
+    DType* q_tile = smem.q[q_stage];
+    const uint64_t q_desc = smem_descriptor(q_tile + group * Traits::kRowsPerGroup * QTile::kBlockCols, 16, 1024);
 
     float o[1][kNFragsO][4];
 #pragma unroll
@@ -254,7 +288,7 @@ struct PrefillSm90Cta {
       for (int e = 0; e < 4; ++e) o[0][nd][e] = 0.f;
     OnlineSoftmax<1> softmax;
     softmax.init();
-    bar.q_full.wait(0);
+    bar.q_full[q_stage].wait((items_done / Traits::kQStages) & 1);
 
     float s[1][kNFragsS][4];
     uint32_t pw[kPFrags][4];
@@ -270,15 +304,19 @@ struct PrefillSm90Cta {
       return __any_sync(0xffffffffu, moved);
     };
 
+    // Tile j of this item is tile tiles_done + j of the CTA's pipeline: its stage and
+    // the parity of that stage's current phase.
+    auto stage_of = [&](int j) { return static_cast<int>((tiles_done + j) % kStages); };
+    auto parity_of = [&](int j) { return ((tiles_done + j) / kStages) & 1; };
     if (tiles.count > 0) {
       // Tile 0: S_0 alone.
-      bar.k_full[0].wait(0);
+      bar.k_full[stage_of(0)].wait(parity_of(0));
       wgmma_fence();
-      issue_scores(s[0], q_desc, 0);
+      issue_scores(s[0], q_desc, stage_of(0));
       wgmma_commit();
       wgmma_wait<0>();
       wgmma_pin(s[0]);
-      release(bar.k_empty[0], lane);
+      release(bar.k_empty[stage_of(0)], lane);
       float rescale[2];
       if (tiles.needs_mask(0)) weights_of(0, std::true_type{}, rescale);
       else weights_of(0, std::false_type{}, rescale);  // O is still 0: nothing to rescale
@@ -286,14 +324,14 @@ struct PrefillSm90Cta {
       // Tile j: S_j = Q K_j^T and O += P_{j-1} V_{j-1} in flight together; the
       // softmax of S_j overlaps the second.
       auto step = [&](int j, auto need_mask) {
-        const int stage = j % kStages, prev_stage = (j - 1) % kStages;
+        const int stage = stage_of(j), prev_stage = stage_of(j - 1);
         pack_weights(s, pw);  // P_{j-1}, from the weights left in s
-        bar.k_full[stage].wait((j / kStages) & 1);
+        bar.k_full[stage].wait(parity_of(j));
         pin_operands(s[0], o[0], pw);
         wgmma_fence();  // s, o and pw were written by ordinary instructions
         issue_scores(s[0], q_desc, stage);
         wgmma_commit();
-        bar.v_full[prev_stage].wait(((j - 1) / kStages) & 1);
+        bar.v_full[prev_stage].wait(parity_of(j - 1));
         wgmma_fence();  // (ptxas wants one per batch of wgmmas)
         issue_pv(o[0], pw, prev_stage);
         wgmma_commit();
@@ -315,9 +353,9 @@ struct PrefillSm90Cta {
       for (; j < tiles.full_end; ++j) step(j, std::false_type{});
       for (; j < tiles.count; ++j) step(j, std::true_type{});
 
-      const int last = tiles.count - 1, last_stage = last % kStages;
+      const int last = tiles.count - 1, last_stage = stage_of(last);
       pack_weights(s, pw);
-      bar.v_full[last_stage].wait((last / kStages) & 1);
+      bar.v_full[last_stage].wait(parity_of(last));
       pin_operands(s[0], o[0], pw);
       wgmma_fence();
       issue_pv(o[0], pw, last_stage);
@@ -325,13 +363,19 @@ struct PrefillSm90Cta {
       wgmma_wait<0>();
       wgmma_pin(o[0]);
       release(bar.v_empty[last_stage], lane);
+      tiles_done += tiles.count;
     }
 
     float lse[2];
     softmax.finalize(o, p.logit_to_log2, lse);
     // The warpgroup's last wgmma read its Q rows; all four warps are past it here.
     named_barrier_sync(1 + group, 128);
-    store_warp_rows<QTile>(p, w, smem.q, warp_row0, lane, chunks_valid, o, lse);
+    store_warp_rows<QTile>(p, w, q_tile, warp_row0, lane, chunks_valid, o, lse);
+    // The next item's Q may now overwrite these rows: through the copy engine (async
+    // proxy) after these ordinary shared-memory accesses, hence the proxy fence.
+    fence_proxy_async_shared();
+    __syncwarp();
+    release(bar.q_empty[q_stage], lane);
   }
 };
 
@@ -340,18 +384,19 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     prefill_sm90_kernel(const __grid_constant__ PrefillParams params, const __grid_constant__ Sm90TensorMaps maps) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using DType = typename Traits::DType;
-  static_assert(sizeof(Sm90Barriers<Traits::kStages>) == Traits::kBarrierBytes, "the traits reserve the barriers");
+  static_assert(sizeof(Sm90Barriers<Traits::kStages, Traits::kQStages>) == Traits::kBarrierBytes,
+                "the traits reserve the barriers");
   extern __shared__ __align__(16) uint8_t smem_raw[];
-  WorkItem work;
-  if (!find_work_item<Traits::kBlockM>(params, work)) return;  // the same answer in every thread
-
   auto& smem = *reinterpret_cast<Sm90SharedStorage<Traits>*>(smem_raw + (1024 - smem_address(smem_raw) % 1024) % 1024);
   static_assert(sizeof(smem) + 1024 <= Traits::kSmemBytes, "the traits reserve the shared storage");
   if (threadIdx.x == 0) {
     // Paged: every producer thread arrives once its copies landed. Contiguous: one
     // arrival with the byte count that the copy engine then completes.
     const uint32_t full_arrivals = kPaged ? 128 : 1;
-    smem.bar.q_full.init(full_arrivals);
+    for (int s = 0; s < Traits::kQStages; ++s) {
+      smem.bar.q_full[s].init(full_arrivals);
+      smem.bar.q_empty[s].init(Traits::kConsumerWarps);
+    }
     for (int s = 0; s < Traits::kStages; ++s) {
       smem.bar.k_full[s].init(full_arrivals);
       smem.bar.v_full[s].init(full_arrivals);
@@ -361,24 +406,49 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   }
   __syncthreads();
 
-  PrefillSm90Cta<Traits, kSoftCap, kPaged> cta{params, work, smem, min(Traits::kBlockM, work.qo_len - work.q_row0),
-                                              params.head_dim / 8};
+  // Persistent: in round r the CTAs take work items r * G .. r * G + G - 1 (G CTAs;
+  // items come heaviest first, see find_work_item), CTA b the b-th of them in even
+  // rounds and the b-th from the end in odd ones, which evens out the causal loads.
+  // Each role walks the same list. The pipeline's stages and
+  // phases run on across items; tiles_done counts the K/V tiles so far.
   const int group = static_cast<int>(threadIdx.x) / 128;
+  const int num_items = params.num_q_tile_slots * params.num_qo_heads;
+  uint32_t tiles_done = 0;
+  auto for_each_item = [&](auto&& body) {
+    int items_done = 0;
+    const int ctas = static_cast<int>(gridDim.x), cta = static_cast<int>(blockIdx.x);
+    for (int round = 0;; ++round) {
+      const int item = round * ctas + (round % 2 == 0 ? cta : ctas - 1 - cta);
+      if (item >= num_items) break;
+      WorkItem work;
+      if (!find_work_item<Traits::kBlockM>(params, item, work)) break;  // only spare items follow
+      body(PrefillSm90Cta<Traits, kSoftCap, kPaged>{params, work, smem, min(Traits::kBlockM, work.qo_len - work.q_row0),
+                                                    params.head_dim / 8},
+           work, items_done++);
+    }
+  };
   if (group == 0) {
-    release_registers<Traits::kProducerRegs>();
-    const int kv_head = work.qo_head / params.group_size;
-    if constexpr (kPaged) {  // keys come through the page table
-      cta.produce_paged(static_cast<const DType*>(params.k) + kv_head * params.k_strides.head,
-                        static_cast<const DType*>(params.v) + kv_head * params.v_strides.head,
-                        params.block_table + work.seq * params.block_table_stride);
-    } else if (threadIdx.x < 32) {  // one warp drives the copy engine; the other three are done
-      const DType* v_gmem = static_cast<const DType*>(params.v) + work.seq * params.v_strides.batch +
-                            work.kv_start * params.v_strides.token + kv_head * params.v_strides.head;
-      cta.produce_with_tma(maps, v_gmem, static_cast<int>(threadIdx.x));
+    release_registers<Traits::producer_regs(kPaged)>();
+    if (kPaged || threadIdx.x < 32) {  // contiguous: one warp drives the copy engine; the other three are done
+      for_each_item([&](auto&& cta, const WorkItem& work, int items_done) {
+        const int kv_head = work.qo_head / params.group_size;
+        if constexpr (kPaged) {  // keys come through the page table
+          cta.produce_paged(static_cast<const DType*>(params.k) + kv_head * params.k_strides.head,
+                            static_cast<const DType*>(params.v) + kv_head * params.v_strides.head,
+                            params.block_table + work.seq * params.block_table_stride, tiles_done, items_done);
+        } else {
+          const DType* v_gmem = static_cast<const DType*>(params.v) + work.seq * params.v_strides.batch +
+                                work.kv_start * params.v_strides.token + kv_head * params.v_strides.head;
+          cta.produce_with_tma(maps, v_gmem, static_cast<int>(threadIdx.x), tiles_done, items_done);
+        }
+      });
     }
   } else {
-    claim_registers<Traits::kConsumerRegs>();
-    cta.consume(group - 1, (static_cast<int>(threadIdx.x) / 32) % 4, static_cast<int>(threadIdx.x) % 32);
+    claim_registers<Traits::consumer_regs(kPaged)>();
+    for_each_item([&](auto&& cta, const WorkItem&, int items_done) {
+      cta.consume(group - 1, (static_cast<int>(threadIdx.x) / 32) % 4, static_cast<int>(threadIdx.x) % 32, tiles_done,
+                  items_done);
+    });
   }
 #else
   // Compiled for another architecture: the host launches this kernel only from

@@ -16,14 +16,15 @@ namespace torch_attn {
 /// bounds BN: with 232 registers, BN = 128 up to width 128 and 64 at width 256.
 template <int kHeadDimTile>
 struct Sm90TileShape;
-// setmaxnreg splits the 384 x 168 registers the CTA starts with (64512) between the
-// producer (kProducerRegs) and the consumers: 128 x 40 + 256 x 232 or 128 x 56 + 256 x 224.
-// 64: 80 KB of shared memory (Q 16 KB, two K/V stages of 16 KB each).
-template <> struct Sm90TileShape<64>  { static constexpr int kBlockN = 128, kStages = 2, kProducerRegs = 40; };
-// 128: 160 KB (Q 32 KB, two K/V stages of 32 KB each): one CTA per SM. O + S + P = 160 registers.
-template <> struct Sm90TileShape<128> { static constexpr int kBlockN = 128, kStages = 2, kProducerRegs = 40; };
-// 256: O alone takes 128 registers: BN = 64; 192 KB.
-template <> struct Sm90TileShape<256> { static constexpr int kBlockN = 64, kStages = 2, kProducerRegs = 40; };
+// kQStages: Q tiles, so that the next work item's Q loads while this one finishes
+// (its out leaves through its own Q tile).
+// 64: 96 KB of shared memory (two Q tiles of 16 KB, two K/V stages of 16 KB each).
+template <> struct Sm90TileShape<64>  { static constexpr int kBlockN = 128, kStages = 2, kQStages = 2; };
+// 128: 192 KB (two Q tiles of 32 KB, two K/V stages of 32 KB each): one CTA per SM.
+// O + S + P = 160 registers.
+template <> struct Sm90TileShape<128> { static constexpr int kBlockN = 128, kStages = 2, kQStages = 2; };
+// 256: O alone takes 128 registers: BN = 64; 192 KB with one Q tile (a second does not fit).
+template <> struct Sm90TileShape<256> { static constexpr int kBlockN = 64, kStages = 2, kQStages = 1; };
 
 template <typename DType_, int kHeadDimTile>
 struct PrefillSm90Traits {
@@ -33,14 +34,18 @@ struct PrefillSm90Traits {
   static constexpr int kBlockM = 128;
   static constexpr int kBlockN = Shape::kBlockN;
   static constexpr int kStages = Shape::kStages;
+  static constexpr int kQStages = Shape::kQStages;
   static constexpr int kConsumerGroups = 2;
   static constexpr int kRowsPerGroup = kBlockM / kConsumerGroups;  // wgmma's M = 64
   static constexpr int kThreads = 128 * (1 + kConsumerGroups);
   static constexpr int kConsumerWarps = 4 * kConsumerGroups;
-  // setmaxnreg: the producer only computes addresses (its row copies run in a rolled
-  // loop to need few); the consumers hold O, S and P and get the rest.
-  static constexpr int kProducerRegs = Shape::kProducerRegs;
-  static constexpr int kConsumerRegs = (168 * kThreads - 128 * kProducerRegs) / (128 * kConsumerGroups) / 8 * 8;
+  // setmaxnreg splits the 384 x 168 registers the CTA starts with between the producer
+  // and the consumers, who hold O, S and P. A producer driving the copy engine needs
+  // 24; one copying a paged cache with cp.async 40 (its row copies run in a rolled loop).
+  static constexpr int producer_regs(bool paged) { return paged ? 40 : 24; }
+  static constexpr int consumer_regs(bool paged) {
+    return (168 * kThreads - 128 * producer_regs(paged)) / (128 * kConsumerGroups) / 8 * 8;
+  }
 
   static constexpr int kNFragsS = kBlockN / 8;  // n8 key fragments of S per warp
   static constexpr int kNFragsO = kHeadDim / 8;
@@ -48,15 +53,15 @@ struct PrefillSm90Traits {
 
   using QTile = SwizzledTile<kBlockM, kHeadDim>;
   using KVTile = SwizzledTile<kBlockN, kHeadDim>;
-  static constexpr size_t kTileBytes = (QTile::kElems + 2 * kStages * KVTile::kElems) * sizeof(DType);
+  static constexpr size_t kTileBytes = (kQStages * QTile::kElems + 2 * kStages * KVTile::kElems) * sizeof(DType);
   // 1024 bytes of slack: the swizzle atoms need 1024-byte-aligned tiles, and the
   // dynamic shared-memory base is only guaranteed 16-byte aligned.
-  // The mbarriers after the tiles: Q full, and full / empty for the K and V of each stage.
-  static constexpr size_t kBarrierBytes = sizeof(uint64_t) * (1 + 4 * kStages);
+  // The mbarriers after the tiles: Q full and empty, and full / empty for the K and V of each stage.
+  static constexpr size_t kBarrierBytes = sizeof(uint64_t) * (2 * kQStages + 4 * kStages);
   static constexpr size_t kSmemBytes = 1024 + kTileBytes + kBarrierBytes;
 
   static_assert(kRowsPerGroup == 64, "one wgmma M = 64 per consumer warpgroup");
-  static_assert(kThreads == 384 && 128 * kProducerRegs + 256 * kConsumerRegs <= 168 * kThreads, "register split");
+  static_assert(consumer_regs(false) == 240 && consumer_regs(true) == 232, "register split");
   static_assert(kBlockN % 16 == 0 && kBlockN <= 256, "wgmma N for S");
 };
 

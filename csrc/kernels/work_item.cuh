@@ -42,16 +42,17 @@ struct LaneSequence {
   }
 };
 
-/// Finds the work item of this CTA. Returns false for the spare CTAs of a ragged
-/// grid (its size is an upper bound on the number of tiles).
+/// Finds work item `item` (one CTA's work: a query tile of one head). Returns false
+/// for the spare items of a ragged batch (their count is an upper bound on the tiles),
+/// which all come after the real ones.
 ///
 /// Order: heads vary fastest, then query tiles counted from the end of their
 /// sequence. Under a causal mask the last tile of a sequence has the most keys, so
 /// the heaviest CTAs start first and short ones fill the tail.
 template <int kBlockM>
-__device__ __forceinline__ bool find_work_item(const PrefillParams& p, WorkItem& w) {
-  const int slot = static_cast<int>(blockIdx.x) / p.num_qo_heads;
-  w.qo_head = static_cast<int>(blockIdx.x) % p.num_qo_heads;
+__device__ __forceinline__ bool find_work_item(const PrefillParams& p, int item, WorkItem& w) {
+  const int slot = item / p.num_qo_heads;
+  w.qo_head = item % p.num_qo_heads;
   if (p.qo_indptr == nullptr) {  // dense: every sequence has the same tiles
     const int tiles_per_seq = (p.qo_len + kBlockM - 1) / kBlockM;
     w.seq = slot % p.num_seqs;
