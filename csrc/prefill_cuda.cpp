@@ -5,6 +5,7 @@
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
+#include <algorithm>
 #include <atomic>
 #include <climits>
 #include <cmath>
@@ -51,19 +52,24 @@ const Launcher& pick_launcher(Backend backend, ScalarKind kind, int64_t head_dim
   return *found;
 }
 
-/// Compute capability of `device` as 10 * major + minor, read once per device.
-int compute_capability(int device) {
+/// A device attribute, read once per device: queries on every call would cost time
+/// on the 128-token latency path.
+template <cudaDeviceAttr kAttr>
+int cached_attribute(int device) {
   constexpr int kMaxDevices = 64;
-  static std::atomic<int> known[kMaxDevices] = {};
-  int cc = device < kMaxDevices ? known[device].load(std::memory_order_relaxed) : 0;
-  if (cc == 0) {
-    int major = 0, minor = 0;
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, device));
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&minor, cudaDevAttrComputeCapabilityMinor, device));
-    cc = 10 * major + minor;
-    if (device < kMaxDevices) known[device].store(cc, std::memory_order_relaxed);
-  }
-  return cc;
+  static std::atomic<int> known[kMaxDevices] = {};  // value + 1; 0: not read yet
+  const int cached = device < kMaxDevices ? known[device].load(std::memory_order_relaxed) : 0;
+  if (cached > 0) return cached - 1;
+  int value = 0;
+  C10_CUDA_CHECK(cudaDeviceGetAttribute(&value, kAttr, device));
+  if (device < kMaxDevices) known[device].store(value + 1, std::memory_order_relaxed);
+  return value;
+}
+
+/// Compute capability of `device` as 10 * major + minor.
+int compute_capability(int device) {
+  return 10 * cached_attribute<cudaDevAttrComputeCapabilityMajor>(device) +
+         cached_attribute<cudaDevAttrComputeCapabilityMinor>(device);
 }
 
 /// Whether this build holds sm_90a machine code (the build adds the define when
@@ -96,19 +102,6 @@ void check_cuda_layout(const char* name, const at::Tensor& t) {
   for (int64_t d = 0; d + 1 < t.dim(); ++d) aligned = aligned && (t.size(d) <= 1 || t.stride(d) % 8 == 0);
   TORCH_CHECK_VALUE(aligned, "attn.prefill: on CUDA, ", name, " must start 16-byte aligned and have strides that are "
                     "multiples of 8 elements (every row 16-byte aligned), got strides ", t.strides());
-}
-
-/// The opt-in shared-memory limit per block of `device`, read once: a device
-/// attribute query on every call would cost time on the 128-token latency path.
-int smem_per_block_limit(int device) {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> limits[kMaxDevices] = {};
-  int limit = device < kMaxDevices ? limits[device].load(std::memory_order_relaxed) : 0;
-  if (limit == 0) {
-    C10_CUDA_CHECK(cudaDeviceGetAttribute(&limit, cudaDevAttrMaxSharedMemoryPerBlockOptin, device));
-    if (device < kMaxDevices) limits[device].store(limit, std::memory_order_relaxed);
-  }
-  return limit;
 }
 
 TokenHeadStrides strides_of(const at::Tensor& t, bool batched) {
@@ -155,7 +148,7 @@ cudaError_t launch_with(Backend backend, PrefillParams& p, const PrefillShape& s
   const bool sm90 = backend == Backend::kSm90;
   const int64_t block_m = sm90 ? prefill_sm90_block_m(launcher.head_dim_tile) : prefill_block_m(launcher.head_dim_tile);
   const size_t smem = sm90 ? prefill_sm90_smem_bytes(launcher.head_dim_tile) : prefill_smem_bytes(launcher.head_dim_tile);
-  const int device_smem_limit = smem_per_block_limit(q.get_device());
+  const int device_smem_limit = cached_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>(q.get_device());
   TORCH_CHECK(smem <= static_cast<size_t>(device_smem_limit), "attn.prefill: head_dim ", shape.head_dim, " needs ",
               smem, " bytes of shared memory per block; this GPU allows ", device_smem_limit);
   // Dense: exactly B * ceil(S / BM) tiles. Ragged: sum_b ceil(len_b / BM) <= total / BM + B,
@@ -165,6 +158,14 @@ cudaError_t launch_with(Backend backend, PrefillParams& p, const PrefillShape& s
   TORCH_CHECK_VALUE(slots * shape.num_qo_heads <= INT32_MAX, "attn.prefill: too many query tiles x heads (",
                     slots * shape.num_qo_heads, ") for one launch");
   p.num_q_tile_slots = static_cast<int32_t>(slots);
+  // Dense: group (sequence, head) pairs so that the K/V of a group's query tiles fits
+  // in half of L2 (the tiles of a group run together; see find_work_item). Pairs of
+  // one KV head's query heads share it.
+  const int64_t kv_bytes_per_pair =
+      std::max<int64_t>(1, shape.kv_len * shape.head_dim * 2 * 2 * shape.num_kv_heads / shape.num_qo_heads);
+  const int64_t l2_budget = cached_attribute<cudaDevAttrL2CacheSize>(q.get_device()) / 2;
+  p.pairs_per_group = static_cast<int32_t>(
+      std::clamp<int64_t>(l2_budget / kv_bytes_per_pair, 1, std::max<int64_t>(1, shape.num_seqs * shape.num_qo_heads)));
   return launcher.launch(p, c10::cuda::getCurrentCUDAStream(q.get_device()).stream());
 }
 

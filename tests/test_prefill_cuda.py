@@ -144,6 +144,15 @@ def test_dense_batch_4d():
     check_against_reference(out, lse, q, k, v, causal=True, sm_scale=None, window_left=64, logits_soft_cap=0.0)
 
 
+def test_dense_batch_in_l2_sized_groups():
+    """Long K/V: the (sequence, head) pairs run in several groups sized to L2, the last
+    one smaller (pairs_per_group, work_item.cuh); every tile of every pair is computed."""
+    q, k, v = make_qkv(300, 20000, 3, 3, 128, torch.bfloat16, "cuda", batch=3)
+    for causal in (False, True):
+        out, lse = run_prefill(q, k, v, causal=causal)
+        check_against_reference(out, lse, q, k, v, causal=causal, sm_scale=None, window_left=-1, logits_soft_cap=0.0)
+
+
 def test_bitwise_deterministic():
     q, k, v, qo_indptr, kv_indptr = ragged_batch([1000, 17, 2048], [1500, 17, 2048], 32, 8, 128, torch.bfloat16, "cuda")
     kwargs = dict(causal=True, qo_indptr=qo_indptr, kv_indptr=kv_indptr, return_lse=True)

@@ -64,6 +64,9 @@ struct PrefillParams {
   // num_seqs * ceil(qo_len / BM) slots. Ragged: an upper bound computed from
   // shapes (total_q / BM + num_seqs); CTAs past the real tiles exit at once.
   int32_t num_q_tile_slots;
+  // Dense batches: (sequence, head) pairs whose query tiles run together, so that
+  // their K/V stays in L2 (work_item.cuh); >= 1.
+  int32_t pairs_per_group;
 };
 
 }  // namespace torch_attn
