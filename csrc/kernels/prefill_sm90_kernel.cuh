@@ -152,23 +152,49 @@ struct PrefillSm90Cta {
     publish_copies<0>(*previous);
   }
 
-  /// Contiguous K/V: one thread (lane 0 of warp 0) has the copy engine load each
-  /// tile, 64 columns per box. Rows past the tensor's tokens and columns past
-  /// head_dim arrive as zeros. In a ragged batch the rows past this sequence's end
-  /// are the next sequence's: harmless in Q (rows never stored) and K (masked by
-  /// select), but not in V, so warp 0 copies that one partial V tile with cp.async
-  /// and zero-fills its tail instead.
-  __device__ __forceinline__ void produce_with_tma(const Sm90TensorMaps& maps, const DType* v_gmem, int lane,
-                                                   uint32_t& tiles_done, int items_done) {
+  /// The copy engine loads Q, K and V: one warp (warp 0) drives it, 64 columns per
+  /// box. Rows past the tensor's tokens and columns past head_dim arrive as zeros.
+  /// Contiguous K/V: one box per column block and tile. Paged caches (page sizes that
+  /// are powers of two >= 8): one box per page (or per tile, for pages larger than a
+  /// tile), each lane looking up one page; keys past kv_len are never looked up.
+  /// Inside a ragged batch the rows past a sequence's end are the next sequence's,
+  /// and in a paged cache the rest of the last page is garbage: harmless in Q (rows
+  /// never stored) and K (masked by select), but not in V, so warp 0 copies that one
+  /// partial V tile with cp.async and zero-fills its tail instead.
+  __device__ __forceinline__ void produce_with_tma(const Sm90TensorMaps& maps, const DType* v_gmem,
+                                                   const int32_t* pages, int lane, uint32_t& tiles_done,
+                                                   int items_done) {
     Barriers& bar = smem.bar;
     const bool ragged = p.qo_indptr != nullptr;
     const int batch = ragged ? 0 : w.seq;
     const int kv_head = w.qo_head / p.group_size;
+    constexpr int kBlocks = Traits::kHeadDim / 64;
     constexpr uint32_t kQBytes = QTile::kElems * sizeof(DType), kTileBytes = KVTile::kElems * sizeof(DType);
-    auto load_boxes = [&](DType* tile, int block_elems, int blocks, const CUtensorMap& map, int head, int token,
-                          MBarrier& full, uint32_t bytes) {
-      arrive_expecting_bytes(full, bytes);
-      for (int b = 0; b < blocks; ++b) tma_load_box(tile + b * block_elems, map, b * 64, head, token, batch, full);
+    // Boxes of `rows` rows at tile row `row`, all column blocks.
+    auto load_rows = [&](DType* tile, int tile_block_elems, int row, const CUtensorMap& map, int head, int token,
+                         int box_batch, MBarrier& full) {
+      for (int b = 0; b < kBlocks; ++b) {
+        tma_load_box(tile + b * tile_block_elems + row * 64, map, b * 64, head, token, box_batch, full);
+      }
+    };
+    // Paged: lane l loads box l of a tile (at most 128 / 8 = 16 boxes: pages have at
+    // least 8 rows); its page id is looked up one tile ahead, so that the copies never
+    // wait for the block table.
+    const int box_rows = kPaged ? maps.kv_rows_per_box : kBlockN;
+    auto page_of_box = [&](int tile) -> int32_t {
+      const int key = tile * kBlockN + lane * box_rows;
+      // Past kv_len: any page (the rows are masked or replaced); ids out of range read zeros.
+      return kPaged && lane * box_rows < kBlockN && key < w.kv_len ? __ldg(pages + key / p.page_size) : 0;
+    };
+    auto load_kv_tile = [&](DType* tile, const CUtensorMap& map, int key0, int32_t page, MBarrier& full) {
+      if (lane == 0) arrive_expecting_bytes(full, kTileBytes);
+      if constexpr (kPaged) {
+        __syncwarp();  // the byte count is posted before any box can complete
+        const int row = lane * box_rows;
+        if (row < kBlockN) load_rows(tile, KVTile::kBlockElems, row, map, kv_head, (key0 + row) % p.page_size, page, full);
+      } else if (lane == 0) {
+        load_rows(tile, KVTile::kBlockElems, 0, map, kv_head, w.kv_start + key0, batch, full);
+      }
     };
     // Q waits for the consumers to finish the previous item's out (stored through
     // the Q tile); K_0 goes first, so it loads while they do.
@@ -176,34 +202,42 @@ struct PrefillSm90Cta {
       const int q_stage = items_done % Traits::kQStages;
       bar.q_empty[q_stage].wait(((items_done / Traits::kQStages) & 1) ^ 1);
       if (lane == 0) {
-        load_boxes(smem.q[q_stage], QTile::kBlockElems, Traits::kHeadDim / 64, maps.q, w.qo_head, w.q_start + w.q_row0,
-                   bar.q_full[q_stage], kQBytes);
+        arrive_expecting_bytes(bar.q_full[q_stage], kQBytes);
+        load_rows(smem.q[q_stage], QTile::kBlockElems, 0, maps.q, w.qo_head, w.q_start + w.q_row0, batch,
+                  bar.q_full[q_stage]);
       }
     };
     const KvTileRange tiles = tile_range();
     if (tiles.count == 0) load_q();
+    int32_t page_next = page_of_box(tiles.begin);
     for (int t = 0; t < tiles.count; ++t, ++tiles_done) {
       const int stage = tiles_done % kStages;
       const uint32_t parity = (tiles_done / kStages) & 1;
       const int key0 = (tiles.begin + t) * kBlockN;
+      const int32_t page = page_next;
+      page_next = t + 1 < tiles.count ? page_of_box(tiles.begin + t + 1) : 0;
       bar.k_empty[stage].wait(parity ^ 1);  // the consumers are done with K_{t-S}
-      if (lane == 0) {
-        load_boxes(smem.k[stage], KVTile::kBlockElems, Traits::kHeadDim / 64, maps.k, kv_head, w.kv_start + key0,
-                   bar.k_full[stage], kTileBytes);
-      }
+      load_kv_tile(smem.k[stage], maps.k, key0, page, bar.k_full[stage]);
       if (t == 0) load_q();
       bar.v_empty[stage].wait(parity ^ 1);
-      if (ragged && key0 + kBlockN > w.kv_len) {
-        load_tile_or_zero<KVTile, 32, false>(smem.v[stage], v_gmem + static_cast<int64_t>(key0) * p.v_strides.token,
-                                             p.v_strides.token, w.kv_len - key0, chunks_valid);
+      if ((ragged || kPaged) && key0 + kBlockN > w.kv_len) {
+        if constexpr (kPaged) {
+          using Map = PagedTileMapping<KVTile, 32>;
+          const PageTable table{p, pages};
+          const int32_t page_id = Map::one_page_per_warp(p) ? table.page_id(key0) : 0;
+          load_paged_tile_or_zero<KVTile, 32, false>(smem.v[stage], v_gmem, table, page_id, p.v_strides.batch,
+                                                     p.v_strides.token, key0, w.kv_len - key0, chunks_valid);
+        } else {
+          load_tile_or_zero<KVTile, 32, false>(smem.v[stage], v_gmem + static_cast<int64_t>(key0) * p.v_strides.token,
+                                               p.v_strides.token, w.kv_len - key0, chunks_valid);
+        }
         cp_async_commit();
         cp_async_wait<0>();
         fence_proxy_async_shared();
         __syncwarp();
         if (lane == 0) bar.v_full[stage].arrive();
-      } else if (lane == 0) {
-        load_boxes(smem.v[stage], KVTile::kBlockElems, Traits::kHeadDim / 64, maps.v, kv_head, w.kv_start + key0,
-                   bar.v_full[stage], kTileBytes);
+      } else {
+        load_kv_tile(smem.v[stage], maps.v, key0, page, bar.v_full[stage]);
       }
     }
   }
@@ -390,9 +424,11 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   auto& smem = *reinterpret_cast<Sm90SharedStorage<Traits>*>(smem_raw + (1024 - smem_address(smem_raw) % 1024) % 1024);
   static_assert(sizeof(smem) + 1024 <= Traits::kSmemBytes, "the traits reserve the shared storage");
   if (threadIdx.x == 0) {
-    // Paged: every producer thread arrives once its copies landed. Contiguous: one
-    // arrival with the byte count that the copy engine then completes.
-    const uint32_t full_arrivals = kPaged ? 128 : 1;
+    // cp.async (paged caches the copy engine cannot take): every producer thread
+    // arrives once its copies landed. Copy engine: one arrival with the byte count
+    // that the copies then complete.
+    const bool paged_copies = kPaged && maps.kv_rows_per_box == 0;
+    const uint32_t full_arrivals = paged_copies ? 128 : 1;
     for (int s = 0; s < Traits::kQStages; ++s) {
       smem.bar.q_full[s].init(full_arrivals);
       smem.bar.q_empty[s].init(Traits::kConsumerWarps);
@@ -429,17 +465,19 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   };
   if (group == 0) {
     release_registers<Traits::producer_regs(kPaged)>();
-    if (kPaged || threadIdx.x < 32) {  // contiguous: one warp drives the copy engine; the other three are done
+    const bool paged_copies = kPaged && maps.kv_rows_per_box == 0;
+    if (paged_copies || threadIdx.x < 32) {  // the copy engine needs one warp; the other three are done
       for_each_item([&](auto&& cta, const WorkItem& work, int items_done) {
         const int kv_head = work.qo_head / params.group_size;
-        if constexpr (kPaged) {  // keys come through the page table
-          cta.produce_paged(static_cast<const DType*>(params.k) + kv_head * params.k_strides.head,
-                            static_cast<const DType*>(params.v) + kv_head * params.v_strides.head,
-                            params.block_table + work.seq * params.block_table_stride, tiles_done, items_done);
+        const int32_t* pages = kPaged ? params.block_table + work.seq * params.block_table_stride : nullptr;
+        // Paged: the cache at this KV head (keys through the page table); contiguous: the sequence's first key.
+        const int64_t v_offset = kPaged ? 0 : work.seq * params.v_strides.batch + work.kv_start * params.v_strides.token;
+        const DType* v_gmem = static_cast<const DType*>(params.v) + v_offset + kv_head * params.v_strides.head;
+        if (paged_copies) {
+          cta.produce_paged(static_cast<const DType*>(params.k) + kv_head * params.k_strides.head, v_gmem, pages,
+                            tiles_done, items_done);
         } else {
-          const DType* v_gmem = static_cast<const DType*>(params.v) + work.seq * params.v_strides.batch +
-                                work.kv_start * params.v_strides.token + kv_head * params.v_strides.head;
-          cta.produce_with_tma(maps, v_gmem, static_cast<int>(threadIdx.x), tiles_done, items_done);
+          cta.produce_with_tma(maps, v_gmem, pages, static_cast<int>(threadIdx.x), tiles_done, items_done);
         }
       });
     }

@@ -9,21 +9,30 @@ namespace torch_attn {
 template <ScalarKind kKind, int kHeadDimTile>
 cudaError_t launch_prefill_sm90(const PrefillParams& params, cudaStream_t stream) {
   using Traits = PrefillSm90Traits<DTypeOf<kKind>, kHeadDimTile>;
-  // Contiguous q/k/v: tensor maps for the copy engine (paged caches use cp.async).
+  // Tensor maps for the copy engine.
   Sm90TensorMaps maps{};
-  if (params.block_table == nullptr) {
-    constexpr bool kBf16 = kKind == ScalarKind::kBFloat16;
-    const int batch = params.qo_indptr != nullptr ? 1 : params.num_seqs;  // ragged: one sequence of all tokens
-    const int kv_heads = params.num_qo_heads / params.group_size;
+  constexpr bool kBf16 = kKind == ScalarKind::kBFloat16;
+  const int kv_heads = params.num_qo_heads / params.group_size;
+  const bool paged = params.block_table != nullptr;
+  const int batch = params.qo_indptr != nullptr ? 1 : params.num_seqs;  // ragged: one sequence of all tokens
+  const bool q_encoded = encode_tensor_map(&maps.q, params.q, kBf16, params.head_dim, params.num_qo_heads,
+                                           params.qo_len, batch, params.q_strides, Traits::kBlockM);
+  auto encode_kv = [&](int tokens, int kv_batch, int box_rows) {
+    return encode_tensor_map(&maps.k, params.k, kBf16, params.head_dim, kv_heads, tokens, kv_batch,
+                             params.k_strides, box_rows) &&
+           encode_tensor_map(&maps.v, params.v, kBf16, params.head_dim, kv_heads, tokens, kv_batch,
+                             params.v_strides, box_rows);
+  };
+  if (paged) {
+    // One box per page: whole 8-row swizzle atoms, and pages that tile a K/V tile (or
+    // tiles that tile a page): powers of two from 8. Other page sizes: cp.async.
+    const int page = params.page_size;
+    const int rows = page < Traits::kBlockN ? page : Traits::kBlockN;
+    const bool boxable = page >= 8 && (page & (page - 1)) == 0;
+    maps.kv_rows_per_box = boxable && q_encoded && encode_kv(page, params.num_pages, rows) ? rows : 0;
+  } else {
     // Without keys (kv_len = 0 everywhere) the kernel loads no K/V tile: no maps needed.
-    const bool has_keys = params.kv_len > 0;
-    const bool encoded =
-        encode_tensor_map(&maps.q, params.q, kBf16, params.head_dim, params.num_qo_heads, params.qo_len, batch,
-                          params.q_strides, Traits::kBlockM) &&
-        (!has_keys || (encode_tensor_map(&maps.k, params.k, kBf16, params.head_dim, kv_heads, params.kv_len, batch,
-                                         params.k_strides, Traits::kBlockN) &&
-                       encode_tensor_map(&maps.v, params.v, kBf16, params.head_dim, kv_heads, params.kv_len, batch,
-                                         params.v_strides, Traits::kBlockN)));
+    const bool encoded = q_encoded && (params.kv_len == 0 || encode_kv(params.kv_len, batch, Traits::kBlockN));
     if (!encoded) return cudaErrorNotSupported;  // the caller runs the mma.sync kernel instead
   }
   // Persistent: one CTA per multiprocessor (the shared memory allows no second one).

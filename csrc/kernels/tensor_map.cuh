@@ -10,12 +10,13 @@
 
 namespace torch_attn {
 
-/// The wgmma kernel's maps of q, k and v; `valid` is false when one of them cannot
-/// be encoded (strides the copy engine does not take), and the kernel then copies
-/// with cp.async instead.
+/// The wgmma kernel's maps of q, k and v. Paged caches: k and v map the cache as
+/// (dim, head, slot, page), and kv_rows_per_box is the rows of one box (a page, or a
+/// tile of a larger page); 0 when the copy engine cannot take the page size, and the
+/// kernel then copies with cp.async.
 struct Sm90TensorMaps {
   CUtensorMap q, k, v;
-  bool valid;
+  int32_t kv_rows_per_box;
 };
 
 /// Encodes a 4-d map (dim, head, token, batch) of a 16-bit tensor, boxes of 64
