@@ -145,9 +145,9 @@ def test_dense_batch_4d():
 
 
 def test_dense_batch_in_l2_sized_groups():
-    """Long K/V: the (sequence, head) pairs run in several groups sized to L2, the last
-    one smaller (pairs_per_group, work_item.cuh); every tile of every pair is computed."""
-    q, k, v = make_qkv(300, 20000, 3, 3, 128, torch.bfloat16, "cuda", batch=3)
+    """Long K/V: the 24 (sequence, head) pairs run in groups (on an H100: 16 pairs, then
+    8; pairs_per_group, work_item.cuh); every tile of every pair is computed."""
+    q, k, v = make_qkv(300, 20000, 8, 4, 128, torch.bfloat16, "cuda", batch=3)
     for causal in (False, True):
         out, lse = run_prefill(q, k, v, causal=causal)
         check_against_reference(out, lse, q, k, v, causal=causal, sm_scale=None, window_left=-1, logits_soft_cap=0.0)

@@ -123,8 +123,10 @@ def gencode_flags(arch_list: tuple[str, ...]) -> list[str]:
 
 
 def sources(spec: dict, config: BuildConfig) -> list[str]:
+    """CUDA sources first, slowest first (build_spec.json keeps that order): ninja starts
+    jobs in this order, so the long translation units do not start last."""
     root = source_root()
-    names = spec["common_sources"] + (spec["cuda_sources"] if config.with_cuda else spec["cpu_only_sources"])
+    names = (spec["cuda_sources"] if config.with_cuda else spec["cpu_only_sources"]) + spec["common_sources"]
     return [str(root / name) for name in names]
 
 
