@@ -158,17 +158,20 @@ cudaError_t launch_with(Backend backend, PrefillParams& p, const PrefillShape& s
   TORCH_CHECK_VALUE(slots * shape.num_qo_heads <= INT32_MAX, "attn.prefill: too many query tiles x heads (",
                     slots * shape.num_qo_heads, ") for one launch");
   p.num_q_tile_slots = static_cast<int32_t>(slots);
-  // Dense: group (sequence, head) pairs so that the K/V of a group's query tiles fits
-  // in half of L2 (the tiles of a group run together; see find_work_item). Pairs of
-  // one KV head's query heads share it. But at least SMs / 8 pairs: a wave of CTAs
-  // then spans at most ~8 rows of query tiles, whose costs differ under a causal mask
-  // (groups of 3 pairs at d128, 16k tokens made waves span 44 rows: 662 -> 594 TFLOP/s).
+  // Dense, wgmma kernel: group (sequence, head) pairs so that the K/V of a group's
+  // query tiles fits in half of L2 (the tiles of a group run together; see
+  // find_work_item). Pairs of one KV head's query heads share it. But at least SMs / 8
+  // pairs: a wave of CTAs then spans at most ~8 rows of query tiles, whose costs differ
+  // under a causal mask (groups of 3 pairs at d128, 16k tokens made waves span 44 rows:
+  // 662 -> 594 TFLOP/s). The mma.sync kernel keeps one group: it is compute-bound, and
+  // as one CTA per work item it relies on the grid-wide heaviest-first order.
+  const int64_t pairs = std::max<int64_t>(1, shape.num_seqs * shape.num_qo_heads);
   const int64_t kv_bytes_per_pair =
       std::max<int64_t>(1, shape.kv_len * shape.head_dim * 2 * 2 * shape.num_kv_heads / shape.num_qo_heads);
   const int64_t l2_budget = cached_attribute<cudaDevAttrL2CacheSize>(q.get_device()) / 2;
   const int64_t min_pairs = cached_attribute<cudaDevAttrMultiProcessorCount>(q.get_device()) / 8;
-  p.pairs_per_group = static_cast<int32_t>(std::clamp<int64_t>(std::max(l2_budget / kv_bytes_per_pair, min_pairs), 1,
-                                                               std::max<int64_t>(1, shape.num_seqs * shape.num_qo_heads)));
+  const int64_t grouped = std::clamp<int64_t>(std::max(l2_budget / kv_bytes_per_pair, min_pairs), 1, pairs);
+  p.pairs_per_group = static_cast<int32_t>(sm90 ? grouped : pairs);
   return launcher.launch(p, c10::cuda::getCurrentCUDAStream(q.get_device()).stream());
 }
 

@@ -145,7 +145,7 @@ def test_dense_batch_4d():
 
 
 def test_dense_batch_in_l2_sized_groups():
-    """Long K/V: the 24 (sequence, head) pairs run in groups (on an H100: 16 pairs, then
+    """Long K/V: the 24 (sequence, head) pairs run in groups (the wgmma kernel on an H100: 16, then
     8; pairs_per_group, work_item.cuh); every tile of every pair is computed."""
     q, k, v = make_qkv(300, 20000, 8, 4, 128, torch.bfloat16, "cuda", batch=3)
     for causal in (False, True):

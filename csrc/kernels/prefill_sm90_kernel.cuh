@@ -1,25 +1,30 @@
 // The Hopper prefill kernel (sm_90a): the algorithm of prefill_kernel.cuh on wgmma,
-// with warp specialisation.
+// with warp specialisation and a persistent grid.
 //
-// One CTA computes one query tile [128 rows] of one head of one sequence:
-//   * warpgroup 0, the producer, copies Q once and then K_j, V_j into a ring of
-//     kStages shared-memory stages with cp.async, and announces each tile on an
-//     mbarrier; it waits on "empty" mbarriers before refilling a stage;
+// A CTA per SM walks its list of work items (a query tile [128 rows] of one head of
+// one sequence each; order and balance in the kernel body). Its warpgroups:
+//   * warpgroup 0, the producer, loads each item's Q and then its K_j, V_j into a
+//     ring of kStages shared-memory stages and announces each tile on an mbarrier;
+//     it waits on "empty" mbarriers before refilling a stage. One thread drives the
+//     copy engine (TMA, 128-byte swizzled boxes) for contiguous K/V and for paged
+//     caches with pages of 8, 16, ... rows; other page sizes are copied by the whole
+//     warpgroup with cp.async;
 //   * warpgroups 1 and 2, the consumers, own 64 query rows each:
 //         S_j = Q K_j^T        wgmma, Q and K_j from shared memory
 //         P_j = softmax weights of S_j      (in registers; the same code as mma.sync)
-//         O  += P_{j} V_{j}    wgmma, P from registers, V_j from shared memory
+//         O  += P_j V_j        wgmma, P from registers, V_j from shared memory
 //     with S_{j+1} = Q K_{j+1}^T and O += P_j V_j issued together, so the softmax of
 //     tile j+1 runs on the CUDA cores while the tensor cores finish P_j V_j.
 // setmaxnreg moves registers from the producer (addresses only) to the consumers.
 //
-// Reading past valid data: the producer uses the same copy routines as the mma.sync
-// kernel, so Q, K and V rows past the sequence's end (or past kv_len in a paged
-// cache) are never read from global memory: cp.async writes zeros instead. The copy
-// engine (TMA) would zero-fill only outside the tensor's bounds; inside a ragged
-// batch or a paged cache the rows past one sequence's end hold the next sequence or
-// garbage, and a NaN there times weight 0 is NaN. Head-dim padding is zero as well,
-// and masked scores are replaced by -inf through a select.
+// Reading past valid data. The copy engine zero-fills only outside the tensor's
+// bounds: rows past a dense sequence and head-dim padding (beyond the map's dims)
+// arrive as zeros, but inside a ragged batch the rows past a sequence's end are the
+// next sequence's, and in a paged cache the rest of the last page is garbage. Those
+// rows are harmless in Q (never stored) and K (their scores are replaced by -inf
+// through a select), but a NaN in V times weight 0 is NaN: so the one V tile of a
+// sequence that runs past kv_len is copied with cp.async, which writes zeros for the
+// rows past kv_len instead of reading them, as on the mma.sync path.
 #pragma once
 #include <cstdint>
 #include <type_traits>
@@ -125,8 +130,9 @@ struct PrefillSm90Cta {
   /// Paged caches: the whole producer warpgroup copies with cp.async, in the order
   /// Q, K_0, V_0, K_1, V_1, ...; each group is published once the next one is
   /// issued, so one group is always in flight behind the one being waited for.
-  __device__ __forceinline__ void produce_paged(const DType* k_cache, const DType* v_cache, const int32_t* pages,
-                                                uint32_t& tiles_done, int items_done) {
+  __device__ __forceinline__ void produce_paged_with_copies(const DType* k_cache, const DType* v_cache,
+                                                            const int32_t* pages, uint32_t& tiles_done,
+                                                            int items_done) {
     const DType* q_gmem = static_cast<const DType*>(p.q) + static_cast<int64_t>(w.q_start + w.q_row0) * p.q_strides.token +
                           w.qo_head * p.q_strides.head;
     Barriers& bar = smem.bar;
@@ -474,8 +480,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         const int64_t v_offset = kPaged ? 0 : work.seq * params.v_strides.batch + work.kv_start * params.v_strides.token;
         const DType* v_gmem = static_cast<const DType*>(params.v) + v_offset + kv_head * params.v_strides.head;
         if (paged_copies) {
-          cta.produce_paged(static_cast<const DType*>(params.k) + kv_head * params.k_strides.head, v_gmem, pages,
-                            tiles_done, items_done);
+          cta.produce_paged_with_copies(static_cast<const DType*>(params.k) + kv_head * params.k_strides.head,
+                                        v_gmem, pages, tiles_done, items_done);
         } else {
           cta.produce_with_tma(maps, v_gmem, pages, static_cast<int>(threadIdx.x), tiles_done, items_done);
         }
