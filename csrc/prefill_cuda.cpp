@@ -176,15 +176,17 @@ cudaError_t launch_with(Backend backend, PrefillParams& p, const PrefillShape& s
 }
 
 /// Launches the backend's kernel. The wgmma kernel declines (cudaErrorNotSupported,
-/// before launching anything) when the copy engine cannot describe q, k or v; the
-/// mma.sync kernel runs then, unless TORCH_ATTN_BACKEND=sm90 insists.
+/// before launching anything) when the copy engine cannot describe q, k or v, or
+/// the page size is not a power of two from 8; the mma.sync kernel runs then, unless
+/// TORCH_ATTN_BACKEND=sm90 insists.
 void launch(PrefillParams& p, const PrefillShape& shape, const at::Tensor& q) {
   const Backend backend = pick_backend(q.get_device());
   cudaError_t err = launch_with(backend, p, shape, q);
   if (err == cudaErrorNotSupported && backend == Backend::kSm90) {
     const char* forced = std::getenv("TORCH_ATTN_BACKEND");
     TORCH_CHECK_VALUE(forced == nullptr || std::strcmp(forced, "sm90") != 0,
-                      "TORCH_ATTN_BACKEND=sm90: the copy engine cannot describe these q/k/v strides; use sm80");
+                      "TORCH_ATTN_BACKEND=sm90: the wgmma kernel takes paged caches with pages of 8, 16, 32, ... "
+                      "rows and q/k/v that the copy engine can describe; these run on sm80");
     err = launch_with(Backend::kSm80, p, shape, q);
   }
   C10_CUDA_CHECK(err);

@@ -25,8 +25,15 @@ CUDA_BACKENDS = ["sm80", "sm90"]
 
 
 def pytest_generate_tests(metafunc):
-    if "cuda_backend" in metafunc.fixturenames and metafunc.definition.get_closest_marker("gpu"):
+    # GPU tests: marked as a whole, or parametrized over a `device` that includes "cuda".
+    if "cuda_backend" in metafunc.fixturenames and (metafunc.definition.get_closest_marker("gpu")
+                                                     or "device" in metafunc.fixturenames):
         metafunc.parametrize("cuda_backend", CUDA_BACKENDS, indirect=True)
+
+
+def _runs_on_cpu(item) -> bool:
+    callspec = getattr(item, "callspec", None)
+    return callspec is not None and callspec.params.get("device") == "cpu"
 
 
 def _backend_unavailable(name: str) -> str | None:
@@ -49,7 +56,7 @@ def cuda_backend(request, monkeypatch):
     """Sets TORCH_ATTN_BACKEND for the test; skips where that kernel cannot run."""
     name = getattr(request, "param", "auto")
     monkeypatch.setenv("TORCH_ATTN_BACKEND", name)
-    if name != "auto":
+    if name != "auto" and not _runs_on_cpu(request.node):
         if name not in _BACKEND_CHECKS:
             _BACKEND_CHECKS[name] = _backend_unavailable(name)
         if _BACKEND_CHECKS[name] is not None:
@@ -58,6 +65,11 @@ def cuda_backend(request, monkeypatch):
 
 
 def pytest_collection_modifyitems(config, items):
+    # A CPU case needs no second CUDA backend.
+    dropped = [i for i in items if _runs_on_cpu(i) and i.callspec.params.get("cuda_backend") != CUDA_BACKENDS[0]]
+    if dropped:
+        config.hook.pytest_deselected(items=dropped)
+        items[:] = [i for i in items if i not in dropped]
     skip = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
         if "gpu" in item.keywords and not HAS_GPU:

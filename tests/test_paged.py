@@ -75,16 +75,38 @@ def run_paged_case(device, page_size, layout, qo_lens, kv_lens, group, head_dim,
 PAGE_CASES = [(ps, layout, i) for i, (ps, layout) in enumerate((p, l) for p in (1, 16, 64, 256, 48) for l in ("NHD", "HND"))]
 
 
+def wgmma_takes_page_size(page_size: int) -> bool:
+    """The wgmma kernel loads pages with the copy engine: powers of two from 8 rows."""
+    return page_size >= 8 and page_size & (page_size - 1) == 0
+
+
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("page_size,layout,index", PAGE_CASES, ids=[f"page{p}-{l}" for p, l, _ in PAGE_CASES])
-def test_matches_reference(device, page_size, layout, index):
+def test_matches_reference(device, page_size, layout, index, cuda_backend):
     # Sequences with cached prefixes (kv > q), an empty one, and lengths around tile and page edges.
     qo_lens, kv_lens = [7, 0, 65, 1, 120], [7, 33, 300, 129, 520]
     if device == "cuda":
         qo_lens, kv_lens = qo_lens + [1000, 1023], kv_lens + [1000, 1024]
     dtype = torch.bfloat16 if device == "cuda" or index % 2 else torch.float32
-    run_paged_case(device, page_size, layout, qo_lens, kv_lens, group=(1, 4, 8)[index % 3],
-                   head_dim=(64, 128, 80)[index % 3], mask=MASKS[index % len(MASKS)], dtype=dtype)
+    case = dict(group=(1, 4, 8)[index % 3], head_dim=(64, 128, 80)[index % 3], mask=MASKS[index % len(MASKS)],
+                dtype=dtype)
+    if device == "cuda" and cuda_backend == "sm90" and not wgmma_takes_page_size(page_size):
+        # Forced onto the wgmma kernel, other page sizes are refused (auto runs them on sm80).
+        with pytest.raises(ValueError, match="TORCH_ATTN_BACKEND=sm90: the wgmma kernel takes paged caches"):
+            run_paged_case(device, page_size, layout, qo_lens, kv_lens, **case)
+        return
+    run_paged_case(device, page_size, layout, qo_lens, kv_lens, **case)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("page_size", [1, 48])
+def test_auto_backend_runs_other_page_sizes_on_mma_sync(page_size, monkeypatch):
+    monkeypatch.setenv("TORCH_ATTN_BACKEND", "auto")
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        run_paged_case("cuda", page_size, "NHD", [40, 300], [77, 300], group=4, head_dim=128,
+                       mask=dict(causal=True), dtype=torch.bfloat16)
+    names = [e.name for e in prof.events() if "prefill" in e.name and "kernel" in e.name]
+    assert names and all("prefill_sm90_kernel" not in name for name in names), names
 
 
 @pytest.mark.parametrize("device", DEVICES)

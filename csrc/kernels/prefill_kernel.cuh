@@ -55,16 +55,15 @@ struct TileLoadMapping {
 /// rows `row_stride` apart into a shared tile, and zero-fills every other row and
 /// chunk (see the header comment). The global address advances by a fixed stride
 /// per pass: one 64-bit add, instead of a row * stride product per chunk that the
-/// compiler would hoist into dozens of live registers. kUnroll = false keeps the
-/// passes in a loop, for callers with few registers (the wgmma kernel's producer).
-template <class Tile, int kThreads, bool kUnroll = true, typename DType>
+/// compiler would hoist into dozens of live registers.
+template <class Tile, int kThreads, typename DType>
 __device__ __forceinline__ void load_tile_or_zero(DType* smem, const DType* gmem, int64_t row_stride,
                                                   int rows_valid, int chunks_valid) {
   using Map = TileLoadMapping<Tile, kThreads>;
   const Map map;
   if (map.idle()) return;
   const DType* src = gmem + map.row0 * row_stride + map.chunk * 8;
-#pragma unroll (kUnroll ? Map::kPasses : 1)
+#pragma unroll
   for (int pass = 0; pass < Map::kPasses; ++pass) {
     const int row = map.row0 + pass * Map::kRowsPerPass;
     const bool in_bounds = row < rows_valid && map.chunk < chunks_valid;
@@ -99,7 +98,7 @@ struct PagedTileMapping {
 /// As load_tile_or_zero, for keys key0.. of a paged cache; page_id: the page of this
 /// warp's first row (used when the warp's rows share a page). Rows past kv_len are
 /// zero-filled and never looked up.
-template <class Tile, int kThreads, bool kUnroll = true, typename DType>
+template <class Tile, int kThreads, typename DType>
 __device__ __forceinline__ void load_paged_tile_or_zero(DType* smem, const DType* head_base, const PageTable& table,
                                                         int32_t page_id, int64_t page_stride, int64_t slot_stride,
                                                         int key0, int rows_valid, int chunks_valid) {
@@ -111,7 +110,7 @@ __device__ __forceinline__ void load_paged_tile_or_zero(DType* smem, const DType
     const int block_key = key0 + Map::first_row();
     const DType* src = head_base + table.offset(block_key, page_id, page_stride, slot_stride) +
                        Map::lane_row() * slot_stride + chunk * 8;
-#pragma unroll (kUnroll ? Map::kPasses : 1)
+#pragma unroll
     for (int pass = 0; pass < Map::kPasses; ++pass) {
       const int row = row0 + pass * Map::kRowsPerPass;
       const bool in_bounds = row < rows_valid && chunk < chunks_valid;

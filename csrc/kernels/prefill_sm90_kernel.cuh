@@ -5,10 +5,10 @@
 // one sequence each; order and balance in the kernel body). Its warpgroups:
 //   * warpgroup 0, the producer, loads each item's Q and then its K_j, V_j into a
 //     ring of kStages shared-memory stages and announces each tile on an mbarrier;
-//     it waits on "empty" mbarriers before refilling a stage. One thread drives the
-//     copy engine (TMA, 128-byte swizzled boxes) for contiguous K/V and for paged
-//     caches with pages of 8, 16, ... rows; other page sizes are copied by the whole
-//     warpgroup with cp.async;
+//     it waits on "empty" mbarriers before refilling a stage. One warp drives the
+//     copy engine (TMA, 128-byte swizzled boxes), for contiguous K/V and for paged
+//     caches with pages of 8, 16, ... rows (other page sizes run on the mma.sync
+//     kernel); the other three warps of the group exit at once;
 //   * warpgroups 1 and 2, the consumers, own 64 query rows each:
 //         S_j = Q K_j^T        wgmma, Q and K_j from shared memory
 //         P_j = softmax weights of S_j      (in registers; the same code as mma.sync)
@@ -22,19 +22,16 @@
 // arrive as zeros, but inside a ragged batch the rows past a sequence's end are the
 // next sequence's, and in a paged cache the rest of the last page is garbage. Those
 // rows are harmless in Q (never stored) and K (their scores are replaced by -inf
-// through a select), but a NaN in V times weight 0 is NaN: so the one V tile of a
-// sequence that runs past kv_len is copied with cp.async, which writes zeros for the
-// rows past kv_len instead of reading them, as on the mma.sync path.
+// through a select), but a NaN in V times weight 0 is NaN: so the producer overwrites
+// the rows past kv_len of the one V tile that reaches them with zeros before the
+// consumers may read it (the mma.sync path never reads them: cp.async zero-fills).
 #pragma once
 #include <cstdint>
 #include <type_traits>
-#include "cp_async.cuh"
 #include "epilogue.cuh"
 #include "logits.cuh"
 #include "mask.cuh"
-#include "page_table.cuh"
 #include "params.h"
-#include "prefill_kernel.cuh"
 #include "prefill_sm90_traits.cuh"
 #include "softmax.cuh"
 #include "tensor_map.cuh"
@@ -52,6 +49,7 @@ struct Sm90Barriers {
   MBarrier v_full[kStages];
   MBarrier k_empty[kStages];  // every consumer warp is done reading the stage's K tile
   MBarrier v_empty[kStages];
+  MBarrier tail;              // the producer's own: a V tile that runs past kv_len has landed
 };
 
 /// The CTA's shared memory (1024-byte aligned: the swizzle atoms need it).
@@ -76,7 +74,7 @@ struct PrefillSm90Cta {
   const PrefillParams& p;
   const WorkItem& w;
   // One pointer for all of shared memory: every value the roles share stays live
-  // across setmaxnreg, and the producer has only 40 registers.
+  // across setmaxnreg, and the producer has only 24 or 32 registers.
   Sm90SharedStorage<Traits>& smem;
   int rows_valid;    // query rows of this tile inside the sequence
   int chunks_valid;  // 16-byte chunks of real head dim
@@ -92,70 +90,13 @@ struct PrefillSm90Cta {
 
   // ---- producer (warpgroup 0, threads 0..127) ----
 
-  /// Marks the oldest of this thread's two pending copy groups as landed on `full`:
-  /// wait for it, make it visible to wgmma (async proxy), arrive.
-  template <int kPendingAfter>
-  __device__ __forceinline__ static void publish_copies(MBarrier& full) {
-    cp_async_wait<kPendingAfter>();
-    fence_proxy_async_shared();
-    full.arrive();
-  }
-
-  /// Paged caches: copies of tile `tile` by the whole producer warpgroup (cp.async),
-  /// in blocks of 64 rows: each warp then copies 16 rows, which lie in one page for
-  /// page sizes that are multiples of 16, and needs one page-table lookup for them.
-  __device__ __forceinline__ void load_paged(DType* stage_tile, const DType* gmem, const TokenHeadStrides& strides,
-                                             const int32_t* pages, int tile) const {
-    constexpr int kBlockRows = kBlockN < 64 ? kBlockN : 64;
-    load_paged_rows<TileRows<KVTile, kBlockRows, 0>>(stage_tile, gmem, strides, pages, tile * kBlockN);
-    if constexpr (kBlockN > kBlockRows) {
-      static_assert(kBlockN == 2 * kBlockRows, "two blocks of rows");
-      load_paged_rows<TileRows<KVTile, kBlockRows, kBlockRows>>(stage_tile, gmem, strides, pages,
-                                                                  tile * kBlockN + kBlockRows);
+  /// Writes zeros into rows [first_row, kBlockN) of a K/V tile (one warp, 16 bytes a lane).
+  __device__ __forceinline__ static void zero_rows_from(DType* tile, int first_row, int lane) {
+    const int chunks = (kBlockN - max(first_row, 0)) * KVTile::kChunksPerRow;
+    for (int i = lane; i < chunks; i += 32) {
+      const int row = max(first_row, 0) + i / KVTile::kChunksPerRow, chunk = i % KVTile::kChunksPerRow;
+      *reinterpret_cast<uint4*>(tile + KVTile::offset(row, chunk * 8)) = make_uint4(0, 0, 0, 0);
     }
-  }
-
-  template <class Rows>
-  __device__ __forceinline__ void load_paged_rows(DType* stage_tile, const DType* gmem,
-                                                  const TokenHeadStrides& strides, const int32_t* pages,
-                                                  int key0) const {
-    using Map = PagedTileMapping<Rows, 128>;
-    const PageTable table{p, pages};
-    const int first_key = key0 + Map::first_row();
-    const int32_t page_id = first_key < w.kv_len && Map::one_page_per_warp(p) ? table.page_id(first_key) : 0;
-    load_paged_tile_or_zero<Rows, 128, false>(stage_tile, gmem, table, page_id, strides.batch, strides.token, key0,
-                                              w.kv_len - key0, chunks_valid);
-  }
-
-  /// Paged caches: the whole producer warpgroup copies with cp.async, in the order
-  /// Q, K_0, V_0, K_1, V_1, ...; each group is published once the next one is
-  /// issued, so one group is always in flight behind the one being waited for.
-  __device__ __forceinline__ void produce_paged_with_copies(const DType* k_cache, const DType* v_cache,
-                                                            const int32_t* pages, uint32_t& tiles_done,
-                                                            int items_done) {
-    const DType* q_gmem = static_cast<const DType*>(p.q) + static_cast<int64_t>(w.q_start + w.q_row0) * p.q_strides.token +
-                          w.qo_head * p.q_strides.head;
-    Barriers& bar = smem.bar;
-    const int q_stage = items_done % Traits::kQStages;
-    bar.q_empty[q_stage].wait(((items_done / Traits::kQStages) & 1) ^ 1);  // an earlier item's out has left it
-    load_tile_or_zero<QTile, 128>(smem.q[q_stage], q_gmem, p.q_strides.token, rows_valid, chunks_valid);
-    cp_async_commit();
-    MBarrier* previous = &bar.q_full[q_stage];
-    const KvTileRange tiles = tile_range();
-    for (int t = 0; t < tiles.count; ++t, ++tiles_done) {
-      const int stage = tiles_done % kStages;
-      const uint32_t parity = (tiles_done / kStages) & 1;
-      bar.k_empty[stage].wait(parity ^ 1);  // the consumers are done with K_{t-S}
-      load_paged(smem.k[stage], k_cache, p.k_strides, pages, tiles.begin + t);
-      cp_async_commit();
-      publish_copies<1>(*previous);
-      bar.v_empty[stage].wait(parity ^ 1);
-      load_paged(smem.v[stage], v_cache, p.v_strides, pages, tiles.begin + t);
-      cp_async_commit();
-      publish_copies<1>(bar.k_full[stage]);
-      previous = &bar.v_full[stage];
-    }
-    publish_copies<0>(*previous);
   }
 
   /// The copy engine loads Q, K and V: one warp (warp 0) drives it, 64 columns per
@@ -165,11 +106,11 @@ struct PrefillSm90Cta {
   /// tile), each lane looking up one page; keys past kv_len are never looked up.
   /// Inside a ragged batch the rows past a sequence's end are the next sequence's,
   /// and in a paged cache the rest of the last page is garbage: harmless in Q (rows
-  /// never stored) and K (masked by select), but not in V, so warp 0 copies that one
-  /// partial V tile with cp.async and zero-fills its tail instead.
-  __device__ __forceinline__ void produce_with_tma(const Sm90TensorMaps& maps, const DType* v_gmem,
-                                                   const int32_t* pages, int lane, uint32_t& tiles_done,
-                                                   int items_done) {
+  /// never stored) and K (masked by select), but not in V, so the one V tile that runs
+  /// past kv_len lands on a private barrier first, and warp 0 overwrites its rows past
+  /// kv_len with zeros before announcing it (tail_loads counts those phases).
+  __device__ __forceinline__ void produce_with_tma(const Sm90TensorMaps& maps, const int32_t* pages, int lane,
+                                                   uint32_t& tiles_done, uint32_t& tail_loads, int items_done) {
     Barriers& bar = smem.bar;
     const bool ragged = p.qo_indptr != nullptr;
     const int batch = ragged ? 0 : w.seq;
@@ -227,19 +168,13 @@ struct PrefillSm90Cta {
       if (t == 0) load_q();
       bar.v_empty[stage].wait(parity ^ 1);
       if ((ragged || kPaged) && key0 + kBlockN > w.kv_len) {
-        if constexpr (kPaged) {
-          using Map = PagedTileMapping<KVTile, 32>;
-          const PageTable table{p, pages};
-          const int32_t page_id = Map::one_page_per_warp(p) ? table.page_id(key0) : 0;
-          load_paged_tile_or_zero<KVTile, 32, false>(smem.v[stage], v_gmem, table, page_id, p.v_strides.batch,
-                                                     p.v_strides.token, key0, w.kv_len - key0, chunks_valid);
-        } else {
-          load_tile_or_zero<KVTile, 32, false>(smem.v[stage], v_gmem + static_cast<int64_t>(key0) * p.v_strides.token,
-                                               p.v_strides.token, w.kv_len - key0, chunks_valid);
-        }
-        cp_async_commit();
-        cp_async_wait<0>();
-        fence_proxy_async_shared();
+        // The tile runs past kv_len: load it on the private barrier, overwrite the rows
+        // past kv_len with zeros, and only then announce it.
+        load_kv_tile(smem.v[stage], maps.v, key0, page, bar.tail);
+        bar.tail.wait(tail_loads & 1);
+        ++tail_loads;
+        zero_rows_from(smem.v[stage], w.kv_len - key0, lane);
+        fence_proxy_async_shared();  // the zeros (ordinary stores) before wgmma reads them
         __syncwarp();
         if (lane == 0) bar.v_full[stage].arrive();
       } else {
@@ -430,11 +365,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   auto& smem = *reinterpret_cast<Sm90SharedStorage<Traits>*>(smem_raw + (1024 - smem_address(smem_raw) % 1024) % 1024);
   static_assert(sizeof(smem) + 1024 <= Traits::kSmemBytes, "the traits reserve the shared storage");
   if (threadIdx.x == 0) {
-    // cp.async (paged caches the copy engine cannot take): every producer thread
-    // arrives once its copies landed. Copy engine: one arrival with the byte count
-    // that the copies then complete.
-    const bool paged_copies = kPaged && maps.kv_rows_per_box == 0;
-    const uint32_t full_arrivals = paged_copies ? 128 : 1;
+    // One arrival with the byte count that the copy engine then completes.
+    const uint32_t full_arrivals = 1;
     for (int s = 0; s < Traits::kQStages; ++s) {
       smem.bar.q_full[s].init(full_arrivals);
       smem.bar.q_empty[s].init(Traits::kConsumerWarps);
@@ -445,6 +377,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       smem.bar.k_empty[s].init(Traits::kConsumerWarps);  // one arrival per consumer warp
       smem.bar.v_empty[s].init(Traits::kConsumerWarps);
     }
+    smem.bar.tail.init(1);
   }
   __syncthreads();
 
@@ -471,20 +404,11 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   };
   if (group == 0) {
     release_registers<Traits::producer_regs(kPaged)>();
-    const bool paged_copies = kPaged && maps.kv_rows_per_box == 0;
-    if (paged_copies || threadIdx.x < 32) {  // the copy engine needs one warp; the other three are done
+    if (threadIdx.x < 32) {  // the copy engine needs one warp; the other three are done
+      uint32_t tail_loads = 0;
       for_each_item([&](auto&& cta, const WorkItem& work, int items_done) {
-        const int kv_head = work.qo_head / params.group_size;
         const int32_t* pages = kPaged ? params.block_table + work.seq * params.block_table_stride : nullptr;
-        // Paged: the cache at this KV head (keys through the page table); contiguous: the sequence's first key.
-        const int64_t v_offset = kPaged ? 0 : work.seq * params.v_strides.batch + work.kv_start * params.v_strides.token;
-        const DType* v_gmem = static_cast<const DType*>(params.v) + v_offset + kv_head * params.v_strides.head;
-        if (paged_copies) {
-          cta.produce_paged_with_copies(static_cast<const DType*>(params.k) + kv_head * params.k_strides.head,
-                                        v_gmem, pages, tiles_done, items_done);
-        } else {
-          cta.produce_with_tma(maps, v_gmem, pages, static_cast<int>(threadIdx.x), tiles_done, items_done);
-        }
+        cta.produce_with_tma(maps, pages, static_cast<int>(threadIdx.x), tiles_done, tail_loads, items_done);
       });
     }
   } else {

@@ -23,18 +23,19 @@ cudaError_t launch_prefill_sm90(const PrefillParams& params, cudaStream_t stream
            encode_tensor_map(&maps.v, params.v, kBf16, params.head_dim, kv_heads, tokens, kv_batch,
                              params.v_strides, box_rows);
   };
+  bool encoded = q_encoded;
   if (paged) {
     // One box per page: whole 8-row swizzle atoms, and pages that tile a K/V tile (or
-    // tiles that tile a page): powers of two from 8. Other page sizes: cp.async.
+    // tiles that tile a page): powers of two from 8.
     const int page = params.page_size;
-    const int rows = page < Traits::kBlockN ? page : Traits::kBlockN;
-    const bool boxable = page >= 8 && (page & (page - 1)) == 0;
-    maps.kv_rows_per_box = boxable && q_encoded && encode_kv(page, params.num_pages, rows) ? rows : 0;
+    maps.kv_rows_per_box = page < Traits::kBlockN ? page : Traits::kBlockN;
+    encoded = encoded && page >= 8 && (page & (page - 1)) == 0 &&
+              encode_kv(page, params.num_pages, maps.kv_rows_per_box);
   } else {
     // Without keys (kv_len = 0 everywhere) the kernel loads no K/V tile: no maps needed.
-    const bool encoded = q_encoded && (params.kv_len == 0 || encode_kv(params.kv_len, batch, Traits::kBlockN));
-    if (!encoded) return cudaErrorNotSupported;  // the caller runs the mma.sync kernel instead
+    encoded = encoded && (params.kv_len == 0 || encode_kv(params.kv_len, batch, Traits::kBlockN));
   }
+  if (!encoded) return cudaErrorNotSupported;  // the caller runs the mma.sync kernel instead
   // Persistent: one CTA per multiprocessor (the shared memory allows no second one).
   int sms = 0;
   const cudaError_t err = multiprocessor_count(sms);

@@ -39,13 +39,11 @@ struct PrefillSm90Traits {
   static constexpr int kRowsPerGroup = kBlockM / kConsumerGroups;  // wgmma's M = 64
   static constexpr int kThreads = 128 * (1 + kConsumerGroups);
   static constexpr int kConsumerWarps = 4 * kConsumerGroups;
-  // setmaxnreg splits the 384 x 168 registers the CTA starts with between the producer
-  // and the consumers, who hold O, S and P. A producer driving the copy engine needs
-  // 24; one copying a paged cache with cp.async 40 (its row copies run in a rolled loop).
-  static constexpr int producer_regs(bool paged) { return paged ? 40 : 24; }
-  static constexpr int consumer_regs(bool paged) {
-    return (168 * kThreads - 128 * producer_regs(paged)) / (128 * kConsumerGroups) / 8 * 8;
-  }
+  // setmaxnreg splits the 384 x 168 registers the CTA starts with: the producer only
+  // drives the copy engine (and looks up pages: 32 registers instead of 24); the
+  // consumers hold O, S and P. 128 x 24 + 256 x 240 = 384 x 168.
+  static constexpr int producer_regs(bool paged) { return paged ? 32 : 24; }
+  static constexpr int consumer_regs(bool paged) { return paged ? 232 : 240; }
 
   static constexpr int kNFragsS = kBlockN / 8;  // n8 key fragments of S per warp
   static constexpr int kNFragsO = kHeadDim / 8;
@@ -56,12 +54,15 @@ struct PrefillSm90Traits {
   static constexpr size_t kTileBytes = (kQStages * QTile::kElems + 2 * kStages * KVTile::kElems) * sizeof(DType);
   // 1024 bytes of slack: the swizzle atoms need 1024-byte-aligned tiles, and the
   // dynamic shared-memory base is only guaranteed 16-byte aligned.
-  // The mbarriers after the tiles: Q full and empty, and full / empty for the K and V of each stage.
-  static constexpr size_t kBarrierBytes = sizeof(uint64_t) * (2 * kQStages + 4 * kStages);
+  // The mbarriers after the tiles: Q full and empty, full / empty for the K and V of
+  // each stage, and the producer's own for V tiles past kv_len.
+  static constexpr size_t kBarrierBytes = sizeof(uint64_t) * (2 * kQStages + 4 * kStages + 1);
   static constexpr size_t kSmemBytes = 1024 + kTileBytes + kBarrierBytes;
 
   static_assert(kRowsPerGroup == 64, "one wgmma M = 64 per consumer warpgroup");
-  static_assert(consumer_regs(false) == 240 && consumer_regs(true) == 232, "register split");
+  static_assert(128 * producer_regs(true) + 256 * consumer_regs(true) <= 168 * kThreads &&
+                    128 * producer_regs(false) + 256 * consumer_regs(false) <= 168 * kThreads,
+                "register split");
   static_assert(kBlockN % 16 == 0 && kBlockN <= 256, "wgmma N for S");
 };
 

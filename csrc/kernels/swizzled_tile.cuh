@@ -28,15 +28,4 @@ struct SwizzledTile {
   }
 };
 
-/// Rows [kFirstRow, kFirstRow + kRows) of a tile, addressed like a tile of their own
-/// (for copy routines that map threads to a tile's rows).
-template <class Tile, int kRows_, int kFirstRow>
-struct TileRows {
-  static constexpr int kRows = kRows_;
-  static constexpr int kHeadDim = Tile::kHeadDim;
-  static constexpr int kChunksPerRow = Tile::kChunksPerRow;
-  static_assert(kFirstRow + kRows <= Tile::kRows, "rows inside the tile");
-  static __device__ __forceinline__ int offset(int row, int col) { return Tile::offset(kFirstRow + row, col); }
-};
-
 }  // namespace torch_attn

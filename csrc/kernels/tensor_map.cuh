@@ -12,8 +12,7 @@ namespace torch_attn {
 
 /// The wgmma kernel's maps of q, k and v. Paged caches: k and v map the cache as
 /// (dim, head, slot, page), and kv_rows_per_box is the rows of one box (a page, or a
-/// tile of a larger page); 0 when the copy engine cannot take the page size, and the
-/// kernel then copies with cp.async.
+/// tile of a larger page).
 struct Sm90TensorMaps {
   CUtensorMap q, k, v;
   int32_t kv_rows_per_box;
