@@ -1,7 +1,9 @@
 """A small grid for compute-sanitizer (memcheck, racecheck): every head-dim tile,
-both dtypes, masks, a ragged batch with empty sequences and poisoned tails.
-Run: compute-sanitizer --tool memcheck python tests/sanitize_prefill.py"""
+both dtypes, masks, a ragged batch with empty sequences and poisoned tails, paged
+caches. Run: compute-sanitizer --tool memcheck python tests/sanitize_prefill.py
+(TORCH_ATTN_BACKEND=sm80 / sm90 picks the kernel)."""
 import math
+import os
 
 import torch
 
@@ -25,8 +27,10 @@ def main() -> None:
     kv = torch.full((total + 64, 2, 2, 128), math.nan, dtype=torch.bfloat16, device="cuda")
     kv[:total] = torch.randn(total, 2, 2, 128, device="cuda")
     out = torch_attn.prefill(q, kv[:total, 0], kv[:total, 1], causal=True, qo_indptr=indptr, kv_indptr=indptr)
-    # Paged caches: random values in every slot (unused ones too), page sizes 16 (NHD) and 1 (HND), a partly filled last page.
-    for page_size, layout in ((16, "NHD"), (1, "HND")):
+    # Paged caches: random values in every slot (unused ones too), pages of 16 (NHD), 8 and 1 (HND; the
+    # wgmma kernel takes no pages of 1), a partly filled last page.
+    pages_of = [(16, "NHD"), (8, "HND")] + ([] if os.environ.get("TORCH_ATTN_BACKEND") == "sm90" else [(1, "HND")])
+    for page_size, layout in pages_of:
         kv_lens = [37, 0, 130]
         pages = [(n + page_size - 1) // page_size for n in kv_lens]
         shape = (sum(pages) + 2, page_size, 2, 128) if layout == "NHD" else (sum(pages) + 2, 2, page_size, 128)
