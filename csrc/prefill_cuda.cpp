@@ -169,9 +169,12 @@ cudaError_t launch_with(Backend backend, PrefillParams& p, const PrefillShape& s
   const int64_t kv_bytes_per_pair =
       std::max<int64_t>(1, shape.kv_len * shape.head_dim * 2 * 2 * shape.num_kv_heads / shape.num_qo_heads);
   const int64_t l2_budget = cached_attribute<cudaDevAttrL2CacheSize>(q.get_device()) / 2;
-  const int64_t min_pairs = cached_attribute<cudaDevAttrMultiProcessorCount>(q.get_device()) / 8;
+  const int sms = cached_attribute<cudaDevAttrMultiProcessorCount>(q.get_device());
+  const int64_t min_pairs = sms / 8;
   const int64_t grouped = std::clamp<int64_t>(std::max(l2_budget / kv_bytes_per_pair, min_pairs), 1, pairs);
   p.pairs_per_group = static_cast<int32_t>(sm90 ? grouped : pairs);
+  // The wgmma kernel is persistent: one CTA per SM (its shared memory allows no second).
+  p.max_ctas = sm90 ? sms : 0;
   return launcher.launch(p, c10::cuda::getCurrentCUDAStream(q.get_device()).stream());
 }
 

@@ -35,10 +35,10 @@ cudaError_t allow_smem_once(std::atomic<uint64_t>& configured, size_t bytes, Ker
 
 /// Launches the variant of a kernel that `params` needs: soft cap or not (a tanh
 /// per score), paged cache or not (addresses). One CTA per query-tile slot and head.
-/// max_ctas > 0: a persistent grid of at most that many CTAs, each looping over work
-/// items. `extra`: further kernel arguments after the parameters.
+/// params.max_ctas > 0: a persistent grid of at most that many CTAs. `extra`: further
+/// kernel arguments after the parameters.
 template <class Kernel, class... Extra>
-cudaError_t launch_variant(std::atomic<uint64_t>& smem_configured, int threads, size_t smem_bytes, unsigned max_ctas,
+cudaError_t launch_variant(std::atomic<uint64_t>& smem_configured, int threads, size_t smem_bytes,
                            const PrefillParams& params, cudaStream_t stream, Kernel with_cap, Kernel without_cap,
                            Kernel paged_with_cap, Kernel paged_without_cap, const Extra&... extra) {
   const cudaError_t err =
@@ -47,25 +47,10 @@ cudaError_t launch_variant(std::atomic<uint64_t>& smem_configured, int threads, 
   const bool soft_cap = params.soft_cap > 0.f, paged = params.block_table != nullptr;
   const Kernel kernel = paged ? (soft_cap ? paged_with_cap : paged_without_cap) : (soft_cap ? with_cap : without_cap);
   const unsigned items = static_cast<unsigned>(params.num_q_tile_slots) * static_cast<unsigned>(params.num_qo_heads);
+  const unsigned max_ctas = static_cast<unsigned>(params.max_ctas);
   const dim3 grid(max_ctas > 0 && max_ctas < items ? max_ctas : items);
   kernel<<<grid, threads, smem_bytes, stream>>>(params, extra...);
   return cudaGetLastError();
-}
-
-/// Multiprocessors of the current device, read once per device.
-inline cudaError_t multiprocessor_count(int& count) {
-  constexpr int kMaxDevices = 64;
-  static std::atomic<int> known[kMaxDevices] = {};
-  int device = 0;
-  cudaError_t err = cudaGetDevice(&device);
-  if (err != cudaSuccess) return err;
-  count = device < kMaxDevices ? known[device].load(std::memory_order_relaxed) : 0;
-  if (count == 0) {
-    err = cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device);
-    if (err != cudaSuccess) return err;
-    if (device < kMaxDevices) known[device].store(count, std::memory_order_relaxed);
-  }
-  return cudaSuccess;
 }
 
 }  // namespace torch_attn

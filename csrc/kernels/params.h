@@ -67,6 +67,9 @@ struct PrefillParams {
   // Dense batches: (sequence, head) pairs whose query tiles run together, so that
   // their K/V stays in L2 (work_item.cuh); >= 1.
   int32_t pairs_per_group;
+  // > 0: a persistent grid of at most this many CTAs, each looping over work items
+  // (the wgmma kernel: one per SM); 0: one CTA per work item.
+  int32_t max_ctas;
 };
 
 }  // namespace torch_attn

@@ -10,7 +10,7 @@ template <ScalarKind kKind, int kHeadDimTile>
 cudaError_t launch_prefill(const PrefillParams& params, cudaStream_t stream) {
   using Traits = PrefillTraits<DTypeOf<kKind>, kHeadDimTile>;
   static std::atomic<uint64_t> smem_configured{0};  // one per (dtype, width) instantiation
-  return launch_variant(smem_configured, Traits::kThreads, Traits::kSmemBytes, /*max_ctas=*/0, params, stream,
+  return launch_variant(smem_configured, Traits::kThreads, Traits::kSmemBytes, params, stream,
                         prefill_kernel<Traits, /*kSoftCap=*/true, /*kPaged=*/false>,
                         prefill_kernel<Traits, /*kSoftCap=*/false, /*kPaged=*/false>,
                         prefill_kernel<Traits, /*kSoftCap=*/true, /*kPaged=*/true>,

@@ -36,12 +36,8 @@ cudaError_t launch_prefill_sm90(const PrefillParams& params, cudaStream_t stream
     encoded = encoded && (params.kv_len == 0 || encode_kv(params.kv_len, batch, Traits::kBlockN));
   }
   if (!encoded) return cudaErrorNotSupported;  // the caller runs the mma.sync kernel instead
-  // Persistent: one CTA per multiprocessor (the shared memory allows no second one).
-  int sms = 0;
-  const cudaError_t err = multiprocessor_count(sms);
-  if (err != cudaSuccess) return err;
   static std::atomic<uint64_t> smem_configured{0};  // one per (dtype, width) instantiation
-  return launch_variant(smem_configured, Traits::kThreads, Traits::kSmemBytes, static_cast<unsigned>(sms), params, stream,
+  return launch_variant(smem_configured, Traits::kThreads, Traits::kSmemBytes, params, stream,
                         prefill_sm90_kernel<Traits, /*kSoftCap=*/true, /*kPaged=*/false>,
                         prefill_sm90_kernel<Traits, /*kSoftCap=*/false, /*kPaged=*/false>,
                         prefill_sm90_kernel<Traits, /*kSoftCap=*/true, /*kPaged=*/true>,
