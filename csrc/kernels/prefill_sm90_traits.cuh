@@ -10,10 +10,10 @@ namespace torch_attn {
 // (columns past D zero-filled), as on the mma.sync path.
 #define TORCH_ATTN_FOR_EACH_SM90_HEAD_DIM_TILE(X) X(64) X(128) X(256)
 
-/// One CTA: a producer warpgroup (cp.async copies) and two consumer warpgroups of
-/// 64 query rows each (BM = 128). Per consumer thread, registers hold O (width / 2
-/// floats), S (BN / 2), and the bf16 weights P of two tiles (BN / 4 each), which
-/// bounds BN: with 232 registers, BN = 128 up to width 128 and 64 at width 256.
+/// One CTA: a producer warpgroup (one warp drives the copy engine) and two consumer
+/// warpgroups of 64 query rows each (BM = 128). Per consumer thread, registers hold O
+/// (width / 2 floats), S (BN / 2) and the bf16 weights P (BN / 4), which bounds BN:
+/// with 232-240 registers, BN = 128 up to width 128 and 64 at width 256.
 template <int kHeadDimTile>
 struct Sm90TileShape;
 // kQStages: Q tiles, so that the next work item's Q loads while this one finishes
