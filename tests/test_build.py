@@ -120,6 +120,15 @@ def test_arch_list_parsing_and_gencode():
         _build_spec.parse_arch_list("sm_90")
 
 
+def test_sm90a_define_follows_the_arch_list():
+    """The host may pick the wgmma kernel only in builds with sm_90a code."""
+    with_sm90a = _build_spec.BuildConfig(True, ("8.0", "9.0a"), "/usr/local/cuda", "", "test")
+    without = _build_spec.BuildConfig(True, ("8.0", "9.0"), "/usr/local/cuda", "", "test")
+    for flags in (_build_spec.cxx_flags, _build_spec.nvcc_flags):
+        assert "-DTORCH_ATTN_HAS_SM90A" in flags(SPEC, with_sm90a)
+        assert "-DTORCH_ATTN_HAS_SM90A" not in flags(SPEC, without)
+
+
 def test_empty_arch_list_means_cpu_only(monkeypatch):
     monkeypatch.setenv("TORCH_ATTN_CUDA_ARCH_LIST", "")
     config = _build_spec.resolve_build_config()
