@@ -311,8 +311,9 @@ struct PrefillCta {
       accumulate_pv(v_smem + stage * KVTile::kElems, s, o);
     };
     // The unmasked tiles form one run in the middle; separate loops keep the mask's
-    // compares out of that run entirely.
-    // (Taken from a second call: ptxas spilled when the run's ends were kept from the first one.)
+    // compares out of that run entirely. The run's ends are computed again here rather
+    // than kept from the call above: kept through the pipeline prologue, they made
+    // ptxas spill 12 bytes at d128.
     const KvTileRange run = KvTileRange::of<kBlockN>(visibility, w.q_row0, rows_valid);
     int j = 0;
     for (; j < run.full_begin; ++j) process_tile(j, std::true_type{});
