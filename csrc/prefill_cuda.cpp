@@ -80,20 +80,27 @@ constexpr bool kBuiltWithSm90a = true;
 constexpr bool kBuiltWithSm90a = false;
 #endif
 
+struct BackendChoice {
+  Backend backend;
+  bool forced;  // TORCH_ATTN_BACKEND named it: no fallback to the other kernel
+};
+
 /// The wgmma kernel on compute capability 9.0 (sm_90a code runs on 9.0 only) in
 /// builds that have it, the mma.sync kernel elsewhere. TORCH_ATTN_BACKEND=sm80|sm90
 /// forces one (for tests and comparisons); it is read on every call, so a process
 /// can switch between calls.
-Backend pick_backend(int device) {
+BackendChoice pick_backend(int device) {
   const char* env = std::getenv("TORCH_ATTN_BACKEND");
   const bool sm90_here = kBuiltWithSm90a && compute_capability(device) == 90;
-  if (env == nullptr || *env == '\0' || std::strcmp(env, "auto") == 0) return sm90_here ? Backend::kSm90 : Backend::kSm80;
-  if (std::strcmp(env, "sm80") == 0) return Backend::kSm80;
+  if (env == nullptr || *env == '\0' || std::strcmp(env, "auto") == 0) {
+    return {sm90_here ? Backend::kSm90 : Backend::kSm80, false};
+  }
+  if (std::strcmp(env, "sm80") == 0) return {Backend::kSm80, true};
   TORCH_CHECK_VALUE(std::strcmp(env, "sm90") == 0, "TORCH_ATTN_BACKEND: expected auto, sm80 or sm90, got '", env, "'");
   TORCH_CHECK_VALUE(sm90_here, "TORCH_ATTN_BACKEND=sm90: the wgmma kernel needs a GPU of compute capability 9.0 and a "
                     "build with sm_90a code; this GPU is ", compute_capability(device) / 10, ".",
                     compute_capability(device) % 10, " and the build ", kBuiltWithSm90a ? "has" : "lacks", " sm_90a");
-  return Backend::kSm90;
+  return {Backend::kSm90, true};
 }
 
 /// The kernel reads rows with 16-byte cp.async: every row must start 16-byte aligned.
@@ -183,11 +190,10 @@ cudaError_t launch_with(Backend backend, PrefillParams& p, const PrefillShape& s
 /// the page size is not a power of two from 8; the mma.sync kernel runs then, unless
 /// TORCH_ATTN_BACKEND=sm90 insists.
 void launch(PrefillParams& p, const PrefillShape& shape, const at::Tensor& q) {
-  const Backend backend = pick_backend(q.get_device());
-  cudaError_t err = launch_with(backend, p, shape, q);
-  if (err == cudaErrorNotSupported && backend == Backend::kSm90) {
-    const char* forced = std::getenv("TORCH_ATTN_BACKEND");
-    TORCH_CHECK_VALUE(forced == nullptr || std::strcmp(forced, "sm90") != 0,
+  const BackendChoice choice = pick_backend(q.get_device());
+  cudaError_t err = launch_with(choice.backend, p, shape, q);
+  if (err == cudaErrorNotSupported && choice.backend == Backend::kSm90) {
+    TORCH_CHECK_VALUE(!choice.forced,
                       "TORCH_ATTN_BACKEND=sm90: the wgmma kernel takes paged caches with pages of 8, 16, 32, ... "
                       "rows and q/k/v that the copy engine can describe; these run on sm80");
     err = launch_with(Backend::kSm80, p, shape, q);
