@@ -237,12 +237,12 @@ struct PrefillCta {
   }
 
   __device__ __forceinline__ void run() {
-    const int rows_valid = min(kBlockM, w.qo_len - w.q_row0);
+    const int rows_valid = w.query_rows<kBlockM>();
     const DType* q_gmem = static_cast<const DType*>(p.q) + w.seq * p.q_strides.batch +
                           static_cast<int64_t>(w.q_start + w.q_row0) * p.q_strides.token + w.qo_head * p.q_strides.head;
 
     // The tiles the whole CTA needs.
-    const VisibleKeys visibility{w.kv_len, w.kv_len - w.qo_len, p.causal, p.window_left};
+    const VisibleKeys visibility = w.visible_keys(p);
     const KvTileRange tiles = KvTileRange::of<kBlockN>(visibility, w.q_row0, rows_valid);
     const int tile_begin = tiles.begin, tile_end = tiles.begin + tiles.count, num_tiles = tiles.count;
 

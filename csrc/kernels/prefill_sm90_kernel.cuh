@@ -79,13 +79,10 @@ struct PrefillSm90Cta {
   int rows_valid;    // query rows of this tile inside the sequence
   int chunks_valid;  // 16-byte chunks of real head dim
 
-  // Each role computes the mask and tile range itself, after setmaxnreg: values
-  // computed before the role split stay live across it, which cost a spill.
-  __device__ __forceinline__ VisibleKeys visibility() const {
-    return {w.kv_len, w.kv_len - w.qo_len, p.causal, p.window_left};
-  }
+  // Each role computes the tile range itself, after setmaxnreg: values computed
+  // before the role split stay live across it, which cost a spill.
   __device__ __forceinline__ KvTileRange tile_range() const {
-    return KvTileRange::of<kBlockN>(visibility(), w.q_row0, rows_valid);
+    return KvTileRange::of<kBlockN>(w.visible_keys(p), w.q_row0, rows_valid);
   }
 
   // ---- producer (warpgroup 0, threads 0..127) ----
@@ -218,13 +215,6 @@ struct PrefillSm90Cta {
     }
   }
 
-  __device__ __forceinline__ static void pin_weights(uint32_t (&pw)[kPFrags][4]) {
-#pragma unroll
-    for (int kk = 0; kk < kPFrags; ++kk)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) asm volatile("" : "+r"(pw[kk][e])::"memory");
-  }
-
   /// Before wgmma_fence: every ordinary write of the registers the next wgmmas use
   /// must come first (the compiler may otherwise sink register moves past the fence,
   /// and ptxas then serialises the wgmmas).
@@ -232,7 +222,7 @@ struct PrefillSm90Cta {
                                                       uint32_t (&pw)[kPFrags][4]) {
     wgmma_pin(s);
     wgmma_pin(o);
-    pin_weights(pw);
+    wgmma_pin(pw);
   }
 
   /// Each consumer warp arrives once on `empty` after its wgmma reads of the stage completed.
@@ -246,7 +236,7 @@ struct PrefillSm90Cta {
     // outside the loop over work items, and kept (spilled) throughout: opaque copies
     // make the compiler derive them per item, where they are needed.
     asm volatile("" : "+r"(group), "+r"(warp_in_group), "+r"(lane));
-    const VisibleKeys visibility = this->visibility();
+    const VisibleKeys visibility = w.visible_keys(p);
     const KvTileRange tiles = tile_range();
     Barriers& bar = smem.bar;
     const int warp_row0 = group * Traits::kRowsPerGroup + warp_in_group * 16;  // first Q-tile row of this warp
@@ -397,7 +387,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       if (item >= num_items) break;
       WorkItem work;
       if (!find_work_item<Traits::kBlockM>(params, item, work)) break;  // only spare items follow
-      body(PrefillSm90Cta<Traits, kSoftCap, kPaged>{params, work, smem, min(Traits::kBlockM, work.qo_len - work.q_row0),
+      body(PrefillSm90Cta<Traits, kSoftCap, kPaged>{params, work, smem, work.query_rows<Traits::kBlockM>(),
                                                     params.head_dim / 8},
            work, items_done++);
     }

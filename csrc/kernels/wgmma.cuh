@@ -47,14 +47,19 @@ __device__ __forceinline__ void wgmma_wait() {
   asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(kMaxPending) : "memory");
 }
 
-/// Keeps the compiler from moving accesses to `regs` across a wgmma issue or wait
-/// (the registers are in use by the tensor cores in between).
-template <int kFrags>
-__device__ __forceinline__ void wgmma_pin(float (&regs)[kFrags][4]) {
+/// Keeps the compiler from moving accesses to `regs` (accumulators, float, or A
+/// fragments, uint32_t) across a wgmma issue or wait: the registers are in use by
+/// the tensor cores in between.
+template <typename T, int kFrags>
+__device__ __forceinline__ void wgmma_pin(T (&regs)[kFrags][4]) {
+  static_assert(std::is_same_v<T, float> || std::is_same_v<T, uint32_t>, "wgmma_pin: float or uint32_t registers");
 #pragma unroll
   for (int i = 0; i < kFrags; ++i)
 #pragma unroll
-    for (int e = 0; e < 4; ++e) asm volatile("" : "+f"(regs[i][e])::"memory");
+    for (int e = 0; e < 4; ++e) {
+      if constexpr (std::is_same_v<T, float>) asm volatile("" : "+f"(regs[i][e])::"memory");
+      else asm volatile("" : "+r"(regs[i][e])::"memory");
+    }
 }
 
 // The accumulator operand lists "{%0, ..., %(N/2 - 1)}" and "+f"(d[..][..]) ... of

@@ -3,6 +3,7 @@
 #pragma once
 #include <climits>
 #include <cstdint>
+#include "mask.cuh"
 #include "params.h"
 
 namespace torch_attn {
@@ -15,6 +16,15 @@ struct WorkItem {
   int kv_len;
   int q_start;   // the sequence's first row in a ragged q / k (0 when dense)
   int kv_start;
+
+  /// Query rows of this tile inside the sequence (the last tile may run past its end).
+  template <int kBlockM>
+  __device__ __forceinline__ int query_rows() const { return min(kBlockM, qo_len - q_row0); }
+
+  /// Which keys this item's queries see.
+  __device__ __forceinline__ VisibleKeys visible_keys(const PrefillParams& p) const {
+    return {kv_len, kv_len - qo_len, p.causal, p.window_left};
+  }
 };
 
 __device__ __forceinline__ int clamp_row(int32_t row, int rows) { return row < 0 ? 0 : (row > rows ? rows : row); }
