@@ -76,6 +76,14 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def prefill_kernels_launched(run) -> list[str]:
+    """Names of the GPU events with "prefill" in them (our kernels) that `run()` launches."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
+        run()
+        torch.cuda.synchronize()
+    return [e.name for e in prof.events() if "prefill" in e.name]
+
+
 def make_qkv(qo_len, kv_len, num_qo_heads, num_kv_heads, head_dim, dtype, device, batch=None, generator=None):
     """Fresh random q, k, v ([batch,] tokens, heads, head_dim)."""
     lead = () if batch is None else (batch,)

@@ -10,7 +10,8 @@ import torch
 from torch._subclasses.fake_tensor import FakeTensorMode
 
 import torch_attn
-from conftest import HAS_GPU, check_against_reference, indptr_of, mask_kwargs, poison_cuda_allocator
+from conftest import (HAS_GPU, check_against_reference, indptr_of, mask_kwargs, poison_cuda_allocator,
+                      prefill_kernels_launched)
 
 DEVICES = [pytest.param("cpu", id="cpu"),
            pytest.param("cuda", id="cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_GPU, reason="no GPU")])]
@@ -102,10 +103,9 @@ def test_matches_reference(device, page_size, layout, index, cuda_backend):
 @pytest.mark.parametrize("page_size", [1, 48])
 def test_auto_backend_runs_other_page_sizes_on_mma_sync(page_size, monkeypatch):
     monkeypatch.setenv("TORCH_ATTN_BACKEND", "auto")
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        run_paged_case("cuda", page_size, "NHD", [40, 300], [77, 300], group=4, head_dim=128,
-                       mask=dict(causal=True), dtype=torch.bfloat16)
-    names = [e.name for e in prof.events() if "prefill" in e.name and "kernel" in e.name]
+    names = prefill_kernels_launched(lambda: run_paged_case("cuda", page_size, "NHD", [40, 300], [77, 300], group=4,
+                                                            head_dim=128, mask=dict(causal=True),
+                                                            dtype=torch.bfloat16))
     assert names and all("prefill_sm90_kernel" not in name for name in names), names
 
 

@@ -7,7 +7,8 @@ import pytest
 import torch
 
 import torch_attn
-from conftest import check_against_reference, make_qkv, mask_kwargs, poison_cuda_allocator, ragged_batch
+from conftest import (check_against_reference, make_qkv, mask_kwargs, poison_cuda_allocator,
+                      prefill_kernels_launched, ragged_batch)
 
 pytestmark = pytest.mark.gpu
 
@@ -226,10 +227,7 @@ def test_empty_inputs():
 
 def kernel_names_of_one_call(**kwargs):
     q, k, v = make_qkv(300, 300, 4, 2, 128, torch.bfloat16, "cuda")
-    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CUDA]) as prof:
-        torch_attn.prefill(q, k, v, **kwargs)
-        torch.cuda.synchronize()
-    return [e.name for e in prof.events() if "prefill" in e.name]
+    return prefill_kernels_launched(lambda: torch_attn.prefill(q, k, v, **kwargs))
 
 
 def test_forced_backend_runs_its_kernel(cuda_backend):
