@@ -53,16 +53,33 @@ def spills_by_kernel(report: str) -> dict[str, int]:
 
 
 # Spills put values in local memory: a slowdown, never silent. The contiguous-K/V kernels
-# (mma.sync and wgmma) must not spill at all on sm_90a. The paged kernels (kPaged = true,
-# the last template argument: "ELb1EEEv" in the mangled name) need more registers for
-# page lookups: the mma.sync ones spill 68-84 bytes at head dim 128, the wgmma ones 4 bytes
-# at 256 (their measured speed is in BENCHMARKS.md); this bound keeps that from growing
-# unnoticed.
+# must not spill on sm_90a, with the known exceptions below, each bounded so that it
+# cannot grow unnoticed (their measured speed is in BENCHMARKS.md):
+#   * paged kernels need registers for page lookups: the mma.sync ones spill 68-84 bytes at
+#     head dim 128, the wgmma ones 24-40 bytes (per-item values of the 32-register producer);
+#   * wgmma, head dim 64: three consumer groups share the register file (160 registers
+#     each): the soft-cap kernels spill 116 bytes (148 paged; per-item values, and on
+#     masked tiles);
+#   * wgmma, head dim 256: 4 bytes (one value per work item; the consumers have 232
+#     registers once the producer warps take 32).
+# Mangled names: prefill_sm90_kernel<Traits, kSoftCap, kPaged> ends in "ELb<cap>ELb<paged>EEEv";
+# the traits name the head-dim tile ("Li64EEE").
 PAGED_SPILL_BOUND = 128
+WGMMA_D64_SPILL_BOUND = 160
+WGMMA_D256_SPILL_BOUND = 4
 
 
 def is_paged_kernel(mangled: str) -> bool:
     return "ELb1EEEv" in mangled
+
+
+def spill_bound(mangled: str) -> int:
+    wgmma = "PrefillSm90Traits" in mangled
+    if wgmma and "Li64EEE" in mangled:
+        return WGMMA_D64_SPILL_BOUND
+    if is_paged_kernel(mangled):
+        return PAGED_SPILL_BOUND
+    return WGMMA_D256_SPILL_BOUND if wgmma and "Li256EEE" in mangled else 0
 
 
 @needs_nvcc
@@ -74,8 +91,12 @@ def test_kernels_compile_without_spills(compiled_kernels):
         spills = spills_by_kernel(report)
         assert len(spills) == 4, f"expected 4 kernels in {source}, got {list(spills)}"
         for kernel, stores in spills.items():
-            bound = PAGED_SPILL_BOUND if is_paged_kernel(kernel) else 0
+            bound = spill_bound(kernel)
             assert stores <= bound, f"{kernel} in {source} spills {stores} bytes on sm_90a:\n{report}"
+        # ptxas serialises wgmmas (waiting after each one) where registers of one in flight
+        # are touched, and says so (C7513-C7519: "serialized", "is injected"); it cost the
+        # wgmma kernel 20% once. No warning may appear.
+        assert "serialized" not in report and "is injected" not in report, f"wgmma serialised in {source}:\n{report}"
 
 
 @needs_nvcc
@@ -98,7 +119,7 @@ def test_sass_uses_tensor_cores_and_async_copies(compiled_kernels):
         for name, body in functions.items():
             for instruction in instructions(name):
                 assert instruction in body, f"{instruction} missing from {name}"
-            if not is_paged_kernel(name):  # contiguous K/V: no local memory at all
+            if spill_bound(name) == 0:  # no local memory at all
                 assert "STL" not in body and "LDL" not in body, f"local-memory traffic in {name}"
 
     # mma.sync kernel: tensor cores through HMMA, ldmatrix, cp.async (LDGSTS), exp2 on the MUFU.

@@ -1,15 +1,16 @@
 // The Hopper prefill kernel (sm_90a): the algorithm of prefill_kernel.cuh on wgmma,
 // with warp specialisation and a persistent grid.
 //
-// A CTA per SM walks its list of work items (a query tile [128 rows] of one head of
+// A CTA per SM walks its list of work items (a query tile [BM rows] of one head of
 // one sequence each; order and balance in the kernel body). Its warpgroups:
 //   * warpgroup 0, the producer, loads each item's Q and then its K_j, V_j into a
 //     ring of kStages shared-memory stages and announces each tile on an mbarrier;
-//     it waits on "empty" mbarriers before refilling a stage. One warp drives the
-//     copy engine (TMA, 128-byte swizzled boxes), for contiguous K/V and for paged
-//     caches with pages of 8, 16, ... rows (other page sizes run on the mma.sync
-//     kernel); the other three warps of the group exit at once;
-//   * warpgroups 1 and 2, the consumers, own 64 query rows each:
+//     it waits on "empty" mbarriers before refilling a stage. Two warps drive the
+//     copy engine (TMA, 128-byte swizzled boxes), warp 0 for Q and K, warp 1 for V,
+//     for contiguous K/V and for paged caches with pages of 8, 16, ... rows (other
+//     page sizes run on the mma.sync kernel); the other two warps exit at once;
+//   * warpgroups 1 .. kConsumerGroups (2, or 3 at width 64), the consumers, own 64
+//     query rows each:
 //         S_j = Q K_j^T        wgmma, Q and K_j from shared memory
 //         P_j = softmax weights of S_j      (in registers; the same code as mma.sync)
 //         O  += P_j V_j        wgmma, P from registers, V_j from shared memory
@@ -74,7 +75,7 @@ struct PrefillSm90Cta {
   const PrefillParams& p;
   const WorkItem& w;
   // One pointer for all of shared memory: every value the roles share stays live
-  // across setmaxnreg, and the producer has only 24 or 32 registers.
+  // across setmaxnreg, and the producer has only 32 registers.
   Sm90SharedStorage<Traits>& smem;
   int rows_valid;    // query rows of this tile inside the sequence
   int chunks_valid;  // 16-byte chunks of real head dim
@@ -96,16 +97,19 @@ struct PrefillSm90Cta {
     }
   }
 
-  /// The copy engine loads Q, K and V: one warp (warp 0) drives it, 64 columns per
-  /// box. Rows past the tensor's tokens and columns past head_dim arrive as zeros.
-  /// Contiguous K/V: one box per column block and tile. Paged caches (page sizes that
+  /// The copy engine loads Q, K and V, 64 columns per box: warp 0 issues Q and K
+  /// (kLoadsV = false), warp 1 V. Two issuing warps, because one issued too slowly
+  /// for small pages (16 boxes of 2 KB per tile at pages of 16: 434 -> 523 TFLOP/s on
+  /// the paged serving batch, H100). Rows past the tensor's tokens and columns past
+  /// head_dim arrive as zeros. Contiguous K/V: one box per column block and tile. Paged caches (page sizes that
   /// are powers of two >= 8): one box per page (or per tile, for pages larger than a
   /// tile), each lane looking up one page; keys past kv_len are never looked up.
   /// Inside a ragged batch the rows past a sequence's end are the next sequence's,
   /// and in a paged cache the rest of the last page is garbage: harmless in Q (rows
   /// never stored) and K (masked by select), but not in V, so the one V tile that runs
-  /// past kv_len lands on a private barrier first, and warp 0 overwrites its rows past
+  /// past kv_len lands on a private barrier first, and warp 1 overwrites its rows past
   /// kv_len with zeros before announcing it (tail_loads counts those phases).
+  template <bool kLoadsV>
   __device__ __forceinline__ void produce_with_tma(const Sm90TensorMaps& maps, const int32_t* pages, int lane,
                                                    uint32_t& tiles_done, uint32_t& tail_loads, int items_done) {
     Barriers& bar = smem.bar;
@@ -152,7 +156,7 @@ struct PrefillSm90Cta {
       }
     };
     const KvTileRange tiles = tile_range();
-    if (tiles.count == 0) load_q();
+    if (!kLoadsV && tiles.count == 0) load_q();
     int32_t page_next = page_of_box(tiles.begin);
     for (int t = 0; t < tiles.count; ++t, ++tiles_done) {
       const int stage = tiles_done % kStages;
@@ -160,13 +164,14 @@ struct PrefillSm90Cta {
       const int key0 = (tiles.begin + t) * kBlockN;
       const int32_t page = page_next;
       page_next = t + 1 < tiles.count ? page_of_box(tiles.begin + t + 1) : 0;
-      bar.k_empty[stage].wait(parity ^ 1);  // the consumers are done with K_{t-S}
-      load_kv_tile(smem.k[stage], maps.k, key0, page, bar.k_full[stage]);
-      if (t == 0) load_q();
-      bar.v_empty[stage].wait(parity ^ 1);
-      if ((ragged || kPaged) && key0 + kBlockN > w.kv_len) {
+      if constexpr (!kLoadsV) {
+        bar.k_empty[stage].wait(parity ^ 1);  // the consumers are done with K_{t-S}
+        load_kv_tile(smem.k[stage], maps.k, key0, page, bar.k_full[stage]);
+        if (t == 0) load_q();
+      } else if ((ragged || kPaged) && key0 + kBlockN > w.kv_len) {
         // The tile runs past kv_len: load it on the private barrier, overwrite the rows
         // past kv_len with zeros, and only then announce it.
+        bar.v_empty[stage].wait(parity ^ 1);
         load_kv_tile(smem.v[stage], maps.v, key0, page, bar.tail);
         bar.tail.wait(tail_loads & 1);
         ++tail_loads;
@@ -175,12 +180,13 @@ struct PrefillSm90Cta {
         __syncwarp();
         if (lane == 0) bar.v_full[stage].arrive();
       } else {
+        bar.v_empty[stage].wait(parity ^ 1);
         load_kv_tile(smem.v[stage], maps.v, key0, page, bar.v_full[stage]);
       }
     }
   }
 
-  // ---- consumers (warpgroups 1 and 2) ----
+  // ---- consumers (warpgroups 1 .. kConsumerGroups) ----
 
   /// S = Q K^T for this warpgroup's 64 rows and the K tile of `stage` (issued, not waited for).
   __device__ __forceinline__ void issue_scores(float (&s)[kNFragsS][4], uint64_t q_desc, int stage) const {
@@ -381,8 +387,8 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   uint32_t tiles_done = 0;
   auto for_each_item = [&](auto&& body) {
     int items_done = 0;
-    const int ctas = static_cast<int>(gridDim.x), cta = static_cast<int>(blockIdx.x);
     for (int round = 0;; ++round) {
+      const int ctas = fresh_grid_size(), cta = fresh_block_index();  // (the producer has 32 registers)
       const int item = round * ctas + (round % 2 == 0 ? cta : ctas - 1 - cta);
       if (item >= num_items) break;
       WorkItem work;
@@ -393,16 +399,23 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     }
   };
   if (group == 0) {
-    release_registers<Traits::producer_regs(kPaged)>();
-    if (threadIdx.x < 32) {  // the copy engine needs one warp; the other three are done
+    release_registers<Traits::kProducerRegs>();
+    // Warp 0 loads Q and K, warp 1 V; the other two are done.
+    auto produce = [&](auto loads_v) {
       uint32_t tail_loads = 0;
       for_each_item([&](auto&& cta, const WorkItem& work, int items_done) {
         const int32_t* pages = kPaged ? params.block_table + work.seq * params.block_table_stride : nullptr;
-        cta.produce_with_tma(maps, pages, static_cast<int>(threadIdx.x), tiles_done, tail_loads, items_done);
+        cta.template produce_with_tma<decltype(loads_v)::value>(maps, pages, static_cast<int>(threadIdx.x) % 32,
+                                                                tiles_done, tail_loads, items_done);
       });
+    };
+    if (threadIdx.x < 32) {
+      produce(std::false_type{});
+    } else if (threadIdx.x < 64) {
+      produce(std::true_type{});
     }
   } else {
-    claim_registers<Traits::consumer_regs(kPaged)>();
+    claim_registers<Traits::kConsumerRegs>();
     for_each_item([&](auto&& cta, const WorkItem&, int items_done) {
       cta.consume(group - 1, (static_cast<int>(threadIdx.x) / 32) % 4, static_cast<int>(threadIdx.x) % 32, tiles_done,
                   items_done);

@@ -89,7 +89,10 @@ __device__ __forceinline__ bool find_work_item(const PrefillParams& p, int item,
   w.qo_head = item % p.num_qo_heads;
   // Ragged: each lane of the warp counts one sequence's tiles (32 sequences at a
   // time). Every warp does the same walk, so no shared memory or barrier is needed.
-  const int lane = threadIdx.x % 32;
+  // (Opaque: the callers' loops over items would otherwise keep its derived masks
+  // and addresses live throughout.)
+  int lane = threadIdx.x % 32;
+  asm volatile("" : "+r"(lane));
   if (p.num_seqs <= 32) {
     // Rounds: round r holds the r-th tile from the end of every sequence that has
     // one, so the heaviest tiles of all sequences (under a causal mask) start first.
