@@ -10,7 +10,7 @@ namespace torch_attn {
 /// Writes this warp's 16 * kMFrags rows of out, starting at row warp_row0 of the
 /// query tile, and their LSE. O goes through the warp's own rows of the Q tile in
 /// shared memory (any layout with QTile::offset) so that global stores are 16-byte
-/// and coalesced. Only rows < qo_len and columns < head_dim are written. The caller
+/// and coalesced. Only rows in [0, qo_len) and columns < head_dim are written. The caller
 /// guarantees that nothing reads or writes those Q rows any more.
 template <class QTile, typename DType, int kMFrags, int kNFragsO>
 __device__ __forceinline__ void store_warp_rows(const PrefillParams& p, const WorkItem& w, DType* q_smem,
@@ -37,7 +37,8 @@ __device__ __forceinline__ void store_warp_rows(const PrefillParams& p, const Wo
     const int idx = lane + i * 32;
     const int row = warp_row0 + idx / QTile::kChunksPerRow;
     const int chunk = idx % QTile::kChunksPerRow;
-    if (w.q_row0 + row < w.qo_len && chunk < chunks_valid) {
+    const int seq_row = w.q_row0 + row;
+    if (seq_row >= 0 && seq_row < w.qo_len && chunk < chunks_valid) {
       *reinterpret_cast<uint4*>(out + row * p.out_strides.token + chunk * 8) =
           *reinterpret_cast<const uint4*>(q_smem + QTile::offset(row, chunk * 8));
     }
@@ -48,7 +49,7 @@ __device__ __forceinline__ void store_warp_rows(const PrefillParams& p, const Wo
 #pragma unroll
     for (int r = 0; r < 2 * kMFrags; ++r) {
       const int row = w.q_row0 + warp_row0 + (r / 2) * 16 + g + 8 * (r % 2);
-      if (row < w.qo_len) lse_out[row * p.lse_strides.token] = lse[r];
+      if (row >= 0 && row < w.qo_len) lse_out[row * p.lse_strides.token] = lse[r];
     }
   }
 }

@@ -77,13 +77,12 @@ struct PrefillSm90Cta {
   // One pointer for all of shared memory: every value the roles share stays live
   // across setmaxnreg, and the producer has only 32 registers.
   Sm90SharedStorage<Traits>& smem;
-  int rows_valid;    // query rows of this tile inside the sequence
   int chunks_valid;  // 16-byte chunks of real head dim
 
   // Each role computes the tile range itself, after setmaxnreg: values computed
   // before the role split stay live across it, which cost a spill.
   __device__ __forceinline__ KvTileRange tile_range() const {
-    return KvTileRange::of<kBlockN>(w.visible_keys(p), w.q_row0, rows_valid);
+    return KvTileRange::of<kBlockN>(w.visible_keys(p), w.row_begin(), w.row_end<Traits::kBlockM>() - w.row_begin());
   }
 
   // ---- producer (warpgroup 0, threads 0..127) ----
@@ -392,10 +391,10 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       const int item = round * ctas + (round % 2 == 0 ? cta : ctas - 1 - cta);
       if (item >= num_items) break;
       WorkItem work;
-      if (!find_work_item<Traits::kBlockM>(params, item, work)) break;  // only spare items follow
-      body(PrefillSm90Cta<Traits, kSoftCap, kPaged>{params, work, smem, work.query_rows<Traits::kBlockM>(),
-                                                    params.head_dim / 8},
-           work, items_done++);
+      // Tiles aligned to the sequence's end: rows before it load as zeros (dense, or the
+      // first sequence of a ragged batch) or as the previous sequence's, never stored.
+      if (!find_work_item<Traits::kBlockM, /*kEndAligned=*/true>(params, item, work)) break;  // only spare items follow
+      body(PrefillSm90Cta<Traits, kSoftCap, kPaged>{params, work, smem, params.head_dim / 8}, work, items_done++);
     }
   };
   if (group == 0) {

@@ -11,7 +11,7 @@ namespace torch_attn {
 struct WorkItem {
   int seq;
   int qo_head;
-  int q_row0;    // first query row of the tile, within the sequence
+  int q_row0;    // first query row of the tile, within the sequence (< 0: the tile starts before it)
   int qo_len;    // this sequence's lengths
   int kv_len;
   int q_start;   // the sequence's first row in a ragged q / k (0 when dense)
@@ -21,6 +21,12 @@ struct WorkItem {
   template <int kBlockM>
   __device__ __forceinline__ int query_rows() const { return min(kBlockM, qo_len - q_row0); }
 
+  /// The rows [row_begin, row_end) of the tile that lie inside the sequence: tiles
+  /// aligned to the sequence's end (find_work_item) may start before row 0.
+  __device__ __forceinline__ int row_begin() const { return max(q_row0, 0); }
+  template <int kBlockM>
+  __device__ __forceinline__ int row_end() const { return min(q_row0 + kBlockM, qo_len); }
+
   /// Which keys this item's queries see.
   __device__ __forceinline__ VisibleKeys visible_keys(const PrefillParams& p) const {
     return {kv_len, kv_len - qo_len, p.causal, p.window_left};
@@ -28,6 +34,17 @@ struct WorkItem {
 };
 
 __device__ __forceinline__ int clamp_row(int32_t row, int rows) { return row < 0 ? 0 : (row > rows ? rows : row); }
+
+/// The first row of query tile `tile_from_end` (0: the last) of a sequence of qo_len
+/// rows in `tiles` tiles. Start-aligned, the last tile may run past the sequence's end;
+/// end-aligned, the first tile may start before row 0 (its rows there are never
+/// stored): under a causal mask the partial tile is then the one that sees the fewest
+/// keys rather than the one that sees them all (d64, BM 192, S 1024: 32 -> 27 K/V tile
+/// steps per sequence and head).
+template <int kBlockM, bool kEndAligned>
+__device__ __forceinline__ int first_row_of_tile(int qo_len, int tiles, int tile_from_end) {
+  return kEndAligned ? qo_len - (tile_from_end + 1) * kBlockM : (tiles - 1 - tile_from_end) * kBlockM;
+}
 
 /// One lane's view of ragged sequence b (b >= num_seqs: an empty one).
 template <int kBlockM>
@@ -44,11 +61,13 @@ struct LaneSequence {
 
   /// Hands the owner lane's sequence (number seq_base + owner) and its tile
   /// `tile_from_end` (0: the last) to every lane.
+  template <bool kEndAligned>
   __device__ __forceinline__ void assign(WorkItem& w, int seq_base, int owner, int tile_from_end) const {
     w.seq = seq_base + owner;
     w.qo_len = __shfl_sync(0xffffffffu, q_len, owner);
     w.q_start = __shfl_sync(0xffffffffu, q_begin, owner);
-    w.q_row0 = (__shfl_sync(0xffffffffu, tiles, owner) - 1 - tile_from_end) * kBlockM;
+    w.q_row0 = first_row_of_tile<kBlockM, kEndAligned>(w.qo_len, __shfl_sync(0xffffffffu, tiles, owner),
+                                                       tile_from_end);
   }
 };
 
@@ -66,7 +85,10 @@ struct LaneSequence {
 ///   row once the pairs' K/V outgrew L2: 1 GB of DRAM traffic for 256 MB of data at
 ///   16 x 1024 tokens, d128 (the wgmma kernel ran memory-bound at 85% of DRAM).
 ///   Ragged: heads vary fastest, then tiles, round-robin over the sequences.
-template <int kBlockM>
+///
+/// kEndAligned: query tiles aligned to the end of their sequence (first_row_of_tile), for
+/// kernels whose Q loads zero-fill rows before the tensor (the wgmma kernel's copy engine).
+template <int kBlockM, bool kEndAligned = false>
 __device__ __forceinline__ bool find_work_item(const PrefillParams& p, int item, WorkItem& w) {
   if (p.qo_indptr == nullptr) {  // dense: every sequence has the same tiles
     const int tiles_per_seq = (p.qo_len + kBlockM - 1) / kBlockM;
@@ -78,7 +100,7 @@ __device__ __forceinline__ bool find_work_item(const PrefillParams& p, int item,
     const int pair = first_pair + in_group % group_pairs;
     w.seq = pair / p.num_qo_heads;
     w.qo_head = pair % p.num_qo_heads;
-    w.q_row0 = (tiles_per_seq - 1 - in_group / group_pairs) * kBlockM;
+    w.q_row0 = first_row_of_tile<kBlockM, kEndAligned>(p.qo_len, tiles_per_seq, in_group / group_pairs);
     w.qo_len = p.qo_len;
     w.kv_len = p.kv_len;
     w.q_start = 0;
@@ -109,7 +131,7 @@ __device__ __forceinline__ bool find_work_item(const PrefillParams& p, int item,
       if (remaining < run_slots) {
         const int index = remaining % count;  // the index-th member of round `round + remaining / count`
         const bool owns = (members >> lane & 1u) && __popc(members & ((1u << lane) - 1u)) == index;
-        mine.assign(w, 0, __ffs(__ballot_sync(0xffffffffu, owns)) - 1, round + remaining / count);
+        mine.template assign<kEndAligned>(w, 0, __ffs(__ballot_sync(0xffffffffu, owns)) - 1, round + remaining / count);
         break;
       }
       remaining -= run_slots;
@@ -131,7 +153,8 @@ __device__ __forceinline__ bool find_work_item(const PrefillParams& p, int item,
       const unsigned holds = __ballot_sync(0xffffffffu, remaining < inclusive);
       if (holds != 0) {
         const int owner = __ffs(holds) - 1;
-        mine.assign(w, base, owner, remaining - __shfl_sync(0xffffffffu, inclusive - mine.tiles, owner));
+        mine.template assign<kEndAligned>(w, base, owner,
+                                          remaining - __shfl_sync(0xffffffffu, inclusive - mine.tiles, owner));
         found = true;
       } else {
         remaining -= __shfl_sync(0xffffffffu, inclusive, 31);
