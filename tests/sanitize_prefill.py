@@ -19,6 +19,10 @@ def main() -> None:
             v = torch.randn(131, 2, head_dim, dtype=dtype, device="cuda")
             torch_attn.prefill(q, k, v, causal=True, window_left=50)
             torch_attn.prefill(q, k, v, logits_soft_cap=30.0)
+    # More query tiles x heads (8 x 24) than SMs: the wgmma kernel's CTAs claim items from a counter.
+    q = torch.randn(1000, 24, 128, dtype=torch.bfloat16, device="cuda")
+    k = torch.randn(1000, 8, 128, dtype=torch.bfloat16, device="cuda")
+    torch_attn.prefill(q, k, k, causal=True)
     # Ragged, with empty sequences and K/V tails that run into poisoned memory.
     lens = [5, 0, 130, 64, 1]
     total = sum(lens)

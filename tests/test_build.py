@@ -56,17 +56,14 @@ def spills_by_kernel(report: str) -> dict[str, int]:
 # must not spill on sm_90a, with the known exceptions below, each bounded so that it
 # cannot grow unnoticed (their measured speed is in BENCHMARKS.md):
 #   * paged kernels need registers for page lookups: the mma.sync ones spill 68-84 bytes at
-#     head dim 128, the wgmma ones 24-40 bytes (per-item values of the 32-register producer);
+#     head dim 128, the wgmma ones 12-20 bytes (per-item values of the 40-register producer);
 #   * wgmma, head dim 64: three consumer groups share the register file (160 registers
-#     each): the soft-cap kernels spill 116 bytes (148 paged; per-item values, and on
-#     masked tiles);
-#   * wgmma, head dim 256: 4 bytes (one value per work item; the consumers have 232
-#     registers once the producer warps take 32).
+#     each, 32 for the producer): 24 bytes, 72 with the soft cap (112 paged; per-item values,
+#     the V tail and masked tiles).
 # Mangled names: prefill_sm90_kernel<Traits, kSoftCap, kPaged> ends in "ELb<cap>ELb<paged>EEEv";
 # the traits name the head-dim tile ("Li64EEE").
 PAGED_SPILL_BOUND = 128
-WGMMA_D64_SPILL_BOUND = 160
-WGMMA_D256_SPILL_BOUND = 4
+WGMMA_D64_SPILL_BOUND = 128
 
 
 def is_paged_kernel(mangled: str) -> bool:
@@ -74,12 +71,9 @@ def is_paged_kernel(mangled: str) -> bool:
 
 
 def spill_bound(mangled: str) -> int:
-    wgmma = "PrefillSm90Traits" in mangled
-    if wgmma and "Li64EEE" in mangled:
+    if "PrefillSm90Traits" in mangled and "Li64EEE" in mangled:
         return WGMMA_D64_SPILL_BOUND
-    if is_paged_kernel(mangled):
-        return PAGED_SPILL_BOUND
-    return WGMMA_D256_SPILL_BOUND if wgmma and "Li256EEE" in mangled else 0
+    return PAGED_SPILL_BOUND if is_paged_kernel(mangled) else 0
 
 
 @needs_nvcc

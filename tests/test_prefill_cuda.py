@@ -175,14 +175,20 @@ def test_runs_on_current_stream():
     assert (out.float() - expected.float()).abs().max().item() < 2e-2
 
 
-@pytest.mark.parametrize("ragged", [False, True])
-def test_cuda_graph_capture_and_replay(ragged):
-    """Captured once, replayed on new data written in place: no host sync, no host read of indptr."""
+@pytest.mark.parametrize("case", ["dense", "ragged", "dense, more items than SMs"])
+def test_cuda_graph_capture_and_replay(case):
+    """Captured once, replayed on new data written in place: no host sync, no host read of indptr.
+    With more query tiles x heads than SMs the wgmma kernel's CTAs claim items from a counter
+    that every replay must zero again."""
+    ragged = case == "ragged"
     if ragged:
         q, k, v, qo_indptr, kv_indptr = ragged_batch([100, 300, 57], [100, 400, 57], 8, 2, 128, torch.bfloat16, "cuda")
         kwargs = dict(causal=True, qo_indptr=qo_indptr, kv_indptr=kv_indptr)
-    else:
+    elif case == "dense":
         q, k, v = make_qkv(333, 333, 8, 2, 128, torch.bfloat16, "cuda", batch=2)
+        kwargs = dict(causal=True)
+    else:  # 4 x 8 tiles x 16 heads = 512 items
+        q, k, v = make_qkv(1000, 1000, 16, 4, 128, torch.bfloat16, "cuda", batch=4)
         kwargs = dict(causal=True)
     torch_attn.prefill(q, k, v, **kwargs)  # warm-up outside capture
     graph = torch.cuda.CUDAGraph()

@@ -70,6 +70,9 @@ struct PrefillParams {
   // > 0: a persistent grid of at most this many CTAs, each looping over work items
   // (the wgmma kernel: one per SM); 0: one CTA per work item.
   int32_t max_ctas;
+  // Persistent grid with more items than CTAs: a counter the host zeroes before each
+  // launch; CTAs claim their items after the first from it (item = count + grid size).
+  int32_t* item_counter;
 };
 
 }  // namespace torch_attn

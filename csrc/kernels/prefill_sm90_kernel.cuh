@@ -42,7 +42,7 @@
 
 namespace torch_attn {
 
-template <int kStages, int kQStages>
+template <int kStages, int kQStages, int kItemSlots>
 struct Sm90Barriers {
   MBarrier q_full[kQStages];   // Q has landed
   MBarrier q_empty[kQStages];  // every consumer warp has stored its rows of out (through the Q tile)
@@ -51,6 +51,8 @@ struct Sm90Barriers {
   MBarrier k_empty[kStages];  // every consumer warp is done reading the stage's K tile
   MBarrier v_empty[kStages];
   MBarrier tail;              // the producer's own: a V tile that runs past kv_len has landed
+  MBarrier item_written[kItemSlots];  // producer warp 0 has written the slot's work item
+  MBarrier item_read[kItemSlots];     // every thread of the V warp and the consumers is done with it
 };
 
 /// The CTA's shared memory (1024-byte aligned: the swizzle atoms need it).
@@ -60,7 +62,9 @@ struct Sm90SharedStorage {
   DType q[Traits::kQStages][Traits::QTile::kElems];
   DType k[Traits::kStages][Traits::KVTile::kElems];
   DType v[Traits::kStages][Traits::KVTile::kElems];
-  Sm90Barriers<Traits::kStages, Traits::kQStages> bar;
+  Sm90Barriers<Traits::kStages, Traits::kQStages, Traits::kItemSlots> bar;
+  WorkItem items[Traits::kItemSlots];  // the CTA's k-th work item in slot k % kItemSlots
+  static_assert(sizeof(WorkItem) <= Traits::kItemBytes, "the traits reserve the work items");
 };
 
 template <class Traits, bool kSoftCap, bool kPaged>
@@ -68,7 +72,7 @@ struct PrefillSm90Cta {
   using DType = typename Traits::DType;
   using QTile = typename Traits::QTile;
   using KVTile = typename Traits::KVTile;
-  using Barriers = Sm90Barriers<Traits::kStages, Traits::kQStages>;
+  using Barriers = Sm90Barriers<Traits::kStages, Traits::kQStages, Traits::kItemSlots>;
   static constexpr int kBlockN = Traits::kBlockN, kStages = Traits::kStages;
   static constexpr int kNFragsS = Traits::kNFragsS, kNFragsO = Traits::kNFragsO, kPFrags = Traits::kPFrags;
 
@@ -349,12 +353,17 @@ struct PrefillSm90Cta {
   }
 };
 
+/// A paged sequence's row of the block table.
+__device__ __forceinline__ const int32_t* pages_of(const PrefillParams& p, const WorkItem& w) {
+  return p.block_table + w.seq * p.block_table_stride;
+}
+
 template <class Traits, bool kSoftCap, bool kPaged>
 __global__ void __launch_bounds__(Traits::kThreads, 1)
     prefill_sm90_kernel(const __grid_constant__ PrefillParams params, const __grid_constant__ Sm90TensorMaps maps) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
   using DType = typename Traits::DType;
-  static_assert(sizeof(Sm90Barriers<Traits::kStages, Traits::kQStages>) == Traits::kBarrierBytes,
+  static_assert(sizeof(Sm90Barriers<Traits::kStages, Traits::kQStages, Traits::kItemSlots>) == Traits::kBarrierBytes,
                 "the traits reserve the barriers");
   extern __shared__ __align__(16) uint8_t smem_raw[];
   auto& smem = *reinterpret_cast<Sm90SharedStorage<Traits>*>(smem_raw + (1024 - smem_address(smem_raw) % 1024) % 1024);
@@ -373,51 +382,88 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       smem.bar.v_empty[s].init(Traits::kConsumerWarps);
     }
     smem.bar.tail.init(1);
+    for (int s = 0; s < Traits::kItemSlots; ++s) {
+      smem.bar.item_written[s].init(1);
+      smem.bar.item_read[s].init(32 + 128 * Traits::kConsumerGroups);
+    }
   }
   __syncthreads();
 
-  // Persistent: in round r the CTAs take work items r * G .. r * G + G - 1 (G CTAs;
-  // items come heaviest first, see find_work_item), CTA b the b-th of them in even
-  // rounds and the b-th from the end in odd ones, which evens out the causal loads.
-  // Each role walks the same list. The pipeline's stages and
-  // phases run on across items; tiles_done counts the K/V tiles so far.
+  // Persistent. Work items come heaviest first (find_work_item); the CTA's first is
+  // item blockIdx.x, and each later one is claimed as the previous one starts: the
+  // next item of the list that no CTA has taken (params.item_counter; without it the
+  // grid covers every item). Claiming balances the SMs where a static assignment
+  // could not: the items' costs differ under a causal mask, and a round-robin (snake)
+  // order left SMs idle once the group boundaries of the list shifted it (simulated:
+  // 79% of the ideal for d128 causal S=4096 B=4, 99% with claiming). Producer warp 0
+  // claims and finds the items; the other roles read them from shared memory (the
+  // CTA's k-th item in slot k % kItemSlots; end_of_list after the last). The
+  // pipeline's stages and phases run on across items; tiles_done counts K/V tiles.
   const int group = static_cast<int>(threadIdx.x) / 128;
   const int num_items = params.num_q_tile_slots * params.num_qo_heads;
+  constexpr int kItemSlots = Traits::kItemSlots;
   uint32_t tiles_done = 0;
-  auto for_each_item = [&](auto&& body) {
-    int items_done = 0;
-    for (int round = 0;; ++round) {
-      const int ctas = fresh_grid_size(), cta = fresh_block_index();  // (the producer has 32 registers)
-      const int item = round * ctas + (round % 2 == 0 ? cta : ctas - 1 - cta);
-      if (item >= num_items) break;
-      WorkItem work;
-      // Tiles aligned to the sequence's end: rows before it load as zeros (dense, or the
-      // first sequence of a ragged batch) or as the previous sequence's, never stored.
-      if (!find_work_item<Traits::kBlockM, /*kEndAligned=*/true>(params, item, work)) break;  // only spare items follow
-      body(PrefillSm90Cta<Traits, kSoftCap, kPaged>{params, work, smem, params.head_dim / 8}, work, items_done++);
+  auto cta_of = [&](const WorkItem& work) {
+    return PrefillSm90Cta<Traits, kSoftCap, kPaged>{params, work, smem, params.head_dim / 8};
+  };
+  // The V warp and the consumers: body(cta, k) for the CTA's k-th item, read from its
+  // slot throughout. Every reading thread arrives on item_read itself: an arrival
+  // releases only the arriving thread's own earlier reads.
+  auto for_each_handed_item = [&](auto&& body) {
+    for (int k = 0;; ++k) {
+      const int slot = k % kItemSlots;
+      smem.bar.item_written[slot].wait((k / kItemSlots) & 1);
+      const WorkItem& work = smem.items[slot];
+      if (work.is_end_of_list()) break;
+      body(cta_of(work), k);
+      smem.bar.item_read[slot].arrive();
     }
   };
   if (group == 0) {
     release_registers<Traits::kProducerRegs>();
-    // Warp 0 loads Q and K, warp 1 V; the other two are done.
-    auto produce = [&](auto loads_v) {
-      uint32_t tail_loads = 0;
-      for_each_item([&](auto&& cta, const WorkItem& work, int items_done) {
-        const int32_t* pages = kPaged ? params.block_table + work.seq * params.block_table_stride : nullptr;
-        cta.template produce_with_tma<decltype(loads_v)::value>(maps, pages, static_cast<int>(threadIdx.x) % 32,
-                                                                tiles_done, tail_loads, items_done);
+    const int lane = static_cast<int>(threadIdx.x) % 32;
+    uint32_t tail_loads = 0;
+    if (threadIdx.x < 32) {  // warp 0: claims and finds the items, loads Q and K
+      int item = static_cast<int>(blockIdx.x);
+      for (int k = 0;; ++k) {
+        // The next item, claimed now and used after this one: the atomic's latency hides.
+        int next = num_items;
+        if (params.item_counter != nullptr && lane == 0) {
+          next = atomicAdd(params.item_counter, 1) + static_cast<int>(gridDim.x);
+        }
+        const int slot = k % kItemSlots;
+        smem.bar.item_read[slot].wait(((k / kItemSlots) & 1) ^ 1);  // item k - kItemSlots is done
+        __syncwarp();  // (and this warp's own reads of it)
+        {
+          // Tiles aligned to the sequence's end: rows before it load as zeros (dense, or the
+          // first sequence of a ragged batch) or as the previous sequence's, never stored.
+          WorkItem found;
+          if (item >= num_items || !find_work_item<Traits::kBlockM, /*kEndAligned=*/true>(params, item, found)) {
+            found = WorkItem::end_of_list();  // (a ragged batch's spare items come last)
+          }
+          if (lane == 0) smem.items[slot] = found;
+        }
+        if (lane == 0) smem.bar.item_written[slot].arrive();
+        // Read back from shared memory like the other roles do: the producer's few
+        // registers cannot hold the item as well.
+        __syncwarp();
+        const WorkItem& work = smem.items[slot];
+        if (work.is_end_of_list()) break;
+        cta_of(work).template produce_with_tma<false>(maps, kPaged ? pages_of(params, work) : nullptr, lane,
+                                                      tiles_done, tail_loads, k);
+        item = __shfl_sync(0xffffffffu, next, 0);
+      }
+    } else if (threadIdx.x < 64) {  // warp 1: V
+      for_each_handed_item([&](auto&& cta, int k) {
+        cta.template produce_with_tma<true>(maps, kPaged ? pages_of(params, cta.w) : nullptr, lane, tiles_done,
+                                            tail_loads, k);
       });
-    };
-    if (threadIdx.x < 32) {
-      produce(std::false_type{});
-    } else if (threadIdx.x < 64) {
-      produce(std::true_type{});
-    }
+    }  // warps 2 and 3 are done
   } else {
     claim_registers<Traits::kConsumerRegs>();
-    for_each_item([&](auto&& cta, const WorkItem&, int items_done) {
+    for_each_handed_item([&](auto&& cta, int k) {
       cta.consume(group - 1, (static_cast<int>(threadIdx.x) / 32) % 4, static_cast<int>(threadIdx.x) % 32, tiles_done,
-                  items_done);
+                  k);
     });
   }
 #else

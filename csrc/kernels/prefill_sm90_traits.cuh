@@ -46,11 +46,12 @@ struct PrefillSm90Traits {
   static constexpr int kThreads = 128 * (1 + kConsumerGroups);
   static constexpr int kConsumerWarps = 4 * kConsumerGroups;
   // setmaxnreg splits the registers the CTA starts with (__launch_bounds__(kThreads, 1):
-  // 168 a thread for 384 threads, 128 for 512): the producer only drives the copy engine
-  // and looks up pages (32 registers; with 24 its two warps spill per-item values); the
-  // consumers take the rest, in multiples of 8 (two groups: 232; three groups: 160).
+  // 168 a thread for 384 threads, 128 for 512): the producer drives the copy engine,
+  // looks up pages and claims work items (40 registers; three consumer groups leave it
+  // 32, and it spills a few values on rare paths); the consumers take the rest, in
+  // multiples of 8 (two groups: 232; three groups: 160).
   static constexpr int kEntryRegs = 65536 / kThreads / 8 * 8;
-  static constexpr int kProducerRegs = 32;
+  static constexpr int kProducerRegs = kConsumerGroups == 2 ? 40 : 32;
   static constexpr int kConsumerRegs = (kEntryRegs * kThreads - 128 * kProducerRegs) / (128 * kConsumerGroups) / 8 * 8;
 
   static constexpr int kNFragsS = kBlockN / 8;  // n8 key fragments of S per warp
@@ -63,9 +64,13 @@ struct PrefillSm90Traits {
   // 1024 bytes of slack: the swizzle atoms need 1024-byte-aligned tiles, and the
   // dynamic shared-memory base is only guaranteed 16-byte aligned.
   // The mbarriers after the tiles: Q full and empty, full / empty for the K and V of
-  // each stage, and the producer's own for V tiles past kv_len.
-  static constexpr size_t kBarrierBytes = sizeof(uint64_t) * (2 * kQStages + 4 * kStages + 1);
-  static constexpr size_t kSmemBytes = 1024 + kTileBytes + kBarrierBytes;
+  // each stage, the producer's own for V tiles past kv_len, written / read for each
+  // slot of work items. Then the work items the producer hands to the other roles (a
+  // WorkItem is 7 ints; 32 bytes reserved).
+  static constexpr int kItemSlots = 2;
+  static constexpr size_t kBarrierBytes = sizeof(uint64_t) * (2 * kQStages + 4 * kStages + 1 + 2 * kItemSlots);
+  static constexpr size_t kItemBytes = 32;
+  static constexpr size_t kSmemBytes = 1024 + kTileBytes + kBarrierBytes + kItemBytes * kItemSlots;
 
   static_assert(kConsumerRegs <= 256 && kConsumerRegs >= kHeadDim / 2 + kBlockN / 2 + kBlockN / 4,
                 "register split: O, S and P fit the consumers' registers");

@@ -48,21 +48,6 @@ __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
-/// blockIdx.x and gridDim.x read anew at each call (asm volatile, so never hoisted out
-/// of a loop). For the roles' loops over work items, where every value derived once
-/// before the loop holds a register (or a spill slot) throughout, and re-deriving it
-/// costs an instruction.
-__device__ __forceinline__ int fresh_block_index() {
-  int v;
-  asm volatile("mov.u32 %0, %%ctaid.x;\n" : "=r"(v));
-  return v;
-}
-__device__ __forceinline__ int fresh_grid_size() {
-  int v;
-  asm volatile("mov.u32 %0, %%nctaid.x;\n" : "=r"(v));
-  return v;
-}
-
 /// setmaxnreg (sm_90a): a warpgroup gives up or claims registers. The kernel needs a
 /// register cap at entry (__launch_bounds__(threads, 1)), and each role must sit in
 /// its own branch of one if/else.

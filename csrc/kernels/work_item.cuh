@@ -27,6 +27,14 @@ struct WorkItem {
   template <int kBlockM>
   __device__ __forceinline__ int row_end() const { return min(q_row0 + kBlockM, qo_len); }
 
+  /// The mark after a CTA's last item in the wgmma kernel's hand-over of items.
+  __device__ __forceinline__ static WorkItem end_of_list() {
+    WorkItem w{};
+    w.seq = -1;
+    return w;
+  }
+  __device__ __forceinline__ bool is_end_of_list() const { return seq < 0; }
+
   /// Which keys this item's queries see.
   __device__ __forceinline__ VisibleKeys visible_keys(const PrefillParams& p) const {
     return {kv_len, kv_len - qo_len, p.causal, p.window_left};
