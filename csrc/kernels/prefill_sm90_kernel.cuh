@@ -390,7 +390,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   __syncthreads();
 
   // Persistent. Work items come heaviest first (find_work_item); the CTA's first is
-  // item blockIdx.x, and each later one is claimed as the previous one starts: the
+  // item blockIdx.x, and each later one is claimed as the previous one's loads end: the
   // next item of the list that no CTA has taken (params.item_counter; without it the
   // grid covers every item). Claiming balances the SMs where a static assignment
   // could not: the items' costs differ under a causal mask, and a round-robin (snake)
@@ -426,11 +426,6 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     if (threadIdx.x < 32) {  // warp 0: claims and finds the items, loads Q and K
       int item = static_cast<int>(blockIdx.x);
       for (int k = 0;; ++k) {
-        // The next item, claimed now and used after this one: the atomic's latency hides.
-        int next = num_items;
-        if (params.item_counter != nullptr && lane == 0) {
-          next = atomicAdd(params.item_counter, 1) + static_cast<int>(gridDim.x);
-        }
         const int slot = k % kItemSlots;
         smem.bar.item_read[slot].wait(((k / kItemSlots) & 1) ^ 1);  // item k - kItemSlots is done
         __syncwarp();  // (and this warp's own reads of it)
@@ -451,6 +446,14 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         if (work.is_end_of_list()) break;
         cta_of(work).template produce_with_tma<false>(maps, kPaged ? pages_of(params, work) : nullptr, lane,
                                                       tiles_done, tail_loads, k);
+        // The next item, claimed once this one's K tiles are on their way (the consumers
+        // are a stage or two behind, which hides the atomic's latency). Claimed any
+        // earlier, the CTAs would start the items of one K/V head (GQA) at times further
+        // apart, and read its keys from DRAM once each instead of once together.
+        int next = num_items;
+        if (params.item_counter != nullptr && lane == 0) {
+          next = atomicAdd(params.item_counter, 1) + static_cast<int>(gridDim.x);
+        }
         item = __shfl_sync(0xffffffffu, next, 0);
       }
     } else if (threadIdx.x < 64) {  // warp 1: V
