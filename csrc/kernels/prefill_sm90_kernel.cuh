@@ -79,7 +79,7 @@ struct PrefillSm90Cta {
   const PrefillParams& p;
   const WorkItem& w;
   // One pointer for all of shared memory: every value the roles share stays live
-  // across setmaxnreg, and the producer has only 32 registers.
+  // across setmaxnreg, and the producer has only 32 or 40 registers.
   Sm90SharedStorage<Traits>& smem;
   int chunks_valid;  // 16-byte chunks of real head dim
 
@@ -104,9 +104,10 @@ struct PrefillSm90Cta {
   /// (kLoadsV = false), warp 1 V. Two issuing warps, because one issued too slowly
   /// for small pages (16 boxes of 2 KB per tile at pages of 16: 434 -> 523 TFLOP/s on
   /// the paged serving batch, H100). Rows past the tensor's tokens and columns past
-  /// head_dim arrive as zeros. Contiguous K/V: one box per column block and tile. Paged caches (page sizes that
-  /// are powers of two >= 8): one box per page (or per tile, for pages larger than a
-  /// tile), each lane looking up one page; keys past kv_len are never looked up.
+  /// head_dim arrive as zeros. Contiguous K/V: one box per column block and tile.
+  /// Paged caches (page sizes that are powers of two >= 8): one box per page (or per
+  /// tile, for pages larger than a tile), each lane looking up one page; keys past
+  /// kv_len are never looked up.
   /// Inside a ragged batch the rows past a sequence's end are the next sequence's,
   /// and in a paged cache the rest of the last page is garbage: harmless in Q (rows
   /// never stored) and K (masked by select), but not in V, so the one V tile that runs
@@ -436,9 +437,11 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
           if (item >= num_items || !find_work_item<Traits::kBlockM, /*kEndAligned=*/true>(params, item, found)) {
             found = WorkItem::end_of_list();  // (a ragged batch's spare items come last)
           }
-          if (lane == 0) smem.items[slot] = found;
+          if (lane == 0) {
+            smem.items[slot] = found;
+            smem.bar.item_written[slot].arrive();
+          }
         }
-        if (lane == 0) smem.bar.item_written[slot].arrive();
         // Read back from shared memory like the other roles do: the producer's few
         // registers cannot hold the item as well.
         __syncwarp();
