@@ -350,7 +350,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
       k_smem + Traits::kStages * Traits::KVTile::kElems,
       static_cast<const DType*>(params.k) + k_offset + kv_head * params.k_strides.head,
       static_cast<const DType*>(params.v) + v_offset + kv_head * params.v_strides.head,
-      kPaged ? params.block_table + work.seq * params.block_table_stride : nullptr,
+      kPaged ? work.block_table_row(params) : nullptr,
       lane,
       (static_cast<int>(threadIdx.x) / 32) * Traits::kMFrags * 16,
       params.head_dim / 8}

@@ -354,11 +354,6 @@ struct PrefillSm90Cta {
   }
 };
 
-/// A paged sequence's row of the block table.
-__device__ __forceinline__ const int32_t* pages_of(const PrefillParams& p, const WorkItem& w) {
-  return p.block_table + w.seq * p.block_table_stride;
-}
-
 template <class Traits, bool kSoftCap, bool kPaged>
 __global__ void __launch_bounds__(Traits::kThreads, 1)
     prefill_sm90_kernel(const __grid_constant__ PrefillParams params, const __grid_constant__ Sm90TensorMaps maps) {
@@ -447,7 +442,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         __syncwarp();
         const WorkItem& work = smem.items[slot];
         if (work.is_end_of_list()) break;
-        cta_of(work).template produce_with_tma<false>(maps, kPaged ? pages_of(params, work) : nullptr, lane,
+        cta_of(work).template produce_with_tma<false>(maps, kPaged ? work.block_table_row(params) : nullptr, lane,
                                                       tiles_done, tail_loads, k);
         // The next item, claimed once this one's K tiles are on their way (the consumers
         // are a stage or two behind, which hides the atomic's latency). Claimed any
@@ -461,7 +456,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       }
     } else if (threadIdx.x < 64) {  // warp 1: V
       for_each_handed_item([&](auto&& cta, int k) {
-        cta.template produce_with_tma<true>(maps, kPaged ? pages_of(params, cta.w) : nullptr, lane, tiles_done,
+        cta.template produce_with_tma<true>(maps, kPaged ? cta.w.block_table_row(params) : nullptr, lane, tiles_done,
                                             tail_loads, k);
       });
     }  // warps 2 and 3 are done

@@ -35,6 +35,11 @@ struct WorkItem {
   }
   __device__ __forceinline__ bool is_end_of_list() const { return seq < 0; }
 
+  /// A paged sequence's row of the block table.
+  __device__ __forceinline__ const int32_t* block_table_row(const PrefillParams& p) const {
+    return p.block_table + seq * p.block_table_stride;
+  }
+
   /// Which keys this item's queries see.
   __device__ __forceinline__ VisibleKeys visible_keys(const PrefillParams& p) const {
     return {kv_len, kv_len - qo_len, p.causal, p.window_left};
