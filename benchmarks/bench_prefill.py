@@ -196,6 +196,8 @@ def implementations(case: Case, q, k, v, qo_indptr, kv_indptr, flashinfer_backen
 def run_case(case: Case, args, flashinfer_backends) -> None:
     q, k, v, qo_indptr, kv_indptr = make_inputs(case)
     for name, fn in implementations(case, q, k, v, qo_indptr, kv_indptr, flashinfer_backends).items():
+        if args.impls and name not in args.impls.split(","):
+            continue
         os.environ["TORCH_ATTN_BACKEND"] = name[len(OURS):] if name.startswith(OURS) else "auto"
         try:
             ms = median_ms(fn, args.warmup, args.repeats)
@@ -269,6 +271,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=5)
     parser.add_argument("--repeats", type=int, default=30)
     parser.add_argument("--only", default="", help="run cases whose name contains one of these (comma list)")
+    parser.add_argument("--impls", default="", help="time only these implementations (comma list; default: all)")
     parser.add_argument("--markdown", default=None, help="write the table (with card and date) here")
     parser.add_argument("--json", default=None, help="write raw numbers here")
     parser.add_argument("--plot", default=None, help="draw TFLOP/s against sequence length into this PNG")
@@ -280,6 +283,7 @@ def main() -> None:
         run_case(case, args, flashinfer_backends)
     impls = [OURS + b for b in our_backends()] + ["sdpa-flash", "sdpa-cudnn"] + \
         [f"flashinfer-{b}" for b in flashinfer_backends]
+    impls = [name for name in impls if not args.impls or name in args.impls.split(",")]
     card = torch.cuda.get_device_name()
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     title = (f"{card}, torch {torch.__version__}, {stamp}; TFLOP/s (µs per call for the latency row), "
