@@ -93,9 +93,9 @@ struct PrefillSm90Cta {
 
   /// Writes zeros into rows [first_row, kBlockN) of a K/V tile (one warp, 16 bytes a lane).
   __device__ __forceinline__ static void zero_rows_from(DType* tile, int first_row, int lane) {
-    const int chunks = (kBlockN - max(first_row, 0)) * KVTile::kChunksPerRow;
-    for (int i = lane; i < chunks; i += 32) {
-      const int row = max(first_row, 0) + i / KVTile::kChunksPerRow, chunk = i % KVTile::kChunksPerRow;
+    const unsigned first = max(first_row, 0), chunks = (kBlockN - first) * KVTile::kChunksPerRow;
+    for (unsigned i = lane; i < chunks; i += 32) {
+      const unsigned row = first + i / KVTile::kChunksPerRow, chunk = i % KVTile::kChunksPerRow;
       *reinterpret_cast<uint4*>(tile + KVTile::offset(row, chunk * 8)) = make_uint4(0, 0, 0, 0);
     }
   }

@@ -115,7 +115,9 @@ struct OnlineSoftmax {
         sum += __shfl_xor_sync(0xffffffffu, sum, 1);
         sum += __shfl_xor_sync(0xffffffffu, sum, 2);
         const bool saw_keys = sum > 0.f;
-        const float inv_sum = saw_keys ? 1.f / sum : 0.f;
+        // A row that saw a key has sum >= 1 (the key that set its max weighs 1) and far
+        // below 2^126: the fast reciprocal (no slow path for tiny or huge values) is exact enough.
+        const float inv_sum = saw_keys ? __fdividef(1.f, sum) : 0.f;
         lse[r] = saw_keys ? (row_max[r] * logit_to_log2 + __log2f(sum)) * 0.69314718055994530942f : -INFINITY;
 #pragma unroll
         for (int nd = 0; nd < kNFragsO; ++nd) {
