@@ -26,7 +26,7 @@ for arg in "$@"; do
           log="$out/$tool-$backend.log"
           TORCH_ATTN_BACKEND=$backend compute-sanitizer --tool $tool --error-exitcode 9 \
             python3 tests/sanitize_prefill.py >"$log" 2>&1
-          echo "compute-sanitizer $tool, $backend: exit $? ($(grep -c 'ERROR SUMMARY: 0' "$log") clean summaries)"
+          echo "compute-sanitizer $tool, $backend: exit $? ($(grep -cE 'ERROR SUMMARY: 0 errors|RACECHECK SUMMARY: 0 hazards' "$log") clean summaries)"
           tail -3 "$log"
         done
       done ;;
