@@ -7,6 +7,13 @@
 
 namespace torch_attn {
 
+/// One 16-byte global store. (A uint4 kept in an array and stored through a pointer
+/// cast was split into four 4-byte stores by the front end.)
+__device__ __forceinline__ void store_16_bytes(void* dst, const uint4& v) {
+  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+               : "memory");
+}
+
 /// Writes this warp's 16 * kMFrags rows of out, starting at row warp_row0 of the
 /// query tile, and their LSE. O goes through the warp's own rows of the Q tile in
 /// shared memory (any layout with QTile::offset) so that global stores are 16-byte
@@ -38,25 +45,40 @@ __device__ __forceinline__ void store_warp_rows(const PrefillParams& p, const Wo
   constexpr int kWarpRows = kMFrags * 16;
   constexpr int kChunks = QTile::kChunksPerRow;
   // 16-byte chunk idx of the warp's rows: lane + 32 i. Where a row has a divisor of 32
-  // chunks, a lane keeps its chunk column and steps down 32 / kChunks rows at a time.
-  auto copy_chunk = [&](unsigned row, unsigned chunk) {
-    const int seq_row = w.q_row0 + static_cast<int>(row);
-    if (seq_row >= 0 && seq_row < w.qo_len && static_cast<int>(chunk) < chunks_valid) {
-      *reinterpret_cast<uint4*>(out + static_cast<int64_t>(row) * p.out_strides.token + chunk * 8) =
-          *reinterpret_cast<const uint4*>(q_smem + QTile::offset(row, chunk * 8));
-    }
-  };
+  // chunks, a lane keeps its chunk column and steps down 32 / kChunks rows at a time:
+  // it reads all its chunks first (the tile's own rows: always in bounds), so that the
+  // shared-memory loads overlap instead of each store waiting for its own, then stores
+  // through an out pointer advancing by a fixed stride (64-bit index math per chunk
+  // cost ~15 instructions each). A row is stored when 0 <= its sequence row < qo_len:
+  // one unsigned compare.
+  const unsigned qo_len = static_cast<unsigned>(w.qo_len);
   if constexpr (32 % kChunks == 0) {
-    constexpr int kRowsPerPass = 32 / kChunks;
+    constexpr int kRowsPerPass = 32 / kChunks, kPasses = kWarpRows / kRowsPerPass;
     const unsigned chunk = static_cast<unsigned>(lane) % kChunks;
     const unsigned first_row = row0 + static_cast<unsigned>(lane) / kChunks;
+    uint4 chunks[kPasses];
 #pragma unroll
-    for (int i = 0; i < kWarpRows / kRowsPerPass; ++i) copy_chunk(first_row + i * kRowsPerPass, chunk);
+    for (int i = 0; i < kPasses; ++i) {
+      chunks[i] = *reinterpret_cast<const uint4*>(q_smem + QTile::offset(first_row + i * kRowsPerPass, chunk * 8));
+    }
+    if (static_cast<int>(chunk) < chunks_valid) {
+      DType* dst = out + static_cast<int64_t>(first_row) * p.out_strides.token + chunk * 8;
+      const int64_t step = int64_t{kRowsPerPass} * p.out_strides.token;
+      const unsigned first_seq_row = static_cast<unsigned>(w.q_row0 + static_cast<int>(first_row));
+#pragma unroll
+      for (int i = 0; i < kPasses; ++i, dst += step) {
+        if (first_seq_row + i * kRowsPerPass < qo_len) store_16_bytes(dst, chunks[i]);
+      }
+    }
   } else {
 #pragma unroll
     for (int i = 0; i < kWarpRows * kChunks / 32; ++i) {
       const unsigned idx = static_cast<unsigned>(lane) + i * 32;
-      copy_chunk(row0 + idx / kChunks, idx % kChunks);
+      const unsigned row = row0 + idx / kChunks, chunk = idx % kChunks;
+      if (static_cast<int>(chunk) < chunks_valid && static_cast<unsigned>(w.q_row0 + static_cast<int>(row)) < qo_len) {
+        *reinterpret_cast<uint4*>(out + static_cast<int64_t>(row) * p.out_strides.token + chunk * 8) =
+            *reinterpret_cast<const uint4*>(q_smem + QTile::offset(row, chunk * 8));
+      }
     }
   }
   if (t == 0) {
