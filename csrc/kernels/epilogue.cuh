@@ -10,7 +10,8 @@ namespace torch_attn {
 /// One 16-byte global store. (A uint4 kept in an array and stored through a pointer
 /// cast was split into four 4-byte stores by the front end.)
 __device__ __forceinline__ void store_16_bytes(void* dst, const uint4& v) {
-  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(dst), "r"(v.x), "r"(v.y), "r"(v.z), "r"(v.w)
+  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(__cvta_generic_to_global(dst)), "r"(v.x),
+               "r"(v.y), "r"(v.z), "r"(v.w)
                : "memory");
 }
 
@@ -52,6 +53,9 @@ __device__ __forceinline__ void store_warp_rows(const PrefillParams& p, const Wo
   // cost ~15 instructions each). A row is stored when 0 <= its sequence row < qo_len:
   // one unsigned compare.
   const unsigned qo_len = static_cast<unsigned>(w.qo_len);
+  auto in_sequence = [&](unsigned tile_row) {
+    return static_cast<unsigned>(w.q_row0 + static_cast<int>(tile_row)) < qo_len;
+  };
   if constexpr (32 % kChunks == 0) {
     constexpr int kRowsPerPass = 32 / kChunks, kPasses = kWarpRows / kRowsPerPass;
     const unsigned chunk = static_cast<unsigned>(lane) % kChunks;
@@ -64,10 +68,9 @@ __device__ __forceinline__ void store_warp_rows(const PrefillParams& p, const Wo
     if (static_cast<int>(chunk) < chunks_valid) {
       DType* dst = out + static_cast<int64_t>(first_row) * p.out_strides.token + chunk * 8;
       const int64_t step = int64_t{kRowsPerPass} * p.out_strides.token;
-      const unsigned first_seq_row = static_cast<unsigned>(w.q_row0 + static_cast<int>(first_row));
 #pragma unroll
       for (int i = 0; i < kPasses; ++i, dst += step) {
-        if (first_seq_row + i * kRowsPerPass < qo_len) store_16_bytes(dst, chunks[i]);
+        if (in_sequence(first_row + i * kRowsPerPass)) store_16_bytes(dst, chunks[i]);
       }
     }
   } else {
@@ -75,7 +78,7 @@ __device__ __forceinline__ void store_warp_rows(const PrefillParams& p, const Wo
     for (int i = 0; i < kWarpRows * kChunks / 32; ++i) {
       const unsigned idx = static_cast<unsigned>(lane) + i * 32;
       const unsigned row = row0 + idx / kChunks, chunk = idx % kChunks;
-      if (static_cast<int>(chunk) < chunks_valid && static_cast<unsigned>(w.q_row0 + static_cast<int>(row)) < qo_len) {
+      if (static_cast<int>(chunk) < chunks_valid && in_sequence(row)) {
         *reinterpret_cast<uint4*>(out + static_cast<int64_t>(row) * p.out_strides.token + chunk * 8) =
             *reinterpret_cast<const uint4*>(q_smem + QTile::offset(row, chunk * 8));
       }
@@ -86,8 +89,8 @@ __device__ __forceinline__ void store_warp_rows(const PrefillParams& p, const Wo
                      w.qo_head * p.lse_strides.head;
 #pragma unroll
     for (int r = 0; r < 2 * kMFrags; ++r) {
-      const int row = w.q_row0 + warp_row0 + (r / 2) * 16 + g + 8 * (r % 2);
-      if (row >= 0 && row < w.qo_len) lse_out[row * p.lse_strides.token] = lse[r];
+      const unsigned row = row0 + (r / 2) * 16 + g + 8 * (r % 2);
+      if (in_sequence(row)) lse_out[(w.q_row0 + static_cast<int>(row)) * p.lse_strides.token] = lse[r];
     }
   }
 }

@@ -93,7 +93,7 @@ struct PrefillSm90Cta {
 
   /// Writes zeros into rows [first_row, kBlockN) of a K/V tile (one warp, 16 bytes a lane).
   __device__ __forceinline__ static void zero_rows_from(DType* tile, int first_row, int lane) {
-    const unsigned first = max(first_row, 0), chunks = (kBlockN - first) * KVTile::kChunksPerRow;
+    const unsigned first = min(max(first_row, 0), kBlockN), chunks = (kBlockN - first) * KVTile::kChunksPerRow;
     for (unsigned i = lane; i < chunks; i += 32) {
       const unsigned row = first + i / KVTile::kChunksPerRow, chunk = i % KVTile::kChunksPerRow;
       *reinterpret_cast<uint4*>(tile + KVTile::offset(row, chunk * 8)) = make_uint4(0, 0, 0, 0);
