@@ -171,8 +171,8 @@ cudaError_t launch_with(Backend backend, PrefillParams& p, const PrefillShape& s
   // head's query heads share it. The budget is a quarter of L2: with half of it
   // short sequences still re-read K/V from DRAM (ncu, d128 S=512: 296 MB read for
   // 201 MB of q, k, v; cuDNN reads 201) and a quarter gained 4-10% at S <= 1024;
-  // 16 pairs of 8 MB each at 16k tokens (d128) overflowed L2: 1-3 pairs per group
-  // ran 5-13% faster there (H100, 2026-11-26). Under a causal mask or a window the
+  // 16 pairs of 8 MB each at 16k tokens (d128, non-causal) overflowed L2: 1-3 pairs
+  // per group ran 5-13% faster there (H100, 2026-11-26). Under a causal mask or a window the
   // items' costs differ and the list runs heaviest-first only within a group: at
   // least SMs / 8 pairs per group then, so that the last group's heavy tiles start
   // early enough (groups of 12 pairs cost 4-10% at d128 causal S=4096 B=4). The
@@ -183,7 +183,7 @@ cudaError_t launch_with(Backend backend, PrefillParams& p, const PrefillShape& s
       std::max<int64_t>(1, shape.kv_len * shape.head_dim * 2 * 2 * shape.num_kv_heads / shape.num_qo_heads);
   const int64_t l2_budget = cached_attribute<cudaDevAttrL2CacheSize>(q.get_device()) / 4;
   const int sms = cached_attribute<cudaDevAttrMultiProcessorCount>(q.get_device());
-  const bool uneven_items = p.causal || p.window_left >= 0;
+  const bool uneven_items = p.causal || (p.window_left >= 0 && p.window_left < shape.kv_len);
   const int64_t min_pairs = uneven_items ? sms / 8 : 1;
   const int64_t grouped = std::clamp<int64_t>(std::max(l2_budget / kv_bytes_per_pair, min_pairs), 1, pairs);
   p.pairs_per_group = static_cast<int32_t>(sm90 ? grouped : pairs);
