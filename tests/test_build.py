@@ -52,28 +52,30 @@ def spills_by_kernel(report: str) -> dict[str, int]:
     return spills
 
 
-# Spills put values in local memory: a slowdown, never silent. The contiguous-K/V kernels
-# must not spill on sm_90a, with the known exceptions below, each bounded so that it
-# cannot grow unnoticed (their measured speed is in BENCHMARKS.md):
-#   * paged kernels need registers for page lookups: the mma.sync ones spill 68-84 bytes at
-#     head dim 128 (the wgmma ones at 128 and 256 none);
+# Spills put values in local memory: a slowdown, never silent. The kernels must not
+# spill on sm_90a, except these, each bounded so that it cannot grow unnoticed (their
+# measured speed is in BENCHMARKS.md):
+#   * mma.sync, paged: registers for page lookups; 68-84 bytes at head dim 128;
 #   * wgmma, head dim 64: three consumer groups share the register file (160 registers
-#     each, 32 for the producer): none, 48 bytes with the soft cap, 40 / 88 paged (per-item
-#     values of the producer, masked tiles).
-# Mangled names: prefill_sm90_kernel<Traits, kSoftCap, kPaged> ends in "ELb<cap>ELb<paged>EEEv";
-# the traits name the head-dim tile ("Li64EEE").
-PAGED_SPILL_BOUND = 128
-WGMMA_D64_SPILL_BOUND = 96
+#     each, 32 for the producer): 48 bytes with the soft cap, 40 paged, 88 paged with the
+#     soft cap (the producer's per-item values, masked tiles); none without either.
+# Mangled names: prefill_kernel / prefill_sm90_kernel<Traits, kSoftCap, kPaged> end in
+# "ELb<cap>ELb<paged>EEEv"; the traits name the head-dim tile ("Li64EEE").
+MMA_SYNC_PAGED_SPILL_BOUND = 128
+WGMMA_D64_SPILL_BOUNDS = {(False, False): 0, (True, False): 64, (False, True): 64, (True, True): 96}
 
 
-def is_paged_kernel(mangled: str) -> bool:
-    return "ELb1EEEv" in mangled
+def soft_cap_and_paged(mangled: str) -> tuple[bool, bool]:
+    flags = re.search(r"ELb([01])ELb([01])EEEv", mangled)
+    assert flags, f"no <kSoftCap, kPaged> in {mangled}"
+    return flags.group(1) == "1", flags.group(2) == "1"
 
 
 def spill_bound(mangled: str) -> int:
-    if "PrefillSm90Traits" in mangled and "Li64EEE" in mangled:
-        return WGMMA_D64_SPILL_BOUND
-    return PAGED_SPILL_BOUND if is_paged_kernel(mangled) else 0
+    soft_cap, paged = soft_cap_and_paged(mangled)
+    if "PrefillSm90Traits" in mangled:
+        return WGMMA_D64_SPILL_BOUNDS[(soft_cap, paged)] if "Li64EEE" in mangled else 0
+    return MMA_SYNC_PAGED_SPILL_BOUND if paged else 0
 
 
 @needs_nvcc
