@@ -196,7 +196,7 @@ def implementations(case: Case, q, k, v, qo_indptr, kv_indptr, flashinfer_backen
 def run_case(case: Case, args, flashinfer_backends) -> None:
     q, k, v, qo_indptr, kv_indptr = make_inputs(case)
     for name, fn in implementations(case, q, k, v, qo_indptr, kv_indptr, flashinfer_backends).items():
-        if args.impls and name not in args.impls.split(","):
+        if args.impls and name not in args.impls:
             continue
         os.environ["TORCH_ATTN_BACKEND"] = name[len(OURS):] if name.startswith(OURS) else "auto"
         try:
@@ -277,13 +277,17 @@ def main() -> None:
     parser.add_argument("--plot", default=None, help="draw TFLOP/s against sequence length into this PNG")
     args = parser.parse_args()
     flashinfer_backends = [b for b in args.flashinfer.split(",") if b]
+    known = [OURS + "sm80", OURS + "sm90", "sdpa-flash", "sdpa-cudnn"] + [f"flashinfer-{b}" for b in flashinfer_backends]
+    args.impls = {name.strip() for name in args.impls.split(",") if name.strip()}
+    if args.impls - set(known):
+        parser.error(f"--impls: unknown {sorted(args.impls - set(known))}; known: {', '.join(known)}")
     wanted = args.only.split(",")
     cases = [c for c in paper_grid() + serving_cases() + paged_cases() if any(w in c.name for w in wanted)]
     for case in cases:
         run_case(case, args, flashinfer_backends)
     impls = [OURS + b for b in our_backends()] + ["sdpa-flash", "sdpa-cudnn"] + \
         [f"flashinfer-{b}" for b in flashinfer_backends]
-    impls = [name for name in impls if not args.impls or name in args.impls.split(",")]
+    impls = [name for name in impls if not args.impls or name in args.impls]
     card = torch.cuda.get_device_name()
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     title = (f"{card}, torch {torch.__version__}, {stamp}; TFLOP/s (µs per call for the latency row), "
