@@ -26,11 +26,10 @@ cudaError_t launch_prefill_sm90(const PrefillParams& params, cudaStream_t stream
   bool encoded = q_encoded;
   if (paged) {
     // One box per page: whole 8-row swizzle atoms, and pages that tile a K/V tile (or
-    // tiles that tile a page): powers of two from 8.
+    // tiles that tile a page): powers of two from 8 (page_shift >= 3; -1 for others).
     const int page = params.page_size;
     maps.kv_rows_per_box = page < Traits::kBlockN ? page : Traits::kBlockN;
-    encoded = encoded && page >= 8 && (page & (page - 1)) == 0 &&
-              encode_kv(page, params.num_pages, maps.kv_rows_per_box);
+    encoded = encoded && params.page_shift >= 3 && encode_kv(page, params.num_pages, maps.kv_rows_per_box);
   } else {
     // Without keys (kv_len = 0 everywhere) the kernel loads no K/V tile: no maps needed.
     encoded = encoded && (params.kv_len == 0 || encode_kv(params.kv_len, batch, Traits::kBlockN));
