@@ -2,7 +2,7 @@
 // (dtype, head-dim tile), launch on the current stream. Never synchronises and
 // never reads device data, so the op can be captured in a CUDA graph.
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/zeros.h>
+#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -189,15 +189,19 @@ cudaError_t launch_with(Backend backend, PrefillParams& p, const PrefillShape& s
   p.pairs_per_group = static_cast<int32_t>(sm90 ? grouped : pairs);
   // The wgmma kernel is persistent: one CTA per SM (its shared memory allows no second).
   // With more items than CTAs they claim items from a counter that starts at 0 on every
-  // launch (a zero-fill on the stream: graph replays zero it again; its own allocation,
-  // so that launches on other streams never share it).
+  // launch (a memset on the stream: graph replays zero it again; its own allocation,
+  // so that launches on other streams never share it). A memset, not at::zeros: the
+  // fill kernel cost 7.7 us of host time per call (H200), 40% of the op's host path.
   p.max_ctas = sm90 ? sms : 0;
+  const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(q.get_device()).stream();
   at::Tensor item_counter;  // freed after the launch is queued: the allocator is stream-ordered
   if (sm90 && slots * shape.num_qo_heads > sms) {
-    item_counter = at::zeros({1}, q.options().dtype(at::kInt));
+    item_counter = at::empty({1}, q.options().dtype(at::kInt));
     p.item_counter = item_counter.data_ptr<int32_t>();
+    const cudaError_t err = cudaMemsetAsync(p.item_counter, 0, sizeof(int32_t), stream);
+    if (err != cudaSuccess) return err;
   }
-  return launcher.launch(p, c10::cuda::getCurrentCUDAStream(q.get_device()).stream());
+  return launcher.launch(p, stream);
 }
 
 /// Launches the backend's kernel. The wgmma kernel declines (cudaErrorNotSupported,
