@@ -9,6 +9,7 @@
 // computes it once per row and masks each score with two compares.
 #pragma once
 #include <cstdint>
+#include <type_traits>
 
 namespace torch_attn {
 
@@ -34,6 +35,17 @@ struct VisibleKeys {
   }
 };
 
+/// Which ends of the rows' visible-key intervals a tile's scores must be tested
+/// against. Tiles after the unmasked run (the diagonal of a causal mask, the tile
+/// reaching past kv_len) start at or after every row's first visible key: only the
+/// end matters there, one compare per score instead of two. Tiles before the run (a
+/// window's left edge) may also cross a row's end when the window is narrow: both.
+enum class TileMask { kNone, kEnd, kBoth };
+// The kinds as types, for the kernels' per-kind instantiations of their tile steps.
+using MaskNone = std::integral_constant<TileMask, TileMask::kNone>;
+using MaskEnd = std::integral_constant<TileMask, TileMask::kEnd>;
+using MaskBoth = std::integral_constant<TileMask, TileMask::kBoth>;
+
 /// The K/V tiles [begin, begin + count) that a query tile with rows [q_row0, q_row0 +
 /// rows) needs, and the run [full_begin, full_end) of them (counted from begin) in
 /// which every row sees every key, so no score needs a mask. Both interval ends grow
@@ -57,8 +69,10 @@ struct KvTileRange {
     return {begin, end - begin, full_begin, full_end};
   }
 
-  /// Whether tile j (counted from begin) has a hidden score.
-  __device__ __forceinline__ bool needs_mask(int j) const { return j < full_begin || j >= full_end; }
+  /// The test tile j (counted from begin) needs.
+  __device__ __forceinline__ TileMask mask_of(int j) const {
+    return j < full_begin ? TileMask::kBoth : (j >= full_end ? TileMask::kEnd : TileMask::kNone);
+  }
 };
 
 }  // namespace torch_attn

@@ -287,9 +287,9 @@ struct PrefillCta {
     softmax.init();
 
     // One K/V tile: S = Q K_j^T, softmax, O += P V_j, with the next loads issued as
-    // soon as a stage frees up. kNeedMask: whether any score of the tile is hidden.
-    auto process_tile = [&](int j, auto need_mask) {
-      constexpr bool kNeedMask = decltype(need_mask)::value;
+    // soon as a stage frees up. kMask: which ends of the visible keys its scores are tested against.
+    auto process_tile = [&](int j, auto mask) {
+      constexpr TileMask kMask = decltype(mask)::value;
       const int stage = j % kStages;
       cp_async_wait<2 * kStages - 2>();
       __syncthreads();  // K_j has landed for all threads; all warps are done with V_{j-1}
@@ -299,7 +299,7 @@ struct PrefillCta {
 
       float s[kMFrags][kNFragsS][4];
       compute_scores(k_smem + stage * KVTile::kElems, s);
-      scores_to_logits<kSoftCap, kNeedMask>(s, p, visibility, w.q_row0 + warp_row0, (tile_begin + j) * kBlockN, lane);
+      scores_to_logits<kSoftCap, kMask>(s, p, visibility, w.q_row0 + warp_row0, (tile_begin + j) * kBlockN, lane);
       softmax.update(s, o, p.logit_to_log2);
 
       cp_async_wait<2 * kStages - 2>();
@@ -316,9 +316,9 @@ struct PrefillCta {
     // ptxas spill 12 bytes at d128.
     const KvTileRange run = KvTileRange::of<kBlockN>(visibility, w.q_row0, rows_valid);
     int j = 0;
-    for (; j < run.full_begin; ++j) process_tile(j, std::true_type{});
-    for (; j < run.full_end; ++j) process_tile(j, std::false_type{});
-    for (; j < num_tiles; ++j) process_tile(j, std::true_type{});
+    for (; j < run.full_begin; ++j) process_tile(j, MaskBoth{});
+    for (; j < run.full_end; ++j) process_tile(j, MaskNone{});
+    for (; j < num_tiles; ++j) process_tile(j, MaskBoth{});  // (MaskEnd here made ptxas spill 8-28 bytes at d128)
 
     cp_async_wait<0>();  // nothing may still write the Q tile that store() reuses
     __syncthreads();
