@@ -268,11 +268,16 @@ struct PrefillSm90Cta {
     float s[1][kNFragsS][4];
     uint32_t pw[kPFrags][4];
     // Scores of tile j -> weights P (left in s); rescale: what O must be multiplied by
-    // (exactly 1 for a row whose max stayed).
+    // (exactly 1 for a row whose max stayed). Returns whether any row of the warp moved.
     auto weights_of = [&](int j, auto mask, float (&rescale)[2]) {
       scores_to_logits<kSoftCap, decltype(mask)::value>(s, p, visibility, query_row0, (tiles.begin + j) * kBlockN,
                                                         lane);
-      softmax.logits_to_weights(s, p.logit_to_log2, [&](int r, float factor, bool) { rescale[r] = factor; });
+      bool moved = false;
+      softmax.logits_to_weights(s, p.logit_to_log2, [&](int r, float factor, bool moves) {
+        rescale[r] = factor;
+        moved |= moves;
+      });
+      return __any_sync(0xffffffffu, moved);
     };
 
     // Tile j of this item is tile tiles_done + j of the CTA's pipeline: its stage and
@@ -289,34 +294,40 @@ struct PrefillSm90Cta {
       wgmma_pin(s[0]);
       release(bar.k_empty[stage_of(0)], lane);
       // rescale: what O must be multiplied by before P_j V_j adds to it, from the
-      // softmax of tile j. It stays live into the next step; a flag for "any row
-      // moved" kept beside it cost ptxas registers (spills with the soft cap).
+      // softmax of tile j.
       float rescale[2];
       // (Both ends where tile 0 needs any test: a third instantiation of the softmax
       // for tile 0 alone made ptxas spill more at width 64.)
       if (tiles.mask_of(0) == TileMask::kNone) weights_of(0, MaskNone{}, rescale);
       else weights_of(0, MaskBoth{}, rescale);
       rescale[0] = rescale[1] = 1.f;  // O is still 0: nothing to rescale
-      auto rescale_o = [&] {  // a warp-uniform branch: most tiles move no row's max
-        if (__any_sync(0xffffffffu, rescale[0] != 1.f || rescale[1] != 1.f)) {
+      // After P_t V_t (t = -1: none was issued): its V stage goes back to the producer,
+      // and O takes tile t+1's rescale before P_{t+1} V_{t+1} adds to it where a row
+      // of the warp moved (a warp-uniform branch: most tiles move none).
+      auto finish_pv = [&](int t, bool moved) {
+        wgmma_wait<0>();
+        wgmma_pin(o[0]);
+        if (t >= 0) release(bar.v_empty[stage_of(t)], lane);
+        if (moved) {
           OnlineSoftmax<1>::rescale_row(o, 0, rescale[0]);
           OnlineSoftmax<1>::rescale_row(o, 1, rescale[1]);
         }
       };
+      // Whether a row moved, from the factors (1: it did not). With kPvWaitInNextStep,
+      // the flag from weights_of kept live into the next step cost registers (spills
+      // with the soft cap at width 256).
+      auto any_row_moved = [&] { return __any_sync(0xffffffffu, rescale[0] != 1.f || rescale[1] != 1.f); };
 
       // Tile j: S_j = Q K_j^T and O += P_{j-1} V_{j-1} in flight together; the
-      // softmax of S_j overlaps the second. O waits for P_{j-2} V_{j-2} (and takes
-      // tile j-1's rescale) at the start of step j, not at the end of step j-1: in
-      // one basic block with the softmax, ptxas hoisted that wait above the
-      // exponentials (it places waits as early as it can), and the softmax ran after
-      // P_{j-2} V_{j-2} instead of under it (stall sampling, d128: 6% of all warp
-      // samples on the wait, the exponentials after it).
+      // softmax of S_j overlaps the second. Where the wait for P_{j-1} V_{j-1} sits
+      // is the tile shape's choice (kPvWaitInNextStep, prefill_sm90_traits.cuh): at
+      // the end of step j, ptxas hoists it above the softmax's exponentials (it
+      // places a wait as early as it can in its basic block), so they run after the
+      // product; at the start of step j + 1 (after the loop's back edge) it cannot
+      // move, and they run under it.
       auto step = [&](int j, auto mask) {
         const int stage = stage_of(j), prev_stage = stage_of(j - 1);
-        wgmma_wait<0>();  // P_{j-2} V_{j-2} is done: O and the registers of P are free
-        wgmma_pin(o[0]);
-        if (j >= 2) release(bar.v_empty[stage_of(j - 2)], lane);
-        rescale_o();
+        if (Traits::kPvWaitInNextStep) finish_pv(j - 2, any_row_moved());
         pack_weights(s, pw);  // P_{j-1}, from the weights left in s
         bar.k_full[stage].wait(parity_of(j));
         pin_operands(s[0], o[0], pw);
@@ -330,7 +341,8 @@ struct PrefillSm90Cta {
         wgmma_wait<1>();  // S_j is ready; P_{j-1} V_{j-1} may still run
         wgmma_pin(s[0]);
         release(bar.k_empty[stage], lane);
-        weights_of(j, mask, rescale);
+        const bool moved = weights_of(j, mask, rescale);
+        if (!Traits::kPvWaitInNextStep) finish_pv(j - 1, moved);
       };
       int j = 1;
       for (; j < max(1, tiles.full_begin); ++j) step(j, MaskBoth{});
@@ -341,10 +353,7 @@ struct PrefillSm90Cta {
       for (; j < tiles.count; ++j) step(j, std::conditional_t<kSoftCap, MaskBoth, MaskEnd>{});
 
       const int last = tiles.count - 1, last_stage = stage_of(last);
-      wgmma_wait<0>();  // P_{last-1} V_{last-1}
-      wgmma_pin(o[0]);
-      if (last >= 1) release(bar.v_empty[stage_of(last - 1)], lane);
-      rescale_o();
+      if (Traits::kPvWaitInNextStep) finish_pv(last - 1, any_row_moved());
       pack_weights(s, pw);
       bar.v_full[last_stage].wait(parity_of(last));
       pin_operands(s[0], o[0], pw);
