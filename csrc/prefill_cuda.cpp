@@ -154,6 +154,7 @@ cudaError_t launch_with(Backend backend, PrefillParams& p, const PrefillShape& s
   const Launcher& launcher = pick_launcher(
       backend, q.scalar_type() == at::kBFloat16 ? ScalarKind::kBFloat16 : ScalarKind::kFloat16, shape.head_dim);
   const bool sm90 = backend == Backend::kSm90;
+  p.item_counter = nullptr;  // (a declined wgmma launch may have set it)
   const int64_t block_m = sm90 ? prefill_sm90_block_m(launcher.head_dim_tile) : prefill_block_m(launcher.head_dim_tile);
   const size_t smem = sm90 ? prefill_sm90_smem_bytes(launcher.head_dim_tile) : prefill_smem_bytes(launcher.head_dim_tile);
   const int device_smem_limit = cached_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>(q.get_device());
@@ -205,9 +206,9 @@ cudaError_t launch_with(Backend backend, PrefillParams& p, const PrefillShape& s
 }
 
 /// Launches the backend's kernel. The wgmma kernel declines (cudaErrorNotSupported,
-/// before launching anything) when the copy engine cannot describe q, k or v, or
-/// the page size is not a power of two from 8; the mma.sync kernel runs then, unless
-/// TORCH_ATTN_BACKEND=sm90 insists.
+/// before launching a kernel; its counter's memset may be queued already, harmless)
+/// when the copy engine cannot describe q, k or v, or the page size is not a power
+/// of two from 8; the mma.sync kernel runs then, unless TORCH_ATTN_BACKEND=sm90 insists.
 void launch(PrefillParams& p, const PrefillShape& shape, const at::Tensor& q) {
   const BackendChoice choice = pick_backend(q.get_device());
   cudaError_t err = launch_with(choice.backend, p, shape, q);

@@ -77,7 +77,9 @@ def soft_cap_and_paged(mangled: str) -> tuple[bool, bool]:
 def spill_bound(mangled: str) -> int:
     soft_cap, paged = soft_cap_and_paged(mangled)
     if "PrefillSm90Traits" in mangled:
-        width = int(re.search(r"Li(\d+)EEE", mangled).group(1))
+        tile = re.search(r"Li(\d+)EEE", mangled)
+        assert tile, f"no head-dim tile in {mangled}"
+        width = int(tile.group(1))
         return WGMMA_SPILL_BOUNDS.get((width, soft_cap, paged), 0)
     return MMA_SYNC_PAGED_SPILL_BOUND if paged else 0
 

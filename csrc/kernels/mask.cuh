@@ -38,9 +38,10 @@ struct VisibleKeys {
 
 /// Which ends of the rows' visible-key intervals a tile's scores must be tested
 /// against. Tiles after the unmasked run (the diagonal of a causal mask, the tile
-/// reaching past kv_len) start at or after every row's first visible key: only the
-/// end matters there, one compare per score instead of two. Tiles before the run (a
-/// window's left edge) may also cross a row's end when the window is narrow: both.
+/// reaching past kv_len) start at or after the first visible key of every row up to
+/// the range's last (KvTileRange::of): only the end matters there, one compare per
+/// score instead of two. Tiles before the run (a window's left edge) may also cross
+/// a row's end when the window is narrow: both.
 enum class TileMask { kNone, kEnd, kBoth };
 // The kinds as types, for the kernels' per-kind instantiations of their tile steps.
 using MaskNone = std::integral_constant<TileMask, TileMask::kNone>;
@@ -70,10 +71,8 @@ struct KvTileRange {
     return {begin, end - begin, full_begin, full_end};
   }
 
-  /// The test tile j (counted from begin) needs.
-  __device__ __forceinline__ TileMask mask_of(int j) const {
-    return j < full_begin ? TileMask::kBoth : (j >= full_end ? TileMask::kEnd : TileMask::kNone);
-  }
+  /// Whether tile j (counted from begin) has a hidden score.
+  __device__ __forceinline__ bool needs_mask(int j) const { return j < full_begin || j >= full_end; }
 };
 
 }  // namespace torch_attn

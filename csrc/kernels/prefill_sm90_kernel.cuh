@@ -298,9 +298,9 @@ struct PrefillSm90Cta {
       float rescale[2];
       // (Both ends where tile 0 needs any test: a third instantiation of the softmax
       // for tile 0 alone made ptxas spill more at width 64.)
-      if (tiles.mask_of(0) == TileMask::kNone) weights_of(0, MaskNone{}, rescale);
-      else weights_of(0, MaskBoth{}, rescale);
-      rescale[0] = rescale[1] = 1.f;  // O is still 0: nothing to rescale
+      if (tiles.needs_mask(0)) weights_of(0, MaskBoth{}, rescale);
+      else weights_of(0, MaskNone{}, rescale);
+      rescale[0] = rescale[1] = 1.f;  // O is still 0: nothing to rescale (any_row_moved reads this)
       // After P_t V_t (t = -1: none was issued): its V stage goes back to the producer,
       // and O takes tile t+1's rescale before P_{t+1} V_{t+1} adds to it where a row
       // of the warp moved (a warp-uniform branch: most tiles move none).
