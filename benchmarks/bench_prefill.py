@@ -277,8 +277,8 @@ def main() -> None:
     parser.add_argument("--plot", default=None, help="draw TFLOP/s against sequence length into this PNG")
     args = parser.parse_args()
     flashinfer_backends = [b for b in args.flashinfer.split(",") if b]
-    peers = ["sdpa-flash", "sdpa-cudnn"] + [f"flashinfer-{b}" for b in flashinfer_backends]
-    known = [OURS + "sm80", OURS + "sm90"] + peers
+    known = [OURS + b for b in our_backends()] + ["sdpa-flash", "sdpa-cudnn"] + \
+        [f"flashinfer-{b}" for b in flashinfer_backends]
     args.impls = {name.strip() for name in args.impls.split(",") if name.strip()}
     if args.impls - set(known):
         parser.error(f"--impls: unknown {sorted(args.impls - set(known))}; known: {', '.join(known)}")
@@ -286,7 +286,7 @@ def main() -> None:
     cases = [c for c in paper_grid() + serving_cases() + paged_cases() if any(w in c.name for w in wanted)]
     for case in cases:
         run_case(case, args, flashinfer_backends)
-    impls = [name for name in [OURS + b for b in our_backends()] + peers if not args.impls or name in args.impls]
+    impls = [name for name in known if not args.impls or name in args.impls]
     card = torch.cuda.get_device_name()
     stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     title = (f"{card}, torch {torch.__version__}, {stamp}; TFLOP/s (µs per call for the latency row), "

@@ -313,9 +313,10 @@ struct PrefillSm90Cta {
           OnlineSoftmax<1>::rescale_row(o, 1, rescale[1]);
         }
       };
-      // Whether a row moved, from the factors (1: it did not). With kPvWaitInNextStep,
-      // the flag from weights_of kept live into the next step cost registers (spills
-      // with the soft cap at width 256).
+      // Whether a row moved, from the factors (1: it did not), for kPvWaitInNextStep: the
+      // flag weights_of returns, kept live into the next step, cost registers (spills with
+      // the soft cap at width 256). Without it the flag is used: derived from the factors
+      // there, the d64 soft-cap kernels spilled 40 bytes more.
       auto any_row_moved = [&] { return __any_sync(0xffffffffu, rescale[0] != 1.f || rescale[1] != 1.f); };
 
       // Tile j: S_j = Q K_j^T and O += P_{j-1} V_{j-1} in flight together; the
