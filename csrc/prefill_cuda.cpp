@@ -149,6 +149,15 @@ PrefillParams common_params(const at::Tensor& q, const at::Tensor& out, const at
   return p;
 }
 
+/// Whether the wgmma kernel may split its last round of items (tail_split.h):
+/// TORCH_ATTN_TAIL_SPLIT=0 turns it off, for comparisons; read on every call.
+bool tail_split_allowed() {
+  const char* env = std::getenv("TORCH_ATTN_TAIL_SPLIT");
+  if (env == nullptr || *env == '\0' || std::strcmp(env, "1") == 0) return true;
+  TORCH_CHECK_VALUE(std::strcmp(env, "0") == 0, "TORCH_ATTN_TAIL_SPLIT: expected 0 or 1, got '", env, "'");
+  return false;
+}
+
 /// Sizes the grid for `backend`'s kernel and launches it on the current stream.
 cudaError_t launch_with(Backend backend, PrefillParams& p, const PrefillShape& shape, const at::Tensor& q) {
   const Launcher& launcher = pick_launcher(
@@ -194,13 +203,37 @@ cudaError_t launch_with(Backend backend, PrefillParams& p, const PrefillShape& s
   // so that launches on other streams never share it). A memset, not at::zeros: the
   // fill kernel cost 7.7 us of host time per call (H200), 40% of the op's host path.
   p.max_ctas = sm90 ? sms : 0;
+  // Items of equal cost (dense, no causal mask or window; T K/V tiles each): where the
+  // last round's items (or all of them, fewer than SMs) are at most half as many as
+  // the SMs, the wgmma kernel runs them in pieces on the SMs that would idle (tail_split.h).
+  const int64_t items = slots * shape.num_qo_heads;
+  p.split = no_tail_split(static_cast<int32_t>(items));
+  const bool split_allowed = tail_split_allowed();  // (read on every backend: a bad value always fails)
+  if (sm90 && split_allowed && !shape.ragged && p.block_table == nullptr && !uneven_items) {
+    const int64_t block_n = prefill_sm90_block_n(launcher.head_dim_tile);
+    p.split = plan_tail_split(items, sms, (shape.kv_len + block_n - 1) / block_n);
+  }
+  const int64_t tail_items = items - p.split.first_item;
+  const int64_t consumer_warps = block_m / 16;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(q.get_device()).stream();
-  at::Tensor item_counter;  // freed after the launch is queued: the allocator is stream-ordered
-  if (sm90 && slots * shape.num_qo_heads > sms) {
-    item_counter = at::empty({1}, q.options().dtype(at::kInt));
-    p.item_counter = item_counter.data_ptr<int32_t>();
-    const cudaError_t err = cudaMemsetAsync(p.item_counter, 0, sizeof(int32_t), stream);
+  // Freed after the launch is queued: the allocator is stream-ordered.
+  at::Tensor counters, partials;
+  if (sm90 && (p.split.claims > sms || tail_items > 0)) {
+    // The claim counter (used with more claims than CTAs), then each tail item's
+    // arrivals per consumer warp.
+    const int64_t count = 1 + tail_items * consumer_warps;
+    counters = at::empty({count}, q.options().dtype(at::kInt));
+    const cudaError_t err = cudaMemsetAsync(counters.data_ptr<int32_t>(), 0, count * sizeof(int32_t), stream);
     if (err != cudaSuccess) return err;
+    p.item_counter = p.split.claims > sms ? counters.data_ptr<int32_t>() : nullptr;
+    p.split.arrivals = counters.data_ptr<int32_t>() + 1;
+  }
+  if (tail_items > 0) {  // every piece's out (fp32, the tile's width) and lse, in its slot
+    const int64_t slots_total = tail_items * p.split.pieces;
+    const int64_t out_floats = slots_total * block_m * launcher.head_dim_tile;
+    partials = at::empty({out_floats + slots_total * block_m}, q.options().dtype(at::kFloat));
+    p.split.partial_out = partials.data_ptr<float>();
+    p.split.partial_lse = p.split.partial_out + out_floats;
   }
   return launcher.launch(p, stream);
 }

@@ -26,6 +26,15 @@ int prefill_sm90_block_m(int head_dim_tile) {
   return 0;
 }
 
+int prefill_sm90_block_n(int head_dim_tile) {
+  switch (head_dim_tile) {
+#define X(W) TORCH_ATTN_TILE_CASE(W, (PrefillSm90Traits<__nv_bfloat16, W>::kBlockN))
+    TORCH_ATTN_FOR_EACH_SM90_HEAD_DIM_TILE(X)
+#undef X
+  }
+  return 0;
+}
+
 size_t prefill_sm90_smem_bytes(int head_dim_tile) {
   switch (head_dim_tile) {
 #define X(W) TORCH_ATTN_TILE_CASE(W, (PrefillSm90Traits<__nv_bfloat16, W>::kSmemBytes))

@@ -34,7 +34,8 @@ cudaError_t allow_smem_once(std::atomic<uint64_t>& configured, size_t bytes, Ker
 }
 
 /// Launches the variant of a kernel that `params` needs: soft cap or not (a tanh
-/// per score), paged cache or not (addresses). One CTA per query-tile slot and head.
+/// per score), paged cache or not (addresses). One CTA per query-tile slot and head
+/// (params.split.claims: the wgmma kernel may split some of them into pieces).
 /// params.max_ctas > 0: a persistent grid of at most that many CTAs. `extra`: further
 /// kernel arguments after the parameters.
 template <class Kernel, class... Extra>
@@ -46,9 +47,10 @@ cudaError_t launch_variant(std::atomic<uint64_t>& smem_configured, int threads, 
   if (err != cudaSuccess) return err;
   const bool soft_cap = params.soft_cap > 0.f, paged = params.block_table != nullptr;
   const Kernel kernel = paged ? (soft_cap ? paged_with_cap : paged_without_cap) : (soft_cap ? with_cap : without_cap);
-  const unsigned items = static_cast<unsigned>(params.num_q_tile_slots) * static_cast<unsigned>(params.num_qo_heads);
+  // A CTA per claim (a work item, or a piece of the wgmma kernel's tail: tail_split.h).
+  const unsigned claims = static_cast<unsigned>(params.split.claims);
   const unsigned max_ctas = static_cast<unsigned>(params.max_ctas);
-  const dim3 grid(max_ctas > 0 && max_ctas < items ? max_ctas : items);
+  const dim3 grid(max_ctas > 0 && max_ctas < claims ? max_ctas : claims);
   kernel<<<grid, threads, smem_bytes, stream>>>(params, extra...);
   return cudaGetLastError();
 }

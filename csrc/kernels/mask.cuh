@@ -71,6 +71,12 @@ struct KvTileRange {
     return {begin, end - begin, full_begin, full_end};
   }
 
+  /// The tiles [first, first + n) of this range (first + n <= count), with their unmasked run.
+  __device__ __forceinline__ KvTileRange part(int first, int n) const {
+    const int part_full_begin = min(max(full_begin - first, 0), n);
+    return {begin + first, n, part_full_begin, min(max(full_end - first, part_full_begin), n)};
+  }
+
   /// Whether tile j (counted from begin) has a hidden score.
   __device__ __forceinline__ bool needs_mask(int j) const { return j < full_begin || j >= full_end; }
 };

@@ -2,6 +2,7 @@
 // No torch and no CUDA headers: the host fills it, the kernel reads it by value.
 #pragma once
 #include <cstdint>
+#include "tail_split.h"
 
 namespace torch_attn {
 
@@ -73,6 +74,9 @@ struct PrefillParams {
   // Persistent grid with more items than CTAs: a counter the host zeroes before each
   // launch; CTAs claim their items after the first from it (item = count + grid size).
   int32_t* item_counter;
+  // The wgmma kernel's claims past the whole items: pieces of the last items' K/V
+  // (tail_split.h). The host sets first_item to the item count where it does not split.
+  TailSplit split;
 };
 
 }  // namespace torch_attn

@@ -25,6 +25,8 @@ cudaError_t launch_prefill_sm90(const PrefillParams& params, cudaStream_t stream
 /// Query rows per CTA for a head-dim tile width (the host sizes the grid with it).
 int prefill_block_m(int head_dim_tile);
 int prefill_sm90_block_m(int head_dim_tile);
+/// Keys per K/V tile of the wgmma kernel (the tail split counts tiles).
+int prefill_sm90_block_n(int head_dim_tile);
 
 /// Shared memory one CTA needs, to check against the device's per-block limit.
 size_t prefill_smem_bytes(int head_dim_tile);

@@ -35,6 +35,7 @@
 #include "params.h"
 #include "prefill_sm90_traits.cuh"
 #include "softmax.cuh"
+#include "tail_split.cuh"
 #include "tensor_map.cuh"
 #include "warp_specialization.cuh"
 #include "wgmma.cuh"
@@ -85,8 +86,11 @@ struct PrefillSm90Cta {
 
   // Each role computes the tile range itself, after setmaxnreg: values computed
   // before the role split stay live across it, which cost a spill.
+  // A tail piece: its part of the item's tiles.
   __device__ __forceinline__ KvTileRange tile_range() const {
-    return KvTileRange::of<kBlockN>(w.visible_keys(p), w.row_begin(), w.row_end<Traits::kBlockM>() - w.row_begin());
+    const KvTileRange item = KvTileRange::of<kBlockN>(w.visible_keys(p), w.row_begin(),
+                                                      w.row_end<Traits::kBlockM>() - w.row_begin());
+    return !kPaged && w.is_tail_piece() ? item.part(w.kv_tile0, w.kv_tiles) : item;
   }
 
   // ---- producer (warpgroup 0, threads 0..127) ----
@@ -369,9 +373,17 @@ struct PrefillSm90Cta {
 
     float lse[2];
     softmax.finalize(o, p.logit_to_log2, lse);
+    // A tail piece stores out only where it is the last of its item's pieces to
+    // finish, after merging them all (tail_split.cuh).
+    bool stores = true;
+    if (!kPaged && w.is_tail_piece()) {
+      const TailPieceRows<kNFragsO, Traits::kConsumerWarps> rows{p.split, w, group * 4 + warp_in_group, lane};
+      stores = rows.hand_over(o, lse);
+      if (stores) rows.merge(o, lse);
+    }
     // The warpgroup's last wgmma read its Q rows; all four warps are past it here.
     named_barrier_sync(1 + group, 128);
-    store_warp_rows<QTile>(p, w, q_tile, warp_row0, lane, chunks_valid, o, lse);
+    if (stores) store_warp_rows<QTile>(p, w, q_tile, warp_row0, lane, chunks_valid, o, lse);
     // The next item's Q may now overwrite these rows: through the copy engine (async
     // proxy) after these ordinary shared-memory accesses, hence the proxy fence.
     fence_proxy_async_shared();
@@ -421,8 +433,10 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   // claims and finds the items; the other roles read them from shared memory (the
   // CTA's k-th item in slot k % kItemSlots; end_of_list after the last). The
   // pipeline's stages and phases run on across items; tiles_done counts K/V tiles.
+  // Items of equal cost that would leave SMs idle (a last, partial round, or fewer
+  // items than SMs) may run as pieces of their K/V tiles, claimed after the whole
+  // items (tail_split.h).
   const int group = static_cast<int>(threadIdx.x) / 128;
-  const int num_items = params.num_q_tile_slots * params.num_qo_heads;
   constexpr int kItemSlots = Traits::kItemSlots;
   uint32_t tiles_done = 0;
   auto cta_of = [&](const WorkItem& work) {
@@ -446,6 +460,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     const int lane = static_cast<int>(threadIdx.x) % 32;
     uint32_t tail_loads = 0;
     if (threadIdx.x < 32) {  // warp 0: claims and finds the items, loads Q and K
+      // A claim is a whole item or a piece of a tail item (tail_split.h).
       int item = static_cast<int>(blockIdx.x);
       for (int k = 0;; ++k) {
         const int slot = k % kItemSlots;
@@ -455,7 +470,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
           // Tiles aligned to the sequence's end: rows before it load as zeros (dense, or the
           // first sequence of a ragged batch) or as the previous sequence's, never stored.
           WorkItem found;
-          if (item >= num_items || !find_work_item<Traits::kBlockM, /*kEndAligned=*/true>(params, item, found)) {
+          if (!find_claimed_work<Traits::kBlockM, /*kMaySplit=*/!kPaged>(params, item, found)) {
             found = WorkItem::end_of_list();  // (a ragged batch's spare items come last)
           }
           if (lane == 0) {
@@ -474,9 +489,12 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
         // are a stage or two behind, which hides the atomic's latency). Claimed any
         // earlier, the CTAs would start the items of one K/V head (GQA) at times further
         // apart, and read its keys from DRAM once each instead of once together.
-        int next = num_items;
+        int next = params.split.claims;
         if (params.item_counter != nullptr && lane == 0) {
-          next = atomicAdd(params.item_counter, 1) + static_cast<int>(gridDim.x);
+          // (The grid size read here, not kept: kept across the item, it was spilled.)
+          unsigned grid;
+          asm volatile("mov.u32 %0, %%nctaid.x;" : "=r"(grid));
+          next = atomicAdd(params.item_counter, 1) + static_cast<int>(grid);
         }
         item = __shfl_sync(0xffffffffu, next, 0);
       }

@@ -71,10 +71,10 @@ struct PrefillSm90Traits {
   // The mbarriers after the tiles: Q full and empty, full / empty for the K and V of
   // each stage, the producer's own for V tiles past kv_len, written / read for each
   // slot of work items. Then the work items the producer hands to the other roles (a
-  // WorkItem is 7 ints; 32 bytes reserved).
+  // WorkItem is 11 ints; 48 bytes reserved).
   static constexpr int kItemSlots = 2;
   static constexpr size_t kBarrierBytes = sizeof(uint64_t) * (2 * kQStages + 4 * kStages + 1 + 2 * kItemSlots);
-  static constexpr size_t kItemBytes = 32;
+  static constexpr size_t kItemBytes = 48;
   static constexpr size_t kSmemBytes = 1024 + kTileBytes + kBarrierBytes + kItemBytes * kItemSlots;
 
   static_assert(kConsumerRegs <= 256 && kConsumerRegs >= kHeadDim / 2 + kBlockN / 2 + kBlockN / 4,

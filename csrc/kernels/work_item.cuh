@@ -16,6 +16,13 @@ struct WorkItem {
   int kv_len;
   int q_start;   // the sequence's first row in a ragged q / k (0 when dense)
   int kv_start;
+  // Piece tail_piece of tail item tail_item (the wgmma kernel's tail split,
+  // tail_split.h): the item's K/V tiles [kv_tile0, kv_tile0 + kv_tiles) only (worked
+  // out once, by the producer). tail_item < 0: the whole item.
+  int tail_item = -1;
+  int tail_piece = 0;
+  int kv_tile0 = 0;
+  int kv_tiles = 0;
 
   /// Query rows of this tile inside the sequence (the last tile may run past its end).
   template <int kBlockM>
@@ -34,6 +41,7 @@ struct WorkItem {
     return w;
   }
   __device__ __forceinline__ bool is_end_of_list() const { return seq < 0; }
+  __device__ __forceinline__ bool is_tail_piece() const { return tail_item >= 0; }
 
   /// A paged sequence's row of the block table.
   __device__ __forceinline__ const int32_t* block_table_row(const PrefillParams& p) const {
