@@ -1,6 +1,6 @@
 """A small grid for compute-sanitizer (memcheck, racecheck): every head-dim tile,
-both dtypes, masks, a ragged batch with empty sequences and poisoned tails, paged
-caches. Run: compute-sanitizer --tool memcheck python tests/sanitize_prefill.py
+both dtypes, masks, claimed and split work items, a ragged batch with empty sequences
+and poisoned tails, paged caches. Run: compute-sanitizer --tool memcheck python tests/sanitize_prefill.py
 (TORCH_ATTN_BACKEND=sm80 / sm90 picks the kernel)."""
 import math
 import os
@@ -23,6 +23,12 @@ def main() -> None:
     q = torch.randn(1000, 24, 128, dtype=torch.bfloat16, device="cuda")
     k = torch.randn(1000, 8, 128, dtype=torch.bfloat16, device="cuda")
     torch_attn.prefill(q, k, k, causal=True)
+    # 140 items of equal cost on 132 SMs (H100/H200): the last round's 8 items run as pieces of their
+    # 40 K/V tiles, whose out and lse meet in a global workspace (the tail split); then 8 items, all in pieces.
+    q = torch.randn(35, 100, 4, 128, dtype=torch.bfloat16, device="cuda")
+    k = torch.randn(35, 5000, 2, 128, dtype=torch.bfloat16, device="cuda")
+    torch_attn.prefill(q, k, k)
+    torch_attn.prefill(q[:2], k[:2], k[:2])
     # Ragged, with empty sequences and K/V tails that run into poisoned memory.
     lens = [5, 0, 130, 64, 1]
     total = sum(lens)
