@@ -48,6 +48,15 @@ __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
   asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
+/// Busy-waits about `cycles` SM clock cycles (one PTX loop: the compiler keeps nothing
+/// of it live around it).
+__device__ __forceinline__ void spin_for_cycles(uint32_t cycles) {
+  asm volatile(
+      "{\n.reg .u32 start, now;\n.reg .pred more;\nmov.u32 start, %%clock;\n"
+      "spin_for_cycles_loop:\nmov.u32 now, %%clock;\nsub.u32 now, now, start;\n"
+      "setp.lt.u32 more, now, %0;\n@more bra spin_for_cycles_loop;\n}\n" ::"r"(cycles));
+}
+
 /// setmaxnreg (sm_90a): a warpgroup gives up or claims registers. The kernel needs a
 /// register cap at entry (__launch_bounds__(threads, 1)), and each role must sit in
 /// its own branch of one if/else.
