@@ -513,8 +513,12 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
     // of 128 tiles on 132 SMs took 329-334 us at base clocks, 243 us staggered (H100,
     // ncu), against 228 us per round inside a 15.5-round run. In longer runs the groups
     // fall out of step by themselves, and staggering every CTA's start cost 1.5-2.2% at
-    // d128, 16k tokens (2048 items).
-    if (params.item_counter == nullptr) spin_for_cycles((group - 1) * (Traits::kBlockN * Traits::kHeadDim / 16));
+    // d128, 16k tokens (2048 items). It is skipped where keys are few as well (kv_len, an
+    // upper bound for ragged batches and page tables, below 8 K/V tiles): there the delay,
+    // up to 1024 cycles, would be a large part of the kernel (not measured).
+    if (params.item_counter == nullptr && params.kv_len >= 8 * Traits::kBlockN) {
+      spin_for_cycles((group - 1) * (Traits::kBlockN * Traits::kHeadDim / 16));
+    }
     claim_registers<Traits::kConsumerRegs>();
     for_each_handed_item([&](auto&& cta, int k) {
       cta.consume(group - 1, (static_cast<int>(threadIdx.x) / 32) % 4, static_cast<int>(threadIdx.x) % 32, tiles_done,

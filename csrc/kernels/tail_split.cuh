@@ -61,14 +61,18 @@ struct TailPieceRows {
       __stcg(lse_of(piece) + lane / 4 + 8, lse[1]);
     }
     // The classic last-block pattern: every writer fences, then one atomic per warp;
-    // the lane that sees the count reach the item's pieces fences again before the
-    // warp reads the other pieces' slots (through L2: __ldcg).
+    // where the count reaches the item's pieces, lane 0 fences again and the warp
+    // synchronises with it (the shuffle alone orders no memory) before reading the
+    // other pieces' slots (through L2: __ldcg).
     __threadfence();
     __syncwarp();
     int done = 0;
     if (lane == 0) done = atomicAdd(split.arrivals + static_cast<int64_t>(w.tail_item) * kConsumerWarps + warp, 1) + 1;
     const bool last = __shfl_sync(0xffffffffu, done, 0) == split.pieces;
-    if (last) __threadfence();
+    if (last) {
+      __threadfence();
+      __syncwarp();
+    }
     return last;
   }
 
