@@ -56,13 +56,25 @@ struct Sm90Barriers {
   MBarrier item_read[kItemSlots];     // every thread of the V warp and the consumers is done with it
 };
 
-/// The CTA's shared memory (1024-byte aligned: the swizzle atoms need it).
-template <class Traits>
-struct Sm90SharedStorage {
+/// The tiles: Q, K and V stages and, with one Q stage, out's staging tile
+/// (Traits::OutStageTile).
+template <class Traits, bool kOwnOutStage = !Traits::kOutThroughQ>
+struct Sm90Tiles {
   using DType = typename Traits::DType;
   DType q[Traits::kQStages][Traits::QTile::kElems];
   DType k[Traits::kStages][Traits::KVTile::kElems];
   DType v[Traits::kStages][Traits::KVTile::kElems];
+  __device__ __forceinline__ DType* out_stage(int q_stage) { return q[q_stage]; }
+};
+template <class Traits>
+struct Sm90Tiles<Traits, true> : Sm90Tiles<Traits, false> {
+  typename Traits::DType out[Traits::kOutStageElems];
+  __device__ __forceinline__ typename Traits::DType* out_stage(int) { return out; }
+};
+
+/// The CTA's shared memory (1024-byte aligned: the swizzle atoms need it).
+template <class Traits>
+struct Sm90SharedStorage : Sm90Tiles<Traits> {
   Sm90Barriers<Traits::kStages, Traits::kQStages, Traits::kItemSlots> bar;
   WorkItem items[Traits::kItemSlots];  // the CTA's k-th work item in slot k % kItemSlots
   static_assert(sizeof(WorkItem) <= Traits::kItemBytes, "the traits reserve the work items");
@@ -357,6 +369,9 @@ struct PrefillSm90Cta {
       // cap both, as before: the one-sided test made ptxas spill at widths 64 and 256.
       for (; j < tiles.count; ++j) step(j, std::conditional_t<kSoftCap, MaskBoth, MaskEnd>{});
 
+      // Every S = Q K^T of the item is done: with its own staging tile for out, the Q
+      // tile goes back to the producer now (see the traits).
+      if constexpr (!Traits::kOutThroughQ) release(bar.q_empty[q_stage], lane);
       const int last = tiles.count - 1, last_stage = stage_of(last);
       if (Traits::kPvWaitInNextStep) finish_pv(last - 1, any_row_moved());
       pack_weights(s, pw);
@@ -381,14 +396,23 @@ struct PrefillSm90Cta {
       stores = rows.hand_over(o, lse);
       if (stores) rows.merge(o, lse);
     }
-    // The warpgroup's last wgmma read its Q rows; all four warps are past it here.
-    named_barrier_sync(1 + group, 128);
-    if (stores) store_warp_rows<QTile>(p, w, q_tile, warp_row0, lane, chunks_valid, o, lse);
-    // The next item's Q may now overwrite these rows: through the copy engine (async
-    // proxy) after these ordinary shared-memory accesses, hence the proxy fence.
-    fence_proxy_async_shared();
-    __syncwarp();
-    release(bar.q_empty[q_stage], lane);
+    if constexpr (Traits::kOutThroughQ) {
+      // The warpgroup's last wgmma read its Q rows; all four warps are past it here.
+      named_barrier_sync(1 + group, 128);
+      if (stores) store_warp_rows<QTile>(p, w, q_tile, warp_row0, lane, chunks_valid, o, lse);
+      // The next item's Q may now overwrite these rows: through the copy engine (async
+      // proxy) after these ordinary shared-memory accesses, hence the proxy fence.
+      fence_proxy_async_shared();
+      __syncwarp();
+      release(bar.q_empty[q_stage], lane);
+    } else {
+      // The warp's own rows of the staging tile: no other warp touches them.
+      if (stores) {
+        store_warp_rows<typename Traits::OutStageTile>(p, w, smem.out_stage(q_stage), warp_row0, lane, chunks_valid,
+                                                       o, lse);
+      }
+      if (tiles.count == 0) release(bar.q_empty[q_stage], lane);  // (released after the last S otherwise)
+    }
   }
 };
 
