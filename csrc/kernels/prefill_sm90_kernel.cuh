@@ -105,6 +105,39 @@ struct PrefillSm90Cta {
     return !kPaged && w.is_tail_piece() ? item.part(w.kv_tile0, w.kv_tiles) : item;
   }
 
+  /// Which of the CTA's K/V tiles (tile_range()) consumer group `group`'s 64 rows see:
+  /// under a causal mask or a window whole tiles may hide from a group's rows, and the
+  /// group then leaves them to the others. Mostly the item's diagonal tile, from its
+  /// first group, wherever the tile begins past that group's last row (d64, BM 192 and
+  /// BN 128: 72 instead of 81 group tile steps per sequence and head at S=1024; d256,
+  /// BN 64: on every item of a square causal mask). As WorkItem::group_skips has it:
+  /// the CTA's tiles before the group's (bits 0-3) and after them (bits 4-7), or
+  /// kSeesNoTile (rows before the sequence: end-aligned tiles). The group's rows are
+  /// at most 128 apart from the item's ends and each row's visible keys move by at
+  /// most one key a row, so both counts are at most 3; a range they cannot encode
+  /// would run all the CTA's tiles, right through the masks. The producer works this
+  /// out (Traits::kGroupTileRanges: only where it pays), off the consumers' way to their
+  /// first tile: there, the range arithmetic is ~140 instructions of 64-bit math.
+  static constexpr int kSeesNoTile = 0xff;
+  __device__ __forceinline__ int group_skips(int group) const {
+    if (!kPaged && w.is_tail_piece()) return 0;  // (no mask or window: every row sees every tile)
+    const int first = max(w.q_row0 + group * Traits::kRowsPerGroup, w.row_begin());
+    const int end = min(w.q_row0 + (group + 1) * Traits::kRowsPerGroup, w.row_end<Traits::kBlockM>());
+    if (end <= first) return kSeesNoTile;
+    const KvTileRange cta = tile_range(), mine = KvTileRange::of<kBlockN>(w.visible_keys(p), first, end - first);
+    if (mine.count == 0) return kSeesNoTile;
+    const int before = mine.begin - cta.begin, after = cta.begin + cta.count - (mine.begin + mine.count);
+    return before < 15 && after < 15 ? before | after << 4 : 0;
+  }
+
+  /// This consumer group's tiles (group_skips): a part of the CTA's, with the CTA's
+  /// unmasked run (the group's own may be longer: a few tiles tested that need not be).
+  __device__ __forceinline__ KvTileRange group_tile_range(const KvTileRange& cta, int group) const {
+    const int skips = (w.group_skips >> (8 * group)) & 0xff;
+    const int before = skips == kSeesNoTile ? 0 : skips & 15, after = skips == kSeesNoTile ? cta.count - before : skips >> 4;
+    return cta.part(before, cta.count - before - after);
+  }
+
   // ---- producer (warpgroup 0, threads 0..127) ----
 
   /// Writes zeros into rows [first_row, kBlockN) of a K/V tile (one warp, 16 bytes a lane).
@@ -263,7 +296,10 @@ struct PrefillSm90Cta {
     // make the compiler derive them per item, where they are needed.
     asm volatile("" : "+r"(group), "+r"(warp_in_group), "+r"(lane));
     const VisibleKeys visibility = w.visible_keys(p);
-    const KvTileRange tiles = tile_range();
+    // (The group through votes: derived from threadIdx, the range took vector registers
+    // that ptxas found only by spilling, 70-130 bytes at d64 and d256.)
+    const KvTileRange tiles =
+        Traits::kGroupTileRanges ? group_tile_range(tile_range(), warp_uniform_2bit(group)) : tile_range();
     Barriers& bar = smem.bar;
     const int warp_row0 = group * Traits::kRowsPerGroup + warp_in_group * 16;  // first Q-tile row of this warp
     const int query_row0 = w.q_row0 + warp_row0;
@@ -296,10 +332,26 @@ struct PrefillSm90Cta {
       return __any_sync(0xffffffffu, moved);
     };
 
-    // Tile j of this item is tile tiles_done + j of the CTA's pipeline: its stage and
-    // the parity of that stage's current phase.
+    // Tile j of the group's is tile tiles_done + j of the CTA's pipeline (tiles_done
+    // counts the CTA's tiles before it): its stage and the parity of that stage's
+    // current phase.
     auto stage_of = [&](int j) { return static_cast<int>((tiles_done + j) % kStages); };
     auto parity_of = [&](int j) { return ((tiles_done + j) / kStages) & 1; };
+    // The CTA's tiles that none of the group's rows sees, before or after its own (n
+    // of them from tiles_done on): each is handed back once it has landed (an arrival
+    // on an empty barrier counts towards the barrier's current phase, which is the
+    // tile's only once the tile is in). The CTA's range is recomputed where needed:
+    // kept live through the tile steps, it made ptxas spill.
+    auto pass_over = [&](int n) {
+      for (int j = 0; j < n; ++j) {
+        bar.k_full[stage_of(j)].wait(parity_of(j));
+        release(bar.k_empty[stage_of(j)], lane);
+        bar.v_full[stage_of(j)].wait(parity_of(j));
+        release(bar.v_empty[stage_of(j)], lane);
+      }
+      tiles_done += n;
+    };
+    if constexpr (Traits::kGroupTileRanges) pass_over(tiles.begin - tile_range().begin);  // the CTA's tiles before the group's
     if (tiles.count > 0) {
       // Tile 0: S_0 alone.
       bar.k_full[stage_of(0)].wait(parity_of(0));
@@ -384,6 +436,10 @@ struct PrefillSm90Cta {
       wgmma_pin(o[0]);
       release(bar.v_empty[last_stage], lane);
       tiles_done += tiles.count;
+    }
+    if constexpr (Traits::kGroupTileRanges) {
+      const KvTileRange cta = tile_range();
+      pass_over(cta.begin + cta.count - (tiles.begin + tiles.count));  // and after them
     }
 
     float lse[2];
@@ -496,6 +552,11 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
           WorkItem found;
           if (!find_claimed_work<Traits::kBlockM, /*kMaySplit=*/!kPaged>(params, item, found)) {
             found = WorkItem::end_of_list();  // (a ragged batch's spare items come last)
+          } else if constexpr (Traits::kGroupTileRanges) {
+            // Lane g works out consumer group g's tiles.
+            const unsigned skips =
+                lane < Traits::kConsumerGroups ? static_cast<unsigned>(cta_of(found).group_skips(lane)) << (8 * lane) : 0u;
+            found.group_skips = static_cast<int>(__reduce_or_sync(0xffffffffu, skips));
           }
           if (lane == 0) {
             smem.items[slot] = found;
