@@ -100,6 +100,17 @@ def test_matches_reference(device, page_size, layout, index, cuda_backend):
 
 
 @pytest.mark.gpu
+@pytest.mark.parametrize("mask", [dict(causal=True), dict(causal=True, window_left=70),
+                                  dict(causal=True, logits_soft_cap=30.0)])
+@pytest.mark.parametrize("head_dim", [64, 256])
+def test_narrow_and_wide_heads_under_masks(head_dim, mask):
+    """Head dims 64 and 256 on a paged cache under a causal mask or window: the tiles where the
+    wgmma kernel's consumer groups see different K/V tiles (and, at 256, stage out apart from Q)."""
+    run_paged_case("cuda", 16, "NHD", [7, 65, 1000, 300], [7, 300, 1000, 1200], group=4, head_dim=head_dim,
+                   mask=mask, dtype=torch.bfloat16)
+
+
+@pytest.mark.gpu
 @pytest.mark.parametrize("page_size", [1, 48])
 def test_auto_backend_runs_other_page_sizes_on_mma_sync(page_size, monkeypatch):
     monkeypatch.setenv("TORCH_ATTN_BACKEND", "auto")

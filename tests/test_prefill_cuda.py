@@ -97,7 +97,7 @@ def test_rows_that_see_no_key_are_zero(mask):
     assert torch.isneginf(lse).any() or not mask.get("causal")
 
 
-@pytest.mark.parametrize("lengths", [(1000, 1000), (333, 1000), (191, 4000)])
+@pytest.mark.parametrize("lengths", [(1000, 1000), (333, 1000), (191, 4000), (1000, 333)])
 @pytest.mark.parametrize("mask", [dict(causal=True), dict(causal=True, window_left=0),
                                   dict(causal=True, window_left=70), dict(causal=False, window_left=130)])
 @pytest.mark.parametrize("head_dim", [64, 128, 256])
@@ -106,7 +106,8 @@ def test_query_tile_groups_that_see_different_key_tiles(head_dim, mask, lengths)
     each) compute only the K/V tiles their own rows see and pass over the others
     (group_tile_range): the first group of a tile leaves the diagonal tile to the later
     ones, a narrow window leaves earlier tiles behind for later groups, and a group whose
-    rows lie before the sequence (end-aligned tiles) passes over all."""
+    rows lie before the sequence (end-aligned tiles) or, with more queries than keys,
+    see no key under the causal mask passes over all."""
     q, k, v = make_qkv(*lengths, 8, 2, head_dim, torch.bfloat16, "cuda")
     kwargs = mask_kwargs(mask)
     out, lse = run_prefill(q, k, v, **kwargs)

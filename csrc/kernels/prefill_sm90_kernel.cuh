@@ -46,7 +46,7 @@ namespace torch_attn {
 template <int kStages, int kQStages, int kItemSlots>
 struct Sm90Barriers {
   MBarrier q_full[kQStages];   // Q has landed
-  MBarrier q_empty[kQStages];  // every consumer warp has stored its rows of out (through the Q tile)
+  MBarrier q_empty[kQStages];  // every consumer warp is done with the Q tile (Traits::kOutThroughQ: out stored through it)
   MBarrier k_full[kStages];   // the K tile of a stage has landed
   MBarrier v_full[kStages];
   MBarrier k_empty[kStages];  // every consumer warp is done reading the stage's K tile
@@ -112,28 +112,37 @@ struct PrefillSm90Cta {
   /// BN 128: 72 instead of 81 group tile steps per sequence and head at S=1024; d256,
   /// BN 64: on every item of a square causal mask). As WorkItem::group_skips has it:
   /// the CTA's tiles before the group's (bits 0-3) and after them (bits 4-7), or
-  /// kSeesNoTile (rows before the sequence: end-aligned tiles). The group's rows are
-  /// at most 128 apart from the item's ends and each row's visible keys move by at
-  /// most one key a row, so both counts are at most 3; a range they cannot encode
-  /// would run all the CTA's tiles, right through the masks. The producer works this
-  /// out (Traits::kGroupTileRanges: only where it pays), off the consumers' way to their
-  /// first tile: there, the range arithmetic is ~140 instructions of 64-bit math.
+  /// kSeesNoTile where the group's rows see no key (rows outside the sequence, or rows
+  /// that a causal mask with more queries than keys leaves without any). The group's
+  /// rows lie at most BN rows from the item's ends (d64: 128, d256: 64) and the visible
+  /// keys' ends move by at most one key a row, so both counts are 0 or 1; whatever they
+  /// cannot encode runs all the CTA's tiles, right through the masks. The producer
+  /// works this out (Traits::kGroupTileRanges: only where it pays), off the consumers'
+  /// way to their first tile: there, the range arithmetic is ~140 instructions of
+  /// 64-bit math.
   static constexpr int kSeesNoTile = 0xff;
   __device__ __forceinline__ int group_skips(int group) const {
-    if (!kPaged && w.is_tail_piece()) return 0;  // (no mask or window: every row sees every tile)
+    // A tail piece's tiles are a part of its item's, which the group's range (of the
+    // whole item) is not; pieces come only without mask or window: every row sees them all.
+    if (!kPaged && w.is_tail_piece()) return 0;
     const int first = max(w.q_row0 + group * Traits::kRowsPerGroup, w.row_begin());
     const int end = min(w.q_row0 + (group + 1) * Traits::kRowsPerGroup, w.row_end<Traits::kBlockM>());
     if (end <= first) return kSeesNoTile;
     const KvTileRange cta = tile_range(), mine = KvTileRange::of<kBlockN>(w.visible_keys(p), first, end - first);
     if (mine.count == 0) return kSeesNoTile;
     const int before = mine.begin - cta.begin, after = cta.begin + cta.count - (mine.begin + mine.count);
-    return before < 15 && after < 15 ? before | after << 4 : 0;
+    return before >= 0 && after >= 0 && before < 15 && after < 15 ? before | after << 4 : 0;
   }
 
-  /// This consumer group's tiles (group_skips): a part of the CTA's, with the CTA's
-  /// unmasked run (the group's own may be longer: a few tiles tested that need not be).
-  __device__ __forceinline__ KvTileRange group_tile_range(const KvTileRange& cta, int group) const {
-    const int skips = (w.group_skips >> (8 * group)) & 0xff;
+  /// This consumer group's tiles (group_skips; all the CTA's where Traits::kGroupTileRanges
+  /// is off): a part of the CTA's, with the CTA's unmasked run (the group's own may be
+  /// longer: a few tiles tested that need not be).
+  __device__ __forceinline__ KvTileRange group_tile_range(int group) const {
+    const KvTileRange cta = tile_range();
+    if constexpr (!Traits::kGroupTileRanges) return cta;
+    // (The group through votes: derived from threadIdx, the range took vector registers
+    // that ptxas found only by spilling, 70-130 bytes at d64 and d256.)
+    const int skips = (w.group_skips >> (8 * warp_uniform_2bit(group))) & 0xff;
     const int before = skips == kSeesNoTile ? 0 : skips & 15, after = skips == kSeesNoTile ? cta.count - before : skips >> 4;
     return cta.part(before, cta.count - before - after);
   }
@@ -197,8 +206,9 @@ struct PrefillSm90Cta {
         load_rows(tile, KVTile::kBlockElems, 0, map, kv_head, w.kv_start + key0, batch, full);
       }
     };
-    // Q waits for the consumers to finish the previous item's out (stored through
-    // the Q tile); K_0 goes first, so it loads while they do.
+    // Q waits for the consumers to be done with the Q stage's previous item (its last S,
+    // or, where out goes through the Q tile, its out); K_0 goes first, so it loads while
+    // they finish.
     auto load_q = [&] {
       const int q_stage = items_done % Traits::kQStages;
       bar.q_empty[q_stage].wait(((items_done / Traits::kQStages) & 1) ^ 1);
@@ -296,17 +306,14 @@ struct PrefillSm90Cta {
     // make the compiler derive them per item, where they are needed.
     asm volatile("" : "+r"(group), "+r"(warp_in_group), "+r"(lane));
     const VisibleKeys visibility = w.visible_keys(p);
-    // (The group through votes: derived from threadIdx, the range took vector registers
-    // that ptxas found only by spilling, 70-130 bytes at d64 and d256.)
-    const KvTileRange tiles =
-        Traits::kGroupTileRanges ? group_tile_range(tile_range(), warp_uniform_2bit(group)) : tile_range();
+    const KvTileRange tiles = group_tile_range(group);
     Barriers& bar = smem.bar;
     const int warp_row0 = group * Traits::kRowsPerGroup + warp_in_group * 16;  // first Q-tile row of this warp
     const int query_row0 = w.q_row0 + warp_row0;
     // Q rows [64 group, 64 group + 64) of column block 0; K-major, 1024 bytes per 8 rows.
     const int q_stage = items_done % Traits::kQStages;
-    DType* q_tile = smem.q[q_stage];
-    const uint64_t q_desc = smem_descriptor(q_tile + group * Traits::kRowsPerGroup * QTile::kBlockCols, 16, 1024);
+    const uint64_t q_desc =
+        smem_descriptor(smem.q[q_stage] + group * Traits::kRowsPerGroup * QTile::kBlockCols, 16, 1024);
 
     float o[1][kNFragsO][4];
 #pragma unroll
@@ -316,6 +323,8 @@ struct PrefillSm90Cta {
     OnlineSoftmax<1> softmax;
     softmax.init();
     bar.q_full[q_stage].wait((items_done / Traits::kQStages) & 1);
+    // A group that sees no tile never reads Q (with out staged elsewhere: hand it back now).
+    if (!Traits::kOutThroughQ && tiles.count == 0) release(bar.q_empty[q_stage], lane);
 
     float s[1][kNFragsS][4];
     uint32_t pw[kPFrags][4];
@@ -437,9 +446,11 @@ struct PrefillSm90Cta {
       release(bar.v_empty[last_stage], lane);
       tiles_done += tiles.count;
     }
+    // The CTA's tiles after the group's own. (Before the epilogue: after it, the values
+    // this needs stayed live through the stores, and the d256 kernels spilled 72-136 bytes.)
     if constexpr (Traits::kGroupTileRanges) {
       const KvTileRange cta = tile_range();
-      pass_over(cta.begin + cta.count - (tiles.begin + tiles.count));  // and after them
+      pass_over(cta.begin + cta.count - (tiles.begin + tiles.count));
     }
 
     float lse[2];
@@ -455,7 +466,7 @@ struct PrefillSm90Cta {
     if constexpr (Traits::kOutThroughQ) {
       // The warpgroup's last wgmma read its Q rows; all four warps are past it here.
       named_barrier_sync(1 + group, 128);
-      if (stores) store_warp_rows<QTile>(p, w, q_tile, warp_row0, lane, chunks_valid, o, lse);
+      if (stores) store_warp_rows<QTile>(p, w, smem.out_stage(q_stage), warp_row0, lane, chunks_valid, o, lse);
       // The next item's Q may now overwrite these rows: through the copy engine (async
       // proxy) after these ordinary shared-memory accesses, hence the proxy fence.
       fence_proxy_async_shared();
@@ -467,7 +478,6 @@ struct PrefillSm90Cta {
         store_warp_rows<typename Traits::OutStageTile>(p, w, smem.out_stage(q_stage), warp_row0, lane, chunks_valid,
                                                        o, lse);
       }
-      if (tiles.count == 0) release(bar.q_empty[q_stage], lane);  // (released after the last S otherwise)
     }
   }
 };

@@ -96,6 +96,7 @@ struct PrefillSm90Traits {
   static constexpr size_t kBarrierBytes = sizeof(uint64_t) * (2 * kQStages + 4 * kStages + 1 + 2 * kItemSlots);
   static constexpr size_t kItemBytes = 48;
   static constexpr size_t kSmemBytes = 1024 + kTileBytes + kBarrierBytes + kItemBytes * kItemSlots;
+  static_assert(kSmemBytes <= 227 * 1024, "shared memory: at most 227 KB per CTA on sm_90");
 
   static_assert(kConsumerRegs <= 256 && kConsumerRegs >= kHeadDim / 2 + kBlockN / 2 + kBlockN / 4,
                 "register split: O, S and P fit the consumers' registers");
