@@ -463,21 +463,20 @@ struct PrefillSm90Cta {
       stores = rows.hand_over(o, lse);
       if (stores) rows.merge(o, lse);
     }
+    // Out goes through its staging tile (Traits::OutStageTile): the Q tile, whose rows
+    // the warpgroup's last wgmma read (all four warps are past it after the barrier), or
+    // a tile of its own, whose rows are the warp's alone.
+    if constexpr (Traits::kOutThroughQ) named_barrier_sync(1 + group, 128);
+    if (stores) {
+      store_warp_rows<typename Traits::OutStageTile>(p, w, smem.out_stage(q_stage), warp_row0, lane, chunks_valid, o,
+                                                     lse);
+    }
     if constexpr (Traits::kOutThroughQ) {
-      // The warpgroup's last wgmma read its Q rows; all four warps are past it here.
-      named_barrier_sync(1 + group, 128);
-      if (stores) store_warp_rows<QTile>(p, w, smem.out_stage(q_stage), warp_row0, lane, chunks_valid, o, lse);
       // The next item's Q may now overwrite these rows: through the copy engine (async
       // proxy) after these ordinary shared-memory accesses, hence the proxy fence.
       fence_proxy_async_shared();
       __syncwarp();
       release(bar.q_empty[q_stage], lane);
-    } else {
-      // The warp's own rows of the staging tile: no other warp touches them.
-      if (stores) {
-        store_warp_rows<typename Traits::OutStageTile>(p, w, smem.out_stage(q_stage), warp_row0, lane, chunks_valid,
-                                                       o, lse);
-      }
     }
   }
 };
