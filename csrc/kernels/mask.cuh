@@ -6,8 +6,9 @@
 //     causal      -> j <= i + diag             (no key after the query's position)
 //     window >= 0 -> j >= i + diag - window    (sliding window of window_left keys)
 // For one query the visible keys are a single interval [begin, end), so the kernel
-// computes it once per row and masks each score with two compares (one where the
-// tile lies past every row's first visible key, TileMask).
+// computes it once per row and masks each score by a select on a bit of the row's
+// seen scores (logits.cuh; only the end counts where the tile lies past every row's
+// first visible key, TileMask).
 #pragma once
 #include <cstdint>
 #include <type_traits>
