@@ -2,7 +2,8 @@
 
 Protocol (FlashAttention-2/3 papers): bf16, 16k tokens in total (batch = 16384 / seqlen),
 hidden 2048 (heads = 2048 / head_dim), random normal inputs, forward only, CUDA
-events around each call, median of --repeats calls after warm-up,
+events around each call, median of --repeats calls after warm-up, the implementations
+of a case taking turns call by call,
 TFLOP/s = 4 * B * H * Sq * Skv * D / time, counting only visible (query, key) pairs
 under a causal mask. Serving-shaped cases follow ../shared/ANCHORS.md.
 
@@ -14,7 +15,6 @@ import argparse
 import datetime
 import itertools
 import json
-import math
 import os
 import statistics
 from dataclasses import dataclass, field
@@ -91,19 +91,33 @@ def paged_cases() -> list[Case]:
     return cases
 
 
-def median_ms(fn, warmup: int, repeats: int) -> float:
-    for _ in range(warmup):
-        fn()
-    torch.cuda.synchronize()
-    times = []
+def select_backend(name: str) -> None:
+    """Our rows force their kernel through TORCH_ATTN_BACKEND, read on every call."""
+    os.environ["TORCH_ATTN_BACKEND"] = name[len(OURS):] if name.startswith(OURS) else "auto"
+
+
+def call_ms(fn) -> float:
+    """One call, timed with CUDA events."""
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end)
+
+
+def interleaved_median_ms(fns: dict, repeats: int) -> dict:
+    """name -> median ms of `repeats` calls, the implementations taking turns call by
+    call. Timed one after another in blocks, they met the card in different states:
+    within one process the same kernel's block medians moved up to 10% at boost clocks
+    (H100, 2026-11-26), which decided ratios between peers that ncu at fixed clocks
+    found equal; taking turns, every implementation sees the same drift."""
+    times = {name: [] for name in fns}
     for _ in range(repeats):
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        fn()
-        end.record()
-        end.synchronize()
-        times.append(start.elapsed_time(end))
-    return statistics.median(times)
+        for name, fn in fns.items():
+            select_backend(name)  # (outside the timed call)
+            times[name].append(call_ms(fn))
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def indptr_of(lens):
@@ -143,7 +157,7 @@ def our_backends() -> list[str]:
     return ["sm80"] + (["sm90"] if torch.cuda.get_device_capability() == (9, 0) and "9.0a" in archs else [])
 
 
-OURS = "torch_attn-"  # our rows are named torch_attn-<backend>; run_case sets TORCH_ATTN_BACKEND for them
+OURS = "torch_attn-"  # our rows are named torch_attn-<backend>; select_backend sets TORCH_ATTN_BACKEND for them
 
 
 def with_our_backends(impls: dict, run) -> None:
@@ -195,15 +209,20 @@ def implementations(case: Case, q, k, v, qo_indptr, kv_indptr, flashinfer_backen
 
 def run_case(case: Case, args, flashinfer_backends) -> None:
     q, k, v, qo_indptr, kv_indptr = make_inputs(case)
+    fns = {}
     for name, fn in implementations(case, q, k, v, qo_indptr, kv_indptr, flashinfer_backends).items():
         if args.impls and name not in args.impls:
             continue
-        os.environ["TORCH_ATTN_BACKEND"] = name[len(OURS):] if name.startswith(OURS) else "auto"
+        select_backend(name)
         try:
-            ms = median_ms(fn, args.warmup, args.repeats)
+            for _ in range(args.warmup):
+                fn()
+            torch.cuda.synchronize()
         except RuntimeError as err:  # a peer that does not support the case
             print(f"  {name}: skipped ({str(err).splitlines()[0][:80]})")
             continue
+        fns[name] = fn
+    for name, ms in interleaved_median_ms(fns, args.repeats).items():
         case.results[name] = ms * 1e3 if case.latency else case.flops / (ms * 1e-3) / 1e12
     print(f"{case.name}: " + ", ".join(f"{n} {v:.1f}" for n, v in case.results.items()), flush=True)
 
