@@ -124,6 +124,16 @@ def poison_cuda_allocator(*shapes_dtypes):
     del blocks
 
 
+def poisoned_view(batch, tokens, heads, head_dim, dtype, poison, extra_rows, width=None):
+    """Random [batch, tokens, heads, head_dim] data as a view into a buffer whose `extra_rows`
+    rows after each sequence, and columns past head_dim (up to `width`), hold `poison`:
+    memory a kernel must never let reach its output."""
+    width = head_dim if width is None else width
+    buf = torch.full((batch, tokens + extra_rows, heads, width), poison, dtype=dtype, device="cuda")
+    buf[:, :tokens, :, :head_dim] = torch.randn(batch, tokens, heads, head_dim, device="cuda").to(dtype)
+    return buf[:, :tokens, :, :head_dim]
+
+
 def indptr_of(lens, device):
     """cu_seqlens-style int32 [len(lens) + 1] offsets of packed sequences."""
     return torch.tensor([0] + torch.tensor(lens).cumsum(0).tolist(), dtype=torch.int32, device=device)

@@ -8,7 +8,7 @@ import torch
 
 import torch_attn
 from conftest import (check_against_reference, make_qkv, mask_kwargs, poison_cuda_allocator,
-                      prefill_kernels_launched, ragged_batch)
+                      poisoned_view, prefill_kernels_launched, ragged_batch)
 
 pytestmark = pytest.mark.gpu
 
@@ -122,9 +122,7 @@ def test_poisoned_tails_dense(poison, causal, head_dim):
     columns past D, hold poison; q's padding columns too. Nothing of it may reach out."""
     batch, qo_len, kv_len, width = 3, 77, 131, 128 if head_dim < 128 else 136
     def poisoned(tokens, heads, extra_rows):
-        buf = torch.full((batch, tokens + extra_rows, heads, width), poison, dtype=torch.bfloat16, device="cuda")
-        buf[:, :tokens, :, :head_dim] = torch.randn(batch, tokens, heads, head_dim, device="cuda").bfloat16()
-        return buf[:, :tokens, :, :head_dim]
+        return poisoned_view(batch, tokens, heads, head_dim, torch.bfloat16, poison, extra_rows, width)
     q, k, v = poisoned(qo_len, 8, 0), poisoned(kv_len, 2, 61), poisoned(kv_len, 2, 61)
     assert k.stride(0) == (kv_len + 61) * 2 * width  # poisoned rows sit right after each sequence
     out, lse = run_prefill(q, k, v, causal=causal)

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import torch_attn
-from conftest import check_against_reference, poison_cuda_allocator
+from conftest import check_against_reference, poison_cuda_allocator, poisoned_view
 
 pytestmark = pytest.mark.gpu
 
@@ -27,13 +27,6 @@ def split_shape(head_dim, qo_len, num_qo_heads, fewer_items_than_sms=False):
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     items_per_seq = math.ceil(qo_len / BLOCK_M[head_dim]) * num_qo_heads
     return max(1, sms // 2 // items_per_seq) if fewer_items_than_sms else sms // items_per_seq + 1
-
-
-def poisoned_kv(batch, kv_len, heads, head_dim, dtype, poison):
-    """K or V of kv_len rows as a view into a buffer whose 70 rows after each sequence hold poison."""
-    buf = torch.full((batch, kv_len + 70, heads, head_dim), poison, dtype=dtype, device="cuda")
-    buf[:, :kv_len] = torch.randn(batch, kv_len, heads, head_dim, device="cuda").to(dtype)
-    return buf[:, :kv_len]
 
 
 def run(q, k, v, split, monkeypatch, **kwargs):
@@ -61,8 +54,8 @@ def test_split_tail_matches_reference(head_dim, qo_len, kv_len, heads, dtype, ma
                                       monkeypatch):
     batch = split_shape(head_dim, qo_len, heads[0], fewer_items_than_sms=few)
     q = torch.randn(batch, qo_len, heads[0], head_dim, device="cuda").to(dtype)
-    k = poisoned_kv(batch, kv_len, heads[1], head_dim, dtype, poison)
-    v = poisoned_kv(batch, kv_len, heads[1], head_dim, dtype, poison)
+    k = poisoned_view(batch, kv_len, heads[1], head_dim, dtype, poison, extra_rows=70)
+    v = poisoned_view(batch, kv_len, heads[1], head_dim, dtype, poison, extra_rows=70)
     kwargs = dict(causal=False, window_left=-1, logits_soft_cap=0.0, sm_scale=None)
     kwargs.update(mask)
     out, lse = run(q, k, v, True, monkeypatch, **kwargs)
