@@ -92,15 +92,16 @@ def make_qkv(qo_len, kv_len, num_qo_heads, num_kv_heads, head_dim, dtype, device
     return rand(qo_len, num_qo_heads), rand(kv_len, num_kv_heads), rand(kv_len, num_kv_heads)
 
 
-def check_against_reference(out, lse, q, k, v, **kwargs):
-    """Asserts out/lse match the float64 reference within FlashAttention's rule."""
+def check_against_reference(out, lse, q, k, v, out_atol=None, **kwargs):
+    """Asserts out/lse match the float64 reference within FlashAttention's rule, or
+    within out_atol where PyTorch at the inputs' dtype is no yardstick."""
     assert out.shape == q.shape and out.dtype == q.dtype
     assert lse.shape == q.shape[:-1] and lse.dtype == torch.float32
     ref_out, ref_lse = prefill_reference(q, k, v, **kwargs)
     assert torch.isfinite(out).all(), "non-finite output"
     err = (out.double() - ref_out).abs().max().item() if out.numel() else 0.0
-    allowed = EPS[q.dtype]
-    if q.dtype != torch.float32 and out.numel():
+    allowed = EPS[q.dtype] if out_atol is None else out_atol
+    if q.dtype != torch.float32 and out.numel() and out_atol is None:
         base_out, _ = prefill_reference(q, k, v, compute_dtype=q.dtype, **kwargs)
         allowed += 2 * (base_out.double() - ref_out).abs().max().item()
     assert err <= allowed, f"max |out - ref| = {err:.3e} > allowed {allowed:.3e}"

@@ -1,5 +1,5 @@
 """A small grid for compute-sanitizer (memcheck, racecheck): every head-dim tile,
-both dtypes, masks, claimed and split work items, a ragged batch with empty sequences
+both dtypes, masks, logits whose max moves on every key tile, claimed and split work items, a ragged batch with empty sequences
 and poisoned tails, paged caches. Run: compute-sanitizer --tool memcheck python tests/sanitize_prefill.py
 (TORCH_ATTN_BACKEND=sm80 / sm90 picks the kernel)."""
 import math
@@ -19,6 +19,13 @@ def main() -> None:
             v = torch.randn(131, 2, head_dim, dtype=dtype, device="cuda")
             torch_attn.prefill(q, k, v, causal=True, window_left=50)
             torch_attn.prefill(q, k, v, logits_soft_cap=30.0)
+    # Logits that rise key tile by key tile (by ~26 per 128 keys): the wgmma kernel's tile steps
+    # find weights too large at the rows' current max and compute S once more.
+    for head_dim in (64, 128):
+        rise = (0.2 * torch.arange(300, device="cuda"))[:, None, None] / math.sqrt(head_dim)
+        q = torch.ones(200, 4, head_dim, dtype=torch.bfloat16, device="cuda")
+        k = (rise + 0.1 * torch.randn(300, 2, head_dim, device="cuda")).to(torch.bfloat16)
+        torch_attn.prefill(q, k, k, causal=True)
     # More query tiles x heads (8 x 24) than SMs: the wgmma kernel's CTAs claim items from a counter.
     q = torch.randn(1000, 24, 128, dtype=torch.bfloat16, device="cuda")
     k = torch.randn(1000, 8, 128, dtype=torch.bfloat16, device="cuda")

@@ -114,6 +114,40 @@ def test_query_tile_groups_that_see_different_key_tiles(head_dim, mask, lengths)
     check_against_reference(out, lse, q, k, v, **kwargs)
 
 
+def rising_logits_qkv(qo_len, kv_len, head_dim, dtype, rise_per_key, jump_at, jump):
+    """q, k, v whose logits q.k / sqrt(D) move by rise_per_key from one key to the next
+    (rising for most query rows, falling for some, flat for others) and by `jump` more
+    from key jump_at on: each key tile's max can exceed the row's max so far."""
+    gen = torch.Generator().manual_seed(11)
+    num_qo_heads, num_kv_heads = 4, 2
+    direction = torch.ones(head_dim) / math.sqrt(head_dim)  # logit = (q . u)(k . u) for k along u
+    keys = torch.arange(kv_len, dtype=torch.float64)
+    level = rise_per_key * keys + jump * (keys >= jump_at)  # k . u
+    k = level[:, None, None] * direction + 0.3 * torch.randn(kv_len, num_kv_heads, head_dim, generator=gen)
+    sign = torch.tensor([1.0, -1.0, 0.0, 0.5])[torch.arange(qo_len) % 4]  # rising, falling, flat, rising
+    q = sign[:, None, None] * direction * math.sqrt(head_dim) + 0.3 * torch.randn(qo_len, num_qo_heads, head_dim,
+                                                                                     generator=gen)
+    v = torch.randn(kv_len, num_kv_heads, head_dim, generator=gen)
+    return (x.to(device="cuda", dtype=dtype) for x in (q, k, v))
+
+
+@pytest.mark.parametrize("jump", [0.0, 200.0])
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("head_dim", [64, 128, 256])
+def test_logits_rising_across_key_tiles(head_dim, causal, jump):
+    """A row's max moves on almost every key tile (logits rise by ~13 per 64 keys, far
+    past the kernels' lazy-rescale margin of 2^8 on the weights), and with `jump` once
+    by 200 (x log2 e: past exp2's range of 128 in log2 units): the max, the rescaled O
+    and l, and the wgmma kernel's recomputation of a tile's scores where weights at
+    the old max would grow too large, all against the reference. (PyTorch in bf16
+    rounds logits of a few hundred by whole units: no yardstick here. The tolerance
+    is the weights' bf16 rounding and out's: both kernels measured 0.0043-0.0060 on H100.)"""
+    q, k, v = rising_logits_qkv(700, 1000, head_dim, torch.bfloat16, rise_per_key=0.2, jump_at=517, jump=jump)
+    out, lse = run_prefill(q, k, v, causal=causal)
+    check_against_reference(out, lse, q, k, v, out_atol=0.02, causal=causal, sm_scale=None, window_left=-1,
+                            logits_soft_cap=0.0)
+
+
 @pytest.mark.parametrize("poison", [math.nan, math.inf, -math.inf])
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("head_dim", [80, 128])
