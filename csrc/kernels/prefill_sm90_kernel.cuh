@@ -12,7 +12,8 @@
 //   * warpgroups 1 .. kConsumerGroups (2, or 3 at width 64), the consumers, own 64
 //     query rows each:
 //         S_j = Q K_j^T        wgmma, Q and K_j from shared memory
-//         P_j = softmax weights of S_j      (in registers; the same code as mma.sync)
+//         P_j = softmax weights of S_j      (in registers; OnlineSoftmax, as mma.sync,
+//                                            at the rows' current max where it can)
 //         O  += P_j V_j        wgmma, P from registers, V_j from shared memory
 //     with S_{j+1} = Q K_{j+1}^T and O += P_j V_j issued together, so the softmax of
 //     tile j+1 runs on the CUDA cores while the tensor cores finish P_j V_j.
@@ -88,6 +89,10 @@ struct PrefillSm90Cta {
   using Barriers = Sm90Barriers<Traits::kStages, Traits::kQStages, Traits::kItemSlots>;
   static constexpr int kBlockN = Traits::kBlockN, kStages = Traits::kStages;
   static constexpr int kNFragsS = Traits::kNFragsS, kNFragsO = Traits::kNFragsO, kPFrags = Traits::kPFrags;
+  // Traits::kWeightsAtCurrentMax, but not with the soft cap at width 64 (three consumer
+  // groups of 160 registers): there ptxas spilled 144-156 bytes instead of 20-32, for +0.9%.
+  static constexpr bool kWeightsAtCurrentMax =
+      Traits::kWeightsAtCurrentMax && !(kSoftCap && Traits::kConsumerGroups == 3);
 
   const PrefillParams& p;
   const WorkItem& w;
@@ -328,17 +333,52 @@ struct PrefillSm90Cta {
 
     float s[1][kNFragsS][4];
     uint32_t pw[kPFrags][4];
-    // Scores of tile j -> weights P (left in s); rescale: what O must be multiplied by
-    // (exactly 1 for a row whose max stayed). Returns whether any row of the warp moved.
-    auto weights_of = [&](int j, auto mask, float (&rescale)[2]) {
+    // Scores of tile j (in s) -> logits: soft cap, mask.
+    auto to_logits = [&](int j, auto mask) {
       scores_to_logits<kSoftCap, decltype(mask)::value>(s, p, visibility, query_row0, (tiles.begin + j) * kBlockN,
                                                         lane);
+    };
+    // Logits -> weights P (left in s), from the tile's max; rescale: what O must be
+    // multiplied by (exactly 1 for a row whose max stayed). Returns whether any row of
+    // the warp moved. With kWeightsAtCurrentMax the max moves to the tile's
+    // wherever that is larger (no lazy rescaling): the tiles after it then start at
+    // the rows' current max.
+    auto weights_from_tile_max = [&](float (&rescale)[2]) -> bool {
+      constexpr float kLazyRescaleLog2 = kWeightsAtCurrentMax ? 0.f : OnlineSoftmax<1>::kMaxWeightLog2;
       bool moved = false;
-      softmax.logits_to_weights(s, p.logit_to_log2, [&](int r, float factor, bool moves) {
+      softmax.logits_to_weights(s, p.logit_to_log2, kLazyRescaleLog2, [&](int r, float factor, bool moves) {
         rescale[r] = factor;
         moved |= moves;
       });
       return __any_sync(0xffffffffu, moved);
+    };
+    // The same for tile j > 0, whose scores S_j = Q K_j^T (K_j in `stage`, still held)
+    // have just arrived, with kWeightsAtCurrentMax: at the rows' current max
+    // first (OnlineSoftmax::weights_at_current_max), and only where a weight could
+    // grow too large there, S_j once more and the tile's max. The warpgroup decides
+    // together, as its four warps issue its wgmmas together: named barrier 1 + group
+    // (the epilogue's, free here). A warp deciding alone saves that barrier (~4% at
+    // d128 16k, measured on a build that was wrong where warps disagree), but must then
+    // compute S_j again without wgmma, on its CUDA cores from shared memory: that build
+    // measured 3.6% slower than the kernel before this path, its fast path the same in
+    // SASS (not explained; H100, ncu at base clocks). The branch also keeps ptxas from
+    // hoisting the wait for P_{j-1} V_{j-1} above the exponentials (kPvWaitInNextStep).
+    auto weights_after_first = [&](int j, auto mask, float (&rescale)[2], int stage) -> bool {
+      to_logits(j, mask);
+      const auto whole_group = [&](bool bounded) { return named_barrier_all(1 + group, 128, bounded); };
+      if (softmax.weights_at_current_max(s, p.logit_to_log2, whole_group)) {
+        rescale[0] = rescale[1] = 1.f;
+        return false;
+      }
+      wgmma_wait<0>();
+      pin_operands(s[0], o[0], pw);
+      wgmma_fence();
+      issue_scores(s[0], q_desc, stage);
+      wgmma_commit();
+      wgmma_wait<0>();
+      wgmma_pin(s[0]);
+      to_logits(j, mask);
+      return weights_from_tile_max(rescale);
     };
 
     // Tile j of the group's is tile tiles_done + j of the CTA's pipeline (tiles_done
@@ -375,8 +415,12 @@ struct PrefillSm90Cta {
       float rescale[2];
       // (Both ends where tile 0 needs any test: a third instantiation of the softmax
       // for tile 0 alone made ptxas spill more at width 64.)
-      if (tiles.needs_mask(0)) weights_of(0, MaskBoth{}, rescale);
-      else weights_of(0, MaskNone{}, rescale);
+      auto first_weights = [&](auto mask) {
+        to_logits(0, mask);
+        weights_from_tile_max(rescale);
+      };
+      if (tiles.needs_mask(0)) first_weights(MaskBoth{});
+      else first_weights(MaskNone{});
       rescale[0] = rescale[1] = 1.f;  // O is still 0: nothing to rescale (any_row_moved reads this)
       // After P_t V_t (t = -1: none was issued): its V stage goes back to the producer,
       // and O takes tile t+1's rescale before P_{t+1} V_{t+1} adds to it where a row
@@ -402,7 +446,8 @@ struct PrefillSm90Cta {
       // the end of step j, ptxas hoists it above the softmax's exponentials (it
       // places a wait as early as it can in its basic block), so they run after the
       // product; at the start of step j + 1 (after the loop's back edge) it cannot
-      // move, and they run under it.
+      // move, and they run under it. (With kWeightsAtCurrentMax they run under it at
+      // the end of step j too: the softmax's branch keeps the wait after them.)
       auto step = [&](int j, auto mask) {
         const int stage = stage_of(j), prev_stage = stage_of(j - 1);
         if (Traits::kPvWaitInNextStep) finish_pv(j - 2, any_row_moved());
@@ -418,8 +463,12 @@ struct PrefillSm90Cta {
         wgmma_commit();
         wgmma_wait<1>();  // S_j is ready; P_{j-1} V_{j-1} may still run
         wgmma_pin(s[0]);
+        const bool moved = [&] {
+          if constexpr (kWeightsAtCurrentMax) return weights_after_first(j, mask, rescale, stage);
+          to_logits(j, mask);
+          return weights_from_tile_max(rescale);
+        }();
         release(bar.k_empty[stage], lane);
-        const bool moved = weights_of(j, mask, rescale);
         if (!Traits::kPvWaitInNextStep) finish_pv(j - 1, moved);
       };
       int j = 1;

@@ -24,19 +24,25 @@ struct Sm90TileShape;
 // consume): at the end of step j, or at the start of step j + 1. Measured (H100, A/B):
 // the next step is 4-5% faster at width 256 and 2-4% slower at width 128; at 64 it
 // is even, and the end of the step keeps the soft-cap kernels' spills smaller.
+// kWeightsAtCurrentMax: the softmax of tiles after the first takes its weights at the
+// rows' current max, without the tile's max (prefill_sm90_kernel.cuh, consume:
+// weights_after_first). Measured (H100, ncu at base clocks, A/B): d128 non-causal 16k
+// +10.6%, S=4096 +7.7%, causal S=4096 +6.1%, ragged GQA +6.6%, d64 +2.4 to +5.3%; at
+// width 256 (BN = 64: twice the tiles, each with its warpgroup vote) -2.7% and -11%
+// (causal S=1024), so not there.
 // 64: three consumer groups (BM = 192). The PV product of a 64-wide tile is half that
 // of width 128 while the softmax work per score is the same: with two groups the tensor
 // cores idle while both run their softmax; a third keeps them fed (as FlashAttention-3
 // does at d64). O + S + P = 128 of the 160 registers a consumer gets when four
 // warpgroups share the register file. 112 KB of shared memory (two Q tiles of 24 KB,
 // two K/V stages of 16 KB each).
-template <> struct Sm90TileShape<64>  { static constexpr int kBlockN = 128, kStages = 2, kQStages = 2, kConsumerGroups = 3; static constexpr bool kPvWaitInNextStep = false; };
+template <> struct Sm90TileShape<64>  { static constexpr int kBlockN = 128, kStages = 2, kQStages = 2, kConsumerGroups = 3; static constexpr bool kPvWaitInNextStep = false, kWeightsAtCurrentMax = true; };
 // 128: 192 KB (two Q tiles of 32 KB, two K/V stages of 32 KB each): one CTA per SM.
 // O + S + P = 160 registers.
-template <> struct Sm90TileShape<128> { static constexpr int kBlockN = 128, kStages = 2, kQStages = 2, kConsumerGroups = 2; static constexpr bool kPvWaitInNextStep = false; };
+template <> struct Sm90TileShape<128> { static constexpr int kBlockN = 128, kStages = 2, kQStages = 2, kConsumerGroups = 2; static constexpr bool kPvWaitInNextStep = false, kWeightsAtCurrentMax = true; };
 // 256: O alone takes 128 registers: BN = 64; 192 KB with one Q tile (a second does not
 // fit) and 32 KB to stage out (see OutStageTile below).
-template <> struct Sm90TileShape<256> { static constexpr int kBlockN = 64, kStages = 2, kQStages = 1, kConsumerGroups = 2; static constexpr bool kPvWaitInNextStep = true; };
+template <> struct Sm90TileShape<256> { static constexpr int kBlockN = 64, kStages = 2, kQStages = 1, kConsumerGroups = 2; static constexpr bool kPvWaitInNextStep = true, kWeightsAtCurrentMax = false; };
 
 template <typename DType_, int kHeadDimTile>
 struct PrefillSm90Traits {
@@ -50,6 +56,7 @@ struct PrefillSm90Traits {
   static constexpr int kStages = Shape::kStages;
   static constexpr int kQStages = Shape::kQStages;
   static constexpr bool kPvWaitInNextStep = Shape::kPvWaitInNextStep;
+  static constexpr bool kWeightsAtCurrentMax = Shape::kWeightsAtCurrentMax;
   // Whether each consumer group runs only the K/V tiles its own rows see
   // (PrefillSm90Cta::group_skips): where a query tile is taller than a K/V tile, the
   // diagonal of a square causal mask always leaves a tile that the first group's rows

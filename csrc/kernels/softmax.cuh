@@ -20,6 +20,9 @@ namespace torch_attn {
 template <int kMFrags>
 struct OnlineSoftmax {
   static constexpr int kRows = 2 * kMFrags;
+  // The largest weight P that m may leave (as a power of 2): 256, far inside fp16's
+  // range (65504) also as P times a V element in the products' fp32 sums.
+  static constexpr float kMaxWeightLog2 = 8.f;
   float row_max[kRows];  // m, in logit units
   float row_sum[kRows];  // l: this lane's share; the quad's 4 shares are added in finalize()
 
@@ -37,15 +40,15 @@ struct OnlineSoftmax {
   /// called once its factor is known (moves: whether this thread's row moved).
   ///
   /// Lazy rescaling: m only moves when the tile's max exceeds it by more than
-  /// kLazyRescaleLog2 (in log2 units), or when the row had no max yet. Otherwise
-  /// the old m stays and weights may reach 2^kLazyRescaleLog2 = 256, harmless in
-  /// fp32 (l, O) and in bf16/fp16 (P). out = O / l and lse are exact either way,
-  /// since O and l always share one m. On most tiles no row of the warp moves and
-  /// the warp skips the O *= rescale multiplies (a third of the non-MMA work).
+  /// lazy_rescale_log2 (in log2 units), or when the row had no max yet. Otherwise
+  /// the old m stays and weights may reach 2^lazy_rescale_log2, harmless in fp32
+  /// (l, O) and in bf16/fp16 (P) up to 2^kMaxWeightLog2. out = O / l and lse are
+  /// exact either way, since O and l always share one m. On most tiles no row of
+  /// the warp moves and the warp skips the O *= rescale multiplies (a third of the
+  /// non-MMA work).
   template <int kNFragsS, class OnRow>
   __device__ __forceinline__ void logits_to_weights(float (&s)[kMFrags][kNFragsS][4], float logit_to_log2,
-                                                    OnRow&& on_row) {
-    constexpr float kLazyRescaleLog2 = 8.f;
+                                                    float lazy_rescale_log2, OnRow&& on_row) {
 #pragma unroll
     for (int mi = 0; mi < kMFrags; ++mi) {
 #pragma unroll
@@ -60,7 +63,7 @@ struct OnlineSoftmax {
         tile_max = fmaxf(tile_max, __shfl_xor_sync(0xffffffffu, tile_max, 2));
         // From -inf to a finite max the difference is +inf: the first visible key always moves m.
         // From -inf to -inf it is NaN: nothing visible yet, m stays -inf.
-        const bool moves = (tile_max - row_max[r]) * logit_to_log2 > kLazyRescaleLog2;
+        const bool moves = (tile_max - row_max[r]) * logit_to_log2 > lazy_rescale_log2;
         const float new_max = moves ? tile_max : row_max[r];
         // The -inf guard (see above): subtract 0 while the row has seen nothing.
         const float max_scaled = new_max == -INFINITY ? 0.f : new_max * logit_to_log2;
@@ -81,6 +84,48 @@ struct OnlineSoftmax {
     }
   }
 
+  /// logits_to_weights without waiting for the tile's max: the weights are taken at
+  /// the rows' current max m, P = exp2((s - m) * c). Where this thread's share of each
+  /// of its rows' weights stays at most 2^kMaxWeightLog2, so does each weight, and m
+  /// need not move (lazy rescaling as in logits_to_weights). all_threads(bounded) tells
+  /// whether that holds in every thread that decides together; if so, l takes the
+  /// tile's weights, O needs no rescale, and this returns true. That is the case on
+  /// almost every tile, and it saves the max (an instruction per score, two shuffles
+  /// per row) and the exponentials' wait for it. Otherwise (a row's new logits exceed
+  /// its max by about kMaxWeightLog2 or more, or the row had no max yet: its exponents
+  /// are then +inf or NaN, and the test fails on both) it returns false with l
+  /// untouched and s no longer holding logits: the caller computes them again and
+  /// takes logits_to_weights.
+  template <int kNFragsS, class AllThreads>
+  __device__ __forceinline__ bool weights_at_current_max(float (&s)[kMFrags][kNFragsS][4], float logit_to_log2,
+                                                         AllThreads&& all_threads) {
+    constexpr float kMaxShare = 1 << static_cast<int>(kMaxWeightLog2);
+    float tile_sum[kRows];
+    bool bounded = true;
+#pragma unroll
+    for (int mi = 0; mi < kMFrags; ++mi) {
+#pragma unroll
+      for (int half = 0; half < 2; ++half) {  // row g uses c0,c1; row g+8 uses c2,c3
+        const int r = 2 * mi + half;
+        const float max_scaled = row_max[r] * logit_to_log2;
+        tile_sum[r] = 0.f;
+#pragma unroll
+        for (int nb = 0; nb < kNFragsS; ++nb) {
+#pragma unroll
+          for (int e = 2 * half; e < 2 * half + 2; ++e) {
+            s[mi][nb][e] = fast_exp2(fmaf(s[mi][nb][e], logit_to_log2, -max_scaled));
+            tile_sum[r] += s[mi][nb][e];
+          }
+        }
+        bounded &= tile_sum[r] <= kMaxShare;  // (false for NaN)
+      }
+    }
+    if (!all_threads(bounded)) return false;
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) row_sum[r] += tile_sum[r];
+    return true;
+  }
+
   /// O *= rescale for row r (rows 16 mi + g and 16 mi + g + 8 of the warp).
   template <int kNFragsO>
   __device__ __forceinline__ static void rescale_row(float (&o)[kMFrags][kNFragsO][4], int r, float rescale) {
@@ -96,7 +141,7 @@ struct OnlineSoftmax {
   template <int kNFragsS, int kNFragsO>
   __device__ __forceinline__ void update(float (&s)[kMFrags][kNFragsS][4], float (&o)[kMFrags][kNFragsO][4],
                                          float logit_to_log2) {
-    logits_to_weights(s, logit_to_log2, [&](int r, float rescale, bool moves) {
+    logits_to_weights(s, logit_to_log2, kMaxWeightLog2, [&](int r, float rescale, bool moves) {
       if (__any_sync(0xffffffffu, moves)) rescale_row(o, r, rescale);
     });
   }
