@@ -60,10 +60,9 @@ def spills_by_kernel(report: str) -> dict[str, int]:
 #     did before): 8 bytes, per-item values stored once and reloaded between the loops
 #     over masked and unmasked tiles, never inside one;
 #   * wgmma, head dim 64: three consumer groups share the register file (160 registers
-#     each, 32 for the producer): 24 bytes with the soft cap, 12 paged, 36 paged with the
-#     soft cap (the producer's per-item values, masked tiles; 4 more each since the tile
-#     steps' softmax split into logits and weights, kWeightsAtCurrentMax), 4 with neither
-#     (the producer, on the ragged-batch path of finding an item);
+#     each, 32 for the producer): 20 bytes with the soft cap, 12 paged, 32 paged with the
+#     soft cap (the producer's per-item values, masked tiles), 4 with neither (the
+#     producer, on the ragged-batch path of finding an item);
 #   * wgmma, head dim 256, paged: 4 bytes (a consumer's warp index, stored once and
 #     loaded once per item); with the soft cap 20 (the rescale factors that stay live from
 #     one tile step into the next, kPvWaitInNextStep, and the Q descriptor reloaded once
@@ -74,7 +73,7 @@ def spills_by_kernel(report: str) -> dict[str, int]:
 MMA_SYNC_PAGED_SPILL_BOUND = 128
 MMA_SYNC_DENSE_SPILL_BOUNDS = {128: 8}  # head-dim tile -> bytes; other dense mma.sync kernels: 0
 # (head-dim tile, soft cap, paged) -> bytes; other wgmma kernels: 0.
-WGMMA_SPILL_BOUNDS = {(64, False, False): 4, (64, True, False): 24, (64, False, True): 12, (64, True, True): 36,
+WGMMA_SPILL_BOUNDS = {(64, False, False): 4, (64, True, False): 20, (64, False, True): 12, (64, True, True): 32,
                       (256, False, True): 4, (256, True, True): 20}
 
 

@@ -361,8 +361,9 @@ struct PrefillSm90Cta {
     // d128 16k, measured on a build that was wrong where warps disagree), but must then
     // compute S_j again without wgmma, on its CUDA cores from shared memory: that build
     // measured 3.6% slower than the kernel before this path, its fast path the same in
-    // SASS (not explained; H100, ncu at base clocks). The branch also keeps ptxas from
-    // hoisting the wait for P_{j-1} V_{j-1} above the exponentials (kPvWaitInNextStep).
+    // SASS (not explained; H100, ncu at base clocks). Where the wait for P_{j-1} V_{j-1}
+    // ends the step (kPvWaitInNextStep false), this branch also keeps ptxas from hoisting
+    // that wait above the exponentials: they now run under the product.
     auto weights_after_first = [&](int j, auto mask, float (&rescale)[2], int stage) -> bool {
       to_logits(j, mask);
       const auto whole_group = [&](bool bounded) { return named_barrier_all(1 + group, 128, bounded); };
@@ -435,7 +436,7 @@ struct PrefillSm90Cta {
         }
       };
       // Whether a row moved, from the factors (1: it did not), for kPvWaitInNextStep: the
-      // flag weights_of returns, kept live into the next step, cost registers (spills with
+      // flag the softmax returns, kept live into the next step, cost registers (spills with
       // the soft cap at width 256). Without it the flag is used: derived from the factors
       // there, the d64 soft-cap kernels spilled 40 bytes more.
       auto any_row_moved = [&] { return __any_sync(0xffffffffu, rescale[0] != 1.f || rescale[1] != 1.f); };
@@ -463,12 +464,14 @@ struct PrefillSm90Cta {
         wgmma_commit();
         wgmma_wait<1>();  // S_j is ready; P_{j-1} V_{j-1} may still run
         wgmma_pin(s[0]);
+        // K_j goes back to the producer once no S_j is left to compute from it.
+        if constexpr (!kWeightsAtCurrentMax) release(bar.k_empty[stage], lane);
         const bool moved = [&] {
           if constexpr (kWeightsAtCurrentMax) return weights_after_first(j, mask, rescale, stage);
           to_logits(j, mask);
           return weights_from_tile_max(rescale);
         }();
-        release(bar.k_empty[stage], lane);
+        if constexpr (kWeightsAtCurrentMax) release(bar.k_empty[stage], lane);
         if (!Traits::kPvWaitInNextStep) finish_pv(j - 1, moved);
       };
       int j = 1;

@@ -3,7 +3,8 @@
 // Each thread holds kRows = 2 * kMFrags query rows: rows g and g + 8 of every m16
 // fragment (g = lane / 4), with the row's scores spread over the 4 lanes of a
 // quad. For one row, after the keys of tiles 0..j:
-//     m = max of the visible logits so far           (-inf while none was visible)
+//     m = a visible logit so far, at most 8 / c below their max (lazy rescaling;
+//         -inf while none was visible)
 //     l = sum over those keys of exp2((logit - m) * c)      c = logit_to_log2 > 0
 //     O = sum over those keys of exp2((logit - m) * c) * V[key]
 // and out = O / l, lse = (m * c + log2 l) * ln 2 (natural log, as FlashAttention).
@@ -92,8 +93,9 @@ struct OnlineSoftmax {
   /// tile's weights, O needs no rescale, and this returns true. That is the case on
   /// almost every tile, and it saves the max (an instruction per score, two shuffles
   /// per row) and the exponentials' wait for it. Otherwise (a row's new logits exceed
-  /// its max by about kMaxWeightLog2 or more, or the row had no max yet: its exponents
-  /// are then +inf or NaN, and the test fails on both) it returns false with l
+  /// its max by kMaxWeightLog2 / c, or less where many do: the test is on the share, a
+  /// sum of 2 kNFragsS weights; or the row had no max yet: its exponents are then +inf
+  /// or NaN, and the test fails on both) it returns false with l
   /// untouched and s no longer holding logits: the caller computes them again and
   /// takes logits_to_weights.
   template <int kNFragsS, class AllThreads>
