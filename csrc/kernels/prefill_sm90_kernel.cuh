@@ -333,6 +333,14 @@ struct PrefillSm90Cta {
 
     float s[1][kNFragsS][4];
     uint32_t pw[kPFrags][4];
+    // S = Q K^T for the K tile of `stage`, issued and waited for.
+    auto scores_now = [&](int stage) {
+      wgmma_fence();
+      issue_scores(s[0], q_desc, stage);
+      wgmma_commit();
+      wgmma_wait<0>();
+      wgmma_pin(s[0]);
+    };
     // Scores of tile j (in s) -> logits: soft cap, mask.
     auto to_logits = [&](int j, auto mask) {
       scores_to_logits<kSoftCap, decltype(mask)::value>(s, p, visibility, query_row0, (tiles.begin + j) * kBlockN,
@@ -373,11 +381,7 @@ struct PrefillSm90Cta {
       }
       wgmma_wait<0>();
       pin_operands(s[0], o[0], pw);
-      wgmma_fence();
-      issue_scores(s[0], q_desc, stage);
-      wgmma_commit();
-      wgmma_wait<0>();
-      wgmma_pin(s[0]);
+      scores_now(stage);
       to_logits(j, mask);
       return weights_from_tile_max(rescale);
     };
@@ -405,11 +409,7 @@ struct PrefillSm90Cta {
     if (tiles.count > 0) {
       // Tile 0: S_0 alone.
       bar.k_full[stage_of(0)].wait(parity_of(0));
-      wgmma_fence();
-      issue_scores(s[0], q_desc, stage_of(0));
-      wgmma_commit();
-      wgmma_wait<0>();
-      wgmma_pin(s[0]);
+      scores_now(stage_of(0));
       release(bar.k_empty[stage_of(0)], lane);
       // rescale: what O must be multiplied by before P_j V_j adds to it, from the
       // softmax of tile j.
@@ -465,13 +465,15 @@ struct PrefillSm90Cta {
         wgmma_wait<1>();  // S_j is ready; P_{j-1} V_{j-1} may still run
         wgmma_pin(s[0]);
         // K_j goes back to the producer once no S_j is left to compute from it.
-        if constexpr (!kWeightsAtCurrentMax) release(bar.k_empty[stage], lane);
-        const bool moved = [&] {
-          if constexpr (kWeightsAtCurrentMax) return weights_after_first(j, mask, rescale, stage);
+        bool moved;
+        if constexpr (kWeightsAtCurrentMax) {
+          moved = weights_after_first(j, mask, rescale, stage);
+          release(bar.k_empty[stage], lane);
+        } else {
+          release(bar.k_empty[stage], lane);
           to_logits(j, mask);
-          return weights_from_tile_max(rescale);
-        }();
-        if constexpr (kWeightsAtCurrentMax) release(bar.k_empty[stage], lane);
+          moved = weights_from_tile_max(rescale);
+        }
         if (!Traits::kPvWaitInNextStep) finish_pv(j - 1, moved);
       };
       int j = 1;

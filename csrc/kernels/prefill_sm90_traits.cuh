@@ -27,9 +27,9 @@ struct Sm90TileShape;
 // kWeightsAtCurrentMax: the softmax of tiles after the first takes its weights at the
 // rows' current max, without the tile's max (prefill_sm90_kernel.cuh, consume:
 // weights_after_first). Measured (H100, ncu at base clocks, A/B): d128 non-causal 16k
-// +10.6%, S=4096 +7.7%, causal S=4096 +6.1%, ragged GQA +6.6%, d64 +2.4 to +5.3%; at
+// +10.3%, S=4096 +8.3%, causal S=4096 +7.4%, ragged GQA +5.0%, d64 +3.2 to +3.6%; at
 // width 256 (BN = 64: twice the tiles, each with its warpgroup vote) -2.7% and -11%
-// (causal S=1024), so not there.
+// (causal S=1024, in a build with it on at every width), so not there.
 // 64: three consumer groups (BM = 192). The PV product of a 64-wide tile is half that
 // of width 128 while the softmax work per score is the same: with two groups the tensor
 // cores idle while both run their softmax; a third keeps them fed (as FlashAttention-3

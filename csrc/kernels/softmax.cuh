@@ -35,6 +35,24 @@ struct OnlineSoftmax {
     }
   }
 
+  /// One row's logits in s (half 0: row g of fragment mi, c0 and c1; half 1: row g + 8,
+  /// c2 and c3) -> weights exp2(logit * c - max_scaled) in place; returns this thread's
+  /// share of their sum.
+  template <int kNFragsS>
+  __device__ __forceinline__ static float row_to_weights(float (&s)[kMFrags][kNFragsS][4], int mi, int half,
+                                                        float logit_to_log2, float max_scaled) {
+    float sum = 0.f;
+#pragma unroll
+    for (int nb = 0; nb < kNFragsS; ++nb) {
+#pragma unroll
+      for (int e = 2 * half; e < 2 * half + 2; ++e) {
+        s[mi][nb][e] = fast_exp2(fmaf(s[mi][nb][e], logit_to_log2, -max_scaled));
+        sum += s[mi][nb][e];
+      }
+    }
+    return sum;
+  }
+
   /// Takes a tile of logits s (masked ones are -inf) and turns them into weights
   /// P = exp2((s - m) * c) in place, rescaling l when m moves. O must then be
   /// multiplied by the same factor: for each row r, on_row(r, rescale, moves) is
@@ -70,16 +88,7 @@ struct OnlineSoftmax {
         const float max_scaled = new_max == -INFINITY ? 0.f : new_max * logit_to_log2;
         const float rescale = moves ? fast_exp2(row_max[r] * logit_to_log2 - max_scaled) : 1.f;  // 0 from -inf
         row_max[r] = new_max;
-        float tile_sum = 0.f;
-#pragma unroll
-        for (int nb = 0; nb < kNFragsS; ++nb) {
-#pragma unroll
-          for (int e = 2 * half; e < 2 * half + 2; ++e) {
-            s[mi][nb][e] = fast_exp2(fmaf(s[mi][nb][e], logit_to_log2, -max_scaled));
-            tile_sum += s[mi][nb][e];
-          }
-        }
-        row_sum[r] = row_sum[r] * rescale + tile_sum;
+        row_sum[r] = row_sum[r] * rescale + row_to_weights(s, mi, half, logit_to_log2, max_scaled);
         on_row(r, rescale, moves);
       }
     }
@@ -109,16 +118,7 @@ struct OnlineSoftmax {
 #pragma unroll
       for (int half = 0; half < 2; ++half) {  // row g uses c0,c1; row g+8 uses c2,c3
         const int r = 2 * mi + half;
-        const float max_scaled = row_max[r] * logit_to_log2;
-        tile_sum[r] = 0.f;
-#pragma unroll
-        for (int nb = 0; nb < kNFragsS; ++nb) {
-#pragma unroll
-          for (int e = 2 * half; e < 2 * half + 2; ++e) {
-            s[mi][nb][e] = fast_exp2(fmaf(s[mi][nb][e], logit_to_log2, -max_scaled));
-            tile_sum[r] += s[mi][nb][e];
-          }
-        }
+        tile_sum[r] = row_to_weights(s, mi, half, logit_to_log2, row_max[r] * logit_to_log2);
         bounded &= tile_sum[r] <= kMaxShare;  // (false for NaN)
       }
     }
