@@ -16,14 +16,14 @@ PrefillResult merge_states(const at::Tensor& out_a, const at::Tensor& lse_a, con
   TORCH_CHECK_VALUE(out_b.sizes() == out_a.sizes(), "attn.merge_states: out_b must have out_a's shape ", out_a.sizes(),
                     ", got ", out_b.sizes());
   TORCH_CHECK_TYPE(out_a.is_floating_point() && out_b.scalar_type() == out_a.scalar_type(),
-                   "attn.merge_states: out_a and out_b must share one floating dtype, got ", out_a.scalar_type(),
-                   " and ", out_b.scalar_type());
+                   "attn.merge_states: out_a and out_b must share one floating dtype, got ",
+                   dtype_name(out_a.scalar_type()), " and ", dtype_name(out_b.scalar_type()));
   const auto lse_shape = out_a.sizes().slice(0, out_a.dim() - 1);
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"lse_a", lse_a}, {"lse_b", lse_b}}) {
     TORCH_CHECK_VALUE(t.sizes() == lse_shape, "attn.merge_states: ", name, " must be out's shape without head_dim ",
                       lse_shape, ", got ", t.sizes());
     TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, "attn.merge_states: ", name, " must be float32, got ",
-                     t.scalar_type());
+                     dtype_name(t.scalar_type()));
   }
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"lse_a", lse_a}, {"out_b", out_b},
                                 {"lse_b", lse_b}}) {

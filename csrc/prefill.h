@@ -3,6 +3,7 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
+#include <string>
 #include <tuple>
 
 namespace torch_attn {
@@ -66,6 +67,9 @@ PrefillResult prefill_paged_cuda(const at::Tensor& q, const at::Tensor& k_cache,
 /// (any device; ATen ops, no host sync).
 PrefillResult merge_states(const at::Tensor& out_a, const at::Tensor& lse_a, const at::Tensor& out_b,
                            const at::Tensor& lse_b);
+
+/// A dtype as Python spells it ("torch.bfloat16"), for error messages.
+std::string dtype_name(at::ScalarType type);
 
 /// Output buffers of the op: out has q's shape (contiguous), lse q's shape without head_dim, float32.
 PrefillResult allocate_prefill_outputs(const at::Tensor& q);

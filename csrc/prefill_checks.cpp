@@ -5,16 +5,24 @@
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 #include <cmath>
+#include <limits>
+#include <string>
 #include "prefill.h"
 
 namespace torch_attn {
+
+std::string dtype_name(at::ScalarType type) { return "torch." + std::string(c10::getDtypeNames(type).first); }
+
 namespace {
+
+// The kernels keep token, head and sequence counts in int32.
+constexpr int64_t kInt32Limit = int64_t{1} << 31;
 
 const char* rank_help(int64_t dim) { return dim == 3 ? "[tokens, heads, head_dim]" : "[batch, tokens, heads, head_dim]"; }
 
 void check_indptr(const char* name, const at::Tensor& indptr, const at::Tensor& q) {
   TORCH_CHECK_TYPE(indptr.scalar_type() == at::kInt, "attn.prefill: ", name, " must be int32, got ",
-                   indptr.scalar_type());
+                   dtype_name(indptr.scalar_type()));
   TORCH_CHECK_VALUE(indptr.dim() == 1 && indptr.numel() >= 1, "attn.prefill: ", name,
                     " must be a 1-D [batch + 1] tensor, got shape ", indptr.sizes());
   TORCH_CHECK_VALUE(indptr.device() == q.device(), "attn.prefill: ", name, " must be on q's device (", q.device(),
@@ -23,19 +31,26 @@ void check_indptr(const char* name, const at::Tensor& indptr, const at::Tensor& 
 }
 
 /// The scalar arguments every attention op shares; returns sm_scale with its default applied.
-double check_mask_args(int64_t head_dim, c10::optional<double> sm_scale, int64_t window_left, double logits_soft_cap) {
-  TORCH_CHECK_VALUE(window_left >= -1, "attn.prefill: window_left must be -1 (no window) or >= 0, got ",
-                    window_left);
-  TORCH_CHECK_VALUE(std::isfinite(logits_soft_cap) && logits_soft_cap >= 0.0,
-                    "attn.prefill: logits_soft_cap must be >= 0 (0 disables it), got ", logits_soft_cap);
+/// The kernels take the scale and the cap as float32: values past its range would turn into
+/// inf there, and inf * 0 into NaN.
+double check_mask_args(const char* op, int64_t head_dim, c10::optional<double> sm_scale, int64_t window_left,
+                       double logits_soft_cap) {
+  constexpr double kFloatMax = std::numeric_limits<float>::max();
+  TORCH_CHECK_VALUE(window_left >= -1, op, ": window_left must be -1 (no window) or >= 0, got ", window_left);
+  TORCH_CHECK_VALUE(std::isfinite(logits_soft_cap) && logits_soft_cap >= 0.0 && logits_soft_cap <= kFloatMax, op,
+                    ": logits_soft_cap must be >= 0 (0 disables it) and finite in float32, got ", logits_soft_cap);
   const double scale = sm_scale.has_value() ? *sm_scale : 1.0 / std::sqrt(static_cast<double>(head_dim));
-  TORCH_CHECK_VALUE(std::isfinite(scale) && scale > 0.0, "attn.prefill: sm_scale must be a positive finite number, got ",
-                    scale);
+  TORCH_CHECK_VALUE(std::isfinite(scale) && scale > 0.0 && scale <= kFloatMax, op,
+                    ": sm_scale must be a positive number, finite in float32, got ", scale);
+  TORCH_CHECK_VALUE(logits_soft_cap == 0.0 || scale / logits_soft_cap <= kFloatMax, op,
+                    ": logits_soft_cap is too small for sm_scale (sm_scale / logits_soft_cap must be finite in "
+                    "float32), got logits_soft_cap ", logits_soft_cap, " and sm_scale ", scale);
   return scale;
 }
 
 void check_int_vector(const char* name, const at::Tensor& t, int64_t dim, const at::Tensor& q) {
-  TORCH_CHECK_TYPE(t.scalar_type() == at::kInt, "attn.prefill_paged: ", name, " must be int32, got ", t.scalar_type());
+  TORCH_CHECK_TYPE(t.scalar_type() == at::kInt, "attn.prefill_paged: ", name, " must be int32, got ",
+                   dtype_name(t.scalar_type()));
   TORCH_CHECK_VALUE(t.dim() == dim, "attn.prefill_paged: ", name, " must be ", dim, "-D, got shape ", t.sizes());
   TORCH_CHECK_VALUE(t.device() == q.device(), "attn.prefill_paged: ", name, " must be on q's device (", q.device(),
                     "), got ", t.device());
@@ -56,11 +71,11 @@ PrefillShape check_prefill_args(const at::Tensor& q, const at::Tensor& k, const 
                     " like q, got ", v.dim(), "-D");
   const auto dtype = q.scalar_type();
   TORCH_CHECK_TYPE(dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kFloat,
-                   "attn.prefill: q must be float16, bfloat16 or float32, got ", dtype);
-  TORCH_CHECK_TYPE(k.scalar_type() == dtype, "attn.prefill: k must have q's dtype (", dtype, "), got ",
-                   k.scalar_type());
-  TORCH_CHECK_TYPE(v.scalar_type() == dtype, "attn.prefill: v must have q's dtype (", dtype, "), got ",
-                   v.scalar_type());
+                   "attn.prefill: q must be float16, bfloat16 or float32, got ", dtype_name(dtype));
+  TORCH_CHECK_TYPE(k.scalar_type() == dtype, "attn.prefill: k must have q's dtype (", dtype_name(dtype), "), got ",
+                   dtype_name(k.scalar_type()));
+  TORCH_CHECK_TYPE(v.scalar_type() == dtype, "attn.prefill: v must have q's dtype (", dtype_name(dtype), "), got ",
+                   dtype_name(v.scalar_type()));
   TORCH_CHECK_VALUE(k.device() == q.device(), "attn.prefill: k must be on q's device (", q.device(), "), got ",
                     k.device());
   TORCH_CHECK_VALUE(v.device() == q.device(), "attn.prefill: v must be on q's device (", q.device(), "), got ",
@@ -88,7 +103,7 @@ PrefillShape check_prefill_args(const at::Tensor& q, const at::Tensor& k, const 
   TORCH_CHECK_VALUE(v.size(-3) == k.size(-3), "attn.prefill: v must have k's number of tokens (", k.size(-3),
                     "), got ", v.size(-3));
 
-  const double scale = check_mask_args(head_dim, sm_scale, window_left, logits_soft_cap);
+  const double scale = check_mask_args("attn.prefill", head_dim, sm_scale, window_left, logits_soft_cap);
 
   PrefillShape shape{};
   shape.num_qo_heads = num_qo_heads;
@@ -119,8 +134,10 @@ PrefillShape check_prefill_args(const at::Tensor& q, const at::Tensor& k, const 
     shape.qo_len = q.size(0);
     shape.kv_len = k.size(0);
   }
-  TORCH_CHECK_VALUE(shape.qo_len < (int64_t{1} << 31) && shape.kv_len < (int64_t{1} << 31),
-                    "attn.prefill: at most 2^31 - 1 tokens in q and in k/v");
+  TORCH_CHECK_VALUE(shape.qo_len < kInt32Limit && shape.kv_len < kInt32Limit && num_qo_heads < kInt32Limit &&
+                        shape.num_seqs < kInt32Limit,
+                    "attn.prefill: at most 2^31 - 1 tokens, heads and sequences in q and in k/v, got q shape ",
+                    q.sizes(), " and k shape ", k.sizes());
   return shape;
 }
 
@@ -138,10 +155,10 @@ PagedShape check_prefill_paged_args(const at::Tensor& q, const at::Tensor& k_cac
                     k_cache.sizes(), ", got ", v_cache.sizes());
   const auto dtype = q.scalar_type();
   TORCH_CHECK_TYPE(dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kFloat,
-                   "attn.prefill_paged: q must be float16, bfloat16 or float32, got ", dtype);
+                   "attn.prefill_paged: q must be float16, bfloat16 or float32, got ", dtype_name(dtype));
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"k_cache", k_cache}, {"v_cache", v_cache}}) {
-    TORCH_CHECK_TYPE(t.scalar_type() == dtype, "attn.prefill_paged: ", name, " must have q's dtype (", dtype,
-                     "), got ", t.scalar_type());
+    TORCH_CHECK_TYPE(t.scalar_type() == dtype, "attn.prefill_paged: ", name, " must have q's dtype (",
+                     dtype_name(dtype), "), got ", dtype_name(t.scalar_type()));
     TORCH_CHECK_VALUE(t.device() == q.device(), "attn.prefill_paged: ", name, " must be on q's device (", q.device(),
                       "), got ", t.device());
   }
@@ -175,8 +192,13 @@ PagedShape check_prefill_paged_args(const at::Tensor& q, const at::Tensor& k_cac
   TORCH_CHECK_VALUE(kv_lens.numel() == num_seqs, "attn.prefill_paged: kv_lens must have one entry per sequence (",
                     num_seqs, "), got ", kv_lens.numel());
   shape.max_pages = block_table.size(1);
-  TORCH_CHECK_VALUE(shape.max_pages * shape.page_size < (int64_t{1} << 31) && q.size(0) < (int64_t{1} << 31),
-                    "attn.prefill_paged: at most 2^31 - 1 tokens per sequence and in q");
+  const bool table_fits = shape.max_pages < kInt32Limit && shape.page_size < kInt32Limit &&
+                          shape.max_pages * shape.page_size < kInt32Limit;
+  TORCH_CHECK_VALUE(table_fits && q.size(0) < kInt32Limit &&
+                        q.size(1) < kInt32Limit && num_seqs < kInt32Limit && shape.num_pages < kInt32Limit,
+                    "attn.prefill_paged: at most 2^31 - 1 tokens in q and per sequence (block_table.size(1) * "
+                    "page_size), heads, sequences and pages, got q shape ", q.sizes(), ", k_cache shape ",
+                    k_cache.sizes(), " and block_table shape ", block_table.sizes());
   PrefillShape& common = shape.common;
   common.ragged = true;
   common.num_seqs = num_seqs;
@@ -185,7 +207,7 @@ PagedShape check_prefill_paged_args(const at::Tensor& q, const at::Tensor& k_cac
   common.num_qo_heads = q.size(1);
   common.num_kv_heads = num_kv_heads;
   common.head_dim = head_dim;
-  common.sm_scale = check_mask_args(head_dim, sm_scale, window_left, logits_soft_cap);
+  common.sm_scale = check_mask_args("attn.prefill_paged", head_dim, sm_scale, window_left, logits_soft_cap);
   return shape;
 }
 

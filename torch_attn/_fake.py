@@ -1,7 +1,9 @@
 """Fake (meta) kernels of the attn ops, so torch.compile traces them without running them.
 
-They mirror the shape checks of csrc/prefill_checks.cpp with the same messages
-(tests/test_bad_input.py runs every malformed call through both).
+They mirror the checks of csrc/prefill_checks.cpp, csrc/prefill_cuda.cpp and
+csrc/merge_states.cpp with the same exception types and the same messages
+(tests/test_bad_input.py compares the two on every malformed call). torch._check_value /
+_check_type take symbolic conditions too, so dynamic shapes add no guards beyond the checks'.
 """
 from __future__ import annotations
 
@@ -10,146 +12,196 @@ import math
 import torch
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_CUDA_DTYPES = (torch.float16, torch.bfloat16)
+_INT32_LIMIT = 2**31
+_FLOAT32_MAX = torch.finfo(torch.float32).max
+
+
+def _num(x: float) -> str:
+    """A double as C++'s ostream prints it (six significant digits)."""
+    return format(x, "g")
+
+
+def _shape(t: torch.Tensor) -> str:
+    return str(list(t.shape))
 
 
 def _rank_help(dim: int) -> str:
     return "[tokens, heads, head_dim]" if dim == 3 else "[batch, tokens, heads, head_dim]"
 
 
-def _check_indptr(name: str, indptr: torch.Tensor, q: torch.Tensor) -> None:
-    if indptr.dtype != torch.int32:
-        raise TypeError(f"attn.prefill: {name} must be int32, got {indptr.dtype}")
-    if indptr.dim() != 1 or indptr.numel() < 1:
-        raise ValueError(f"attn.prefill: {name} must be a 1-D [batch + 1] tensor, got shape {list(indptr.shape)}")
-    if indptr.device != q.device:
-        raise ValueError(f"attn.prefill: {name} must be on q's device")
-    if indptr.stride(0) != 1:
-        raise ValueError(f"attn.prefill: {name} must be contiguous")
-
-
-def check_mask_args(head_dim, sm_scale, window_left, logits_soft_cap) -> None:
-    if window_left < -1:
-        raise ValueError(f"attn.prefill: window_left must be -1 (no window) or >= 0, got {window_left}")
-    if not (math.isfinite(logits_soft_cap) and logits_soft_cap >= 0):
-        raise ValueError(f"attn.prefill: logits_soft_cap must be >= 0 (0 disables it), got {logits_soft_cap}")
+def check_mask_args(op: str, head_dim, sm_scale, window_left, logits_soft_cap) -> float:
+    """The scalar arguments every attention op shares; returns sm_scale with its default applied."""
+    torch._check_value(window_left >= -1, lambda: f"{op}: window_left must be -1 (no window) or >= 0, got {window_left}")
+    cap = logits_soft_cap
+    torch._check_value(math.isfinite(cap) and 0 <= cap <= _FLOAT32_MAX,
+                       lambda: f"{op}: logits_soft_cap must be >= 0 (0 disables it) and finite in float32, got "
+                               f"{_num(cap)}")
     scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(head_dim)
-    if not (math.isfinite(scale) and scale > 0):
-        raise ValueError(f"attn.prefill: sm_scale must be a positive finite number, got {scale}")
+    torch._check_value(math.isfinite(scale) and 0 < scale <= _FLOAT32_MAX,
+                       lambda: f"{op}: sm_scale must be a positive number, finite in float32, got {_num(scale)}")
+    torch._check_value(cap == 0 or scale / cap <= _FLOAT32_MAX,
+                       lambda: f"{op}: logits_soft_cap is too small for sm_scale (sm_scale / logits_soft_cap must be "
+                               f"finite in float32), got logits_soft_cap {_num(cap)} and sm_scale {_num(scale)}")
+    return scale
 
 
-def check_cuda_dtype(q) -> None:
-    if q.device.type == "cuda" and q.dtype == torch.float32:
-        raise TypeError("attn.prefill: on CUDA, q, k and v must be float16 or bfloat16 (float32 runs on CPU only)")
+def _check_head_dim(op: str, head_dim) -> None:
+    torch._check_value(head_dim % 8 == 0 and 8 <= head_dim <= 256,
+                       lambda: f"{op}: head_dim (q.size(-1)) must be a multiple of 8 from 8 to 256, got {head_dim}")
+
+
+def check_cuda_args(op: str, q: torch.Tensor, tensors: dict[str, torch.Tensor]) -> None:
+    """The CUDA kernels' own demands: half-precision inputs, rows starting 16-byte aligned
+    (a fake tensor has no address: its storage is taken to start aligned, as the caching
+    allocator's blocks do)."""
+    if q.device.type != "cuda":
+        return
+    torch._check_type(q.dtype in _CUDA_DTYPES,
+                      lambda: f"{op}: on CUDA, q, k and v must be float16 or bfloat16 (float32 runs on CPU only), got "
+                              f"{q.dtype}")
+    for name, t in tensors.items():
+        aligned = t.storage_offset() * t.element_size() % 16 == 0
+        for d in range(t.dim() - 1):
+            aligned = aligned and (t.shape[d] <= 1 or t.stride(d) % 8 == 0)
+        torch._check_value(aligned, lambda: f"{op}: on CUDA, {name} must start 16-byte aligned and have strides that "
+                                            f"are multiples of 8 elements (every row 16-byte aligned), got strides "
+                                            f"{list(t.stride())} and storage offset {t.storage_offset()}")
+
+
+def _check_indptr(name: str, indptr: torch.Tensor, q: torch.Tensor) -> None:
+    torch._check_type(indptr.dtype == torch.int32, lambda: f"attn.prefill: {name} must be int32, got {indptr.dtype}")
+    torch._check_value(indptr.dim() == 1 and indptr.numel() >= 1,
+                       lambda: f"attn.prefill: {name} must be a 1-D [batch + 1] tensor, got shape {_shape(indptr)}")
+    torch._check_value(indptr.device == q.device,
+                       lambda: f"attn.prefill: {name} must be on q's device ({q.device}), got {indptr.device}")
+    torch._check_value(indptr.stride(0) == 1, lambda: f"attn.prefill: {name} must be contiguous")
 
 
 def check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, logits_soft_cap) -> None:
-    if q.dim() not in (3, 4):
-        raise ValueError("attn.prefill: q must be 3-D [tokens, heads, head_dim] or 4-D [batch, tokens, heads, "
-                         f"head_dim], got {q.dim()}-D")
+    op = "attn.prefill"
+    torch._check_value(q.dim() in (3, 4), lambda: f"{op}: q must be 3-D [tokens, heads, head_dim] or 4-D [batch, "
+                                                  f"tokens, heads, head_dim], got {q.dim()}-D")
     for name, t in (("k", k), ("v", v)):
-        if t.dim() != q.dim():
-            raise ValueError(f"attn.prefill: {name} must be {q.dim()}-D {_rank_help(q.dim())} like q, got {t.dim()}-D")
-    if q.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"attn.prefill: q must be float16, bfloat16 or float32, got {q.dtype}")
+        torch._check_value(t.dim() == q.dim(),
+                           lambda: f"{op}: {name} must be {q.dim()}-D {_rank_help(q.dim())} like q, got {t.dim()}-D")
+    torch._check_type(q.dtype in _FLOAT_DTYPES, lambda: f"{op}: q must be float16, bfloat16 or float32, got {q.dtype}")
     for name, t in (("k", k), ("v", v)):
-        if t.dtype != q.dtype:
-            raise TypeError(f"attn.prefill: {name} must have q's dtype")
+        torch._check_type(t.dtype == q.dtype, lambda: f"{op}: {name} must have q's dtype ({q.dtype}), got {t.dtype}")
     for name, t in (("k", k), ("v", v)):
-        if t.device != q.device:
-            raise ValueError(f"attn.prefill: {name} must be on q's device")
+        torch._check_value(t.device == q.device, lambda: f"{op}: {name} must be on q's device ({q.device}), got "
+                                                         f"{t.device}")
     for name, t in (("q", q), ("k", k), ("v", v)):
-        if t.stride(-1) != 1:
-            raise ValueError(f"attn.prefill: {name} must have a contiguous last dimension (stride 1)")
+        torch._check_value(t.stride(-1) == 1, lambda: f"{op}: {name} must have a contiguous last dimension (stride 1), "
+                                                      f"got stride {t.stride(-1)}")
     head_dim = q.shape[-1]
-    if head_dim % 8 != 0 or not 8 <= head_dim <= 256:
-        raise ValueError(f"attn.prefill: head_dim (q.size(-1)) must be a multiple of 8 from 8 to 256, got {head_dim}")
+    _check_head_dim(op, head_dim)
     for name, t in (("k", k), ("v", v)):
-        if t.shape[-1] != head_dim:
-            raise ValueError(f"attn.prefill: {name}'s head_dim must equal q's")
+        torch._check_value(t.shape[-1] == head_dim,
+                           lambda: f"{op}: {name}'s head_dim must equal q's ({head_dim}), got {t.shape[-1]}")
     num_qo_heads, num_kv_heads = q.shape[-2], k.shape[-2]
-    if num_qo_heads < 1 or num_kv_heads < 1:
-        raise ValueError("attn.prefill: q and k need at least one head")
-    if v.shape[-2] != num_kv_heads:
-        raise ValueError("attn.prefill: v must have k's number of heads")
-    if num_qo_heads % num_kv_heads != 0:
-        raise ValueError(f"attn.prefill: q's heads ({num_qo_heads}) must be a multiple of k's heads ({num_kv_heads})")
-    torch._check(v.shape[-3] == k.shape[-3], lambda: "attn.prefill: v must have k's number of tokens")
-    check_mask_args(head_dim, sm_scale, window_left, logits_soft_cap)
-    if (qo_indptr is None) != (kv_indptr is None):
-        raise ValueError("attn.prefill: qo_indptr and kv_indptr must be given together (a ragged batch) or both be None")
+    torch._check_value(num_qo_heads >= 1 and num_kv_heads >= 1,
+                       lambda: f"{op}: q and k need at least one head, got q heads {num_qo_heads}, k heads "
+                               f"{num_kv_heads}")
+    torch._check_value(v.shape[-2] == num_kv_heads,
+                       lambda: f"{op}: v must have k's number of heads ({num_kv_heads}), got {v.shape[-2]}")
+    torch._check_value(num_qo_heads % num_kv_heads == 0,
+                       lambda: f"{op}: q's heads ({num_qo_heads}) must be a multiple of k's heads ({num_kv_heads}) "
+                               "for GQA/MQA")
+    torch._check_value(v.shape[-3] == k.shape[-3],
+                       lambda: f"{op}: v must have k's number of tokens ({k.shape[-3]}), got {v.shape[-3]}")
+    check_mask_args(op, head_dim, sm_scale, window_left, logits_soft_cap)
+    torch._check_value((qo_indptr is None) == (kv_indptr is None),
+                       lambda: f"{op}: qo_indptr and kv_indptr must be given together (a ragged batch) or both be None")
     if qo_indptr is not None:
-        if q.dim() != 3:
-            raise ValueError("attn.prefill: with qo_indptr/kv_indptr (a ragged batch), q, k and v must be 3-D "
-                             f"[total_tokens, heads, head_dim], got {q.dim()}-D q")
+        torch._check_value(q.dim() == 3, lambda: f"{op}: with qo_indptr/kv_indptr (a ragged batch), q, k and v must be "
+                                                 f"3-D [total_tokens, heads, head_dim], got {q.dim()}-D q")
         _check_indptr("qo_indptr", qo_indptr, q)
         _check_indptr("kv_indptr", kv_indptr, q)
-        if kv_indptr.numel() != qo_indptr.numel():
-            raise ValueError("attn.prefill: kv_indptr must have qo_indptr's length")
+        torch._check_value(kv_indptr.numel() == qo_indptr.numel(),
+                           lambda: f"{op}: kv_indptr must have qo_indptr's length ({qo_indptr.numel()} = batch + 1), "
+                                   f"got {kv_indptr.numel()}")
+        num_seqs, qo_len, kv_len = qo_indptr.numel() - 1, q.shape[0], k.shape[0]
     elif q.dim() == 4:
-        torch._check(k.shape[0] == q.shape[0] and v.shape[0] == q.shape[0],
-                     lambda: "attn.prefill: k and v must have q's batch size")
+        torch._check_value(k.shape[0] == q.shape[0] and v.shape[0] == q.shape[0],
+                           lambda: f"{op}: k and v must have q's batch size ({q.shape[0]}), got {k.shape[0]} and "
+                                   f"{v.shape[0]}")
+        num_seqs, qo_len, kv_len = q.shape[0], q.shape[1], k.shape[1]
+    else:
+        num_seqs, qo_len, kv_len = 1, q.shape[0], k.shape[0]
+    torch._check_value(qo_len < _INT32_LIMIT and kv_len < _INT32_LIMIT and num_qo_heads < _INT32_LIMIT
+                       and num_seqs < _INT32_LIMIT,
+                       lambda: f"{op}: at most 2^31 - 1 tokens, heads and sequences in q and in k/v, got q shape "
+                               f"{_shape(q)} and k shape {_shape(k)}")
+    check_cuda_args(op, q, {"q": q, "k": k, "v": v})
 
 
 @torch.library.register_fake("attn::prefill")
 def _prefill_fake(q, k, v, qo_indptr=None, kv_indptr=None, *, causal=False, sm_scale=None, window_left=-1,
                   logits_soft_cap=0.0):
     check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, logits_soft_cap)
-    check_cuda_dtype(q)
     out = q.new_empty(q.shape)
     lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
     return out, lse
 
 
+def _check_int_vector(name: str, t: torch.Tensor, dim: int, q: torch.Tensor) -> None:
+    op = "attn.prefill_paged"
+    torch._check_type(t.dtype == torch.int32, lambda: f"{op}: {name} must be int32, got {t.dtype}")
+    torch._check_value(t.dim() == dim, lambda: f"{op}: {name} must be {dim}-D, got shape {_shape(t)}")
+    torch._check_value(t.device == q.device, lambda: f"{op}: {name} must be on q's device ({q.device}), got {t.device}")
+    torch._check_value(t.stride(-1) == 1, lambda: f"{op}: {name} must have a contiguous last dimension")
+
+
 def check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout, sm_scale, window_left,
                              logits_soft_cap) -> None:
-    if kv_layout not in ("NHD", "HND"):
-        raise ValueError(f'attn.prefill_paged: kv_layout must be "NHD" or "HND", got "{kv_layout}"')
-    if q.dim() != 3:
-        raise ValueError(f"attn.prefill_paged: q must be 3-D [total_tokens, heads, head_dim], got {q.dim()}-D")
-    if k_cache.dim() != 4:
-        raise ValueError(f"attn.prefill_paged: k_cache must be 4-D [pages, page_size, heads, head_dim], got "
-                         f"{k_cache.dim()}-D")
-    if v_cache.shape != k_cache.shape:
-        raise ValueError("attn.prefill_paged: v_cache must have k_cache's shape")
-    if q.dtype not in _FLOAT_DTYPES:
-        raise TypeError(f"attn.prefill_paged: q must be float16, bfloat16 or float32, got {q.dtype}")
+    op = "attn.prefill_paged"
+    torch._check_value(kv_layout in ("NHD", "HND"), lambda: f'{op}: kv_layout must be "NHD" or "HND", got "{kv_layout}"')
+    torch._check_value(q.dim() == 3, lambda: f"{op}: q must be 3-D [total_tokens, heads, head_dim], got {q.dim()}-D")
+    torch._check_value(k_cache.dim() == 4, lambda: f"{op}: k_cache must be 4-D [pages, page_size, heads, head_dim] "
+                                                   f"(NHD) or [pages, heads, page_size, head_dim] (HND), got "
+                                                   f"{k_cache.dim()}-D")
+    torch._check_value(v_cache.shape == k_cache.shape,
+                       lambda: f"{op}: v_cache must have k_cache's shape {_shape(k_cache)}, got {_shape(v_cache)}")
+    torch._check_type(q.dtype in _FLOAT_DTYPES, lambda: f"{op}: q must be float16, bfloat16 or float32, got {q.dtype}")
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
-        if t.dtype != q.dtype:
-            raise TypeError(f"attn.prefill_paged: {name} must have q's dtype")
-        if t.device != q.device:
-            raise ValueError(f"attn.prefill_paged: {name} must be on q's device")
+        torch._check_type(t.dtype == q.dtype, lambda: f"{op}: {name} must have q's dtype ({q.dtype}), got {t.dtype}")
+        torch._check_value(t.device == q.device,
+                           lambda: f"{op}: {name} must be on q's device ({q.device}), got {t.device}")
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
-        if t.stride(-1) != 1:
-            raise ValueError(f"attn.prefill_paged: {name} must have a contiguous last dimension (stride 1)")
+        torch._check_value(t.stride(-1) == 1, lambda: f"{op}: {name} must have a contiguous last dimension (stride 1), "
+                                                      f"got stride {t.stride(-1)}")
     hnd = kv_layout == "HND"
+    num_pages, page_size = k_cache.shape[0], k_cache.shape[2 if hnd else 1]
     num_kv_heads, head_dim = k_cache.shape[1 if hnd else 2], q.shape[-1]
-    if head_dim % 8 != 0 or not 8 <= head_dim <= 256:
-        raise ValueError(f"attn.prefill_paged: head_dim (q.size(-1)) must be a multiple of 8 from 8 to 256, got "
-                         f"{head_dim}")
-    if k_cache.shape[3] != head_dim:
-        raise ValueError("attn.prefill_paged: k_cache's head_dim must equal q's")
-    if k_cache.shape[0] < 1 or k_cache.shape[2 if hnd else 1] < 1 or num_kv_heads < 1:
-        raise ValueError("attn.prefill_paged: k_cache needs at least one page, page_size >= 1 and one head")
-    if q.shape[1] < 1 or q.shape[1] % num_kv_heads != 0:
-        raise ValueError(f"attn.prefill_paged: q's heads ({q.shape[1]}) must be a multiple of the cache's heads "
-                         f"({num_kv_heads})")
-    for name, t, dim in (("qo_indptr", qo_indptr, 1), ("block_table", block_table, 2), ("kv_lens", kv_lens, 1)):
-        if t.dtype != torch.int32:
-            raise TypeError(f"attn.prefill_paged: {name} must be int32, got {t.dtype}")
-        if t.dim() != dim:
-            raise ValueError(f"attn.prefill_paged: {name} must be {dim}-D, got shape {list(t.shape)}")
-        if t.device != q.device:
-            raise ValueError(f"attn.prefill_paged: {name} must be on q's device")
-        if t.stride(-1) != 1:
-            raise ValueError(f"attn.prefill_paged: {name} must have a contiguous last dimension")
-    num_seqs = qo_indptr.shape[0] - 1
-    if num_seqs < 0:
-        raise ValueError("attn.prefill_paged: qo_indptr must have batch + 1 entries, got none")
-    if block_table.shape[0] != num_seqs:
-        raise ValueError("attn.prefill_paged: block_table must have one row per sequence")
-    if kv_lens.shape[0] != num_seqs:
-        raise ValueError("attn.prefill_paged: kv_lens must have one entry per sequence")
-    check_mask_args(head_dim, sm_scale, window_left, logits_soft_cap)
+    _check_head_dim(op, head_dim)
+    torch._check_value(k_cache.shape[3] == head_dim,
+                       lambda: f"{op}: k_cache's head_dim must equal q's ({head_dim}), got {k_cache.shape[3]}")
+    torch._check_value(num_pages >= 1 and page_size >= 1 and num_kv_heads >= 1,
+                       lambda: f"{op}: k_cache needs at least one page, page_size >= 1 and one head, got shape "
+                               f"{_shape(k_cache)}")
+    torch._check_value(q.shape[1] >= 1 and q.shape[1] % num_kv_heads == 0,
+                       lambda: f"{op}: q's heads ({q.shape[1]}) must be a multiple of the cache's heads "
+                               f"({num_kv_heads}) for GQA/MQA")
+    _check_int_vector("qo_indptr", qo_indptr, 1, q)
+    _check_int_vector("block_table", block_table, 2, q)
+    _check_int_vector("kv_lens", kv_lens, 1, q)
+    num_seqs = qo_indptr.numel() - 1
+    torch._check_value(num_seqs >= 0, lambda: f"{op}: qo_indptr must have batch + 1 entries, got none")
+    torch._check_value(block_table.shape[0] == num_seqs,
+                       lambda: f"{op}: block_table must have one row per sequence ({num_seqs}), got "
+                               f"{block_table.shape[0]}")
+    torch._check_value(kv_lens.numel() == num_seqs,
+                       lambda: f"{op}: kv_lens must have one entry per sequence ({num_seqs}), got {kv_lens.numel()}")
+    max_pages = block_table.shape[1]
+    table_fits = max_pages < _INT32_LIMIT and page_size < _INT32_LIMIT and max_pages * page_size < _INT32_LIMIT
+    torch._check_value(table_fits and q.shape[0] < _INT32_LIMIT and q.shape[1] < _INT32_LIMIT
+                       and num_seqs < _INT32_LIMIT and num_pages < _INT32_LIMIT,
+                       lambda: f"{op}: at most 2^31 - 1 tokens in q and per sequence (block_table.size(1) * page_size), "
+                               f"heads, sequences and pages, got q shape {_shape(q)}, k_cache shape {_shape(k_cache)} "
+                               f"and block_table shape {_shape(block_table)}")
+    check_mask_args(op, head_dim, sm_scale, window_left, logits_soft_cap)
+    check_cuda_args(op, q, {"q": q, "k_cache": k_cache, "v_cache": v_cache})
 
 
 @torch.library.register_fake("attn::prefill_paged")
@@ -157,24 +209,28 @@ def _prefill_paged_fake(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, *,
                         sm_scale=None, window_left=-1, logits_soft_cap=0.0):
     check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout, sm_scale, window_left,
                              logits_soft_cap)
-    check_cuda_dtype(q)
     return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
+
+
+def check_merge_states_args(out_a, lse_a, out_b, lse_b) -> None:
+    op = "attn.merge_states"
+    torch._check_value(out_a.dim() >= 2, lambda: f"{op}: out_a must be [..., heads, head_dim], got {out_a.dim()}-D")
+    torch._check_value(out_b.shape == out_a.shape,
+                       lambda: f"{op}: out_b must have out_a's shape {_shape(out_a)}, got {_shape(out_b)}")
+    torch._check_type(out_a.is_floating_point() and out_b.dtype == out_a.dtype,
+                      lambda: f"{op}: out_a and out_b must share one floating dtype, got {out_a.dtype} and "
+                              f"{out_b.dtype}")
+    lse_shape = list(out_a.shape[:-1])
+    for name, t in (("lse_a", lse_a), ("lse_b", lse_b)):
+        torch._check_value(list(t.shape) == lse_shape,
+                           lambda: f"{op}: {name} must be out's shape without head_dim {lse_shape}, got {_shape(t)}")
+        torch._check_type(t.dtype == torch.float32, lambda: f"{op}: {name} must be float32, got {t.dtype}")
+    for name, t in (("lse_a", lse_a), ("out_b", out_b), ("lse_b", lse_b)):
+        torch._check_value(t.device == out_a.device,
+                           lambda: f"{op}: {name} must be on out_a's device ({out_a.device}), got {t.device}")
 
 
 @torch.library.register_fake("attn::merge_states")
 def _merge_states_fake(out_a, lse_a, out_b, lse_b):
-    if out_a.dim() < 2:
-        raise ValueError(f"attn.merge_states: out_a must be [..., heads, head_dim], got {out_a.dim()}-D")
-    if out_b.shape != out_a.shape:
-        raise ValueError("attn.merge_states: out_b must have out_a's shape")
-    if not out_a.is_floating_point() or out_b.dtype != out_a.dtype:
-        raise TypeError("attn.merge_states: out_a and out_b must share one floating dtype")
-    for name, t in (("lse_a", lse_a), ("lse_b", lse_b)):
-        if t.shape != out_a.shape[:-1]:
-            raise ValueError(f"attn.merge_states: {name} must be out's shape without head_dim")
-        if t.dtype != torch.float32:
-            raise TypeError(f"attn.merge_states: {name} must be float32, got {t.dtype}")
-    for name, t in (("lse_a", lse_a), ("out_b", out_b), ("lse_b", lse_b)):
-        if t.device != out_a.device:
-            raise ValueError(f"attn.merge_states: {name} must be on out_a's device")
+    check_merge_states_args(out_a, lse_a, out_b, lse_b)
     return out_a.new_empty(out_a.shape), lse_a.new_empty(lse_a.shape)
