@@ -53,6 +53,20 @@ const Launcher& pick_launcher(Backend backend, ScalarKind kind, int64_t head_dim
   return *found;
 }
 
+/// Query rows per CTA of the launcher's kernel.
+int64_t block_m_of(const Launcher& launcher) {
+  return launcher.backend == Backend::kSm90 ? prefill_sm90_block_m(launcher.head_dim_tile)
+                                            : prefill_block_m(launcher.head_dim_tile);
+}
+
+/// Query tiles per head. Dense: exactly B * ceil(S / BM). Ragged: sum_b ceil(len_b / BM)
+/// <= total / BM + B, a bound from shapes alone (no read of the device indptr).
+int64_t query_tile_slots(const Launcher& launcher, const PrefillShape& shape) {
+  const int64_t block_m = block_m_of(launcher);
+  return shape.ragged ? shape.qo_len / block_m + shape.num_seqs
+                      : shape.num_seqs * ((shape.qo_len + block_m - 1) / block_m);
+}
+
 /// A device attribute, read once per device: queries on every call would cost time
 /// on the 128-token latency path.
 template <cudaDeviceAttr kAttr>
@@ -104,12 +118,14 @@ BackendChoice pick_backend(int device) {
   return {Backend::kSm90, true};
 }
 
-/// The kernel reads rows with 16-byte cp.async: every row must start 16-byte aligned.
-void check_cuda_layout(const char* name, const at::Tensor& t) {
+/// The kernels read rows 16 bytes at a time (cp.async, the copy engine): every row must
+/// start 16-byte aligned.
+void check_cuda_layout(const char* op, const char* name, const at::Tensor& t) {
   bool aligned = reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
   for (int64_t d = 0; d + 1 < t.dim(); ++d) aligned = aligned && (t.size(d) <= 1 || t.stride(d) % 8 == 0);
-  TORCH_CHECK_VALUE(aligned, "attn.prefill: on CUDA, ", name, " must start 16-byte aligned and have strides that are "
-                    "multiples of 8 elements (every row 16-byte aligned), got strides ", t.strides());
+  TORCH_CHECK_VALUE(aligned, op, ": on CUDA, ", name, " must start 16-byte aligned and have strides that are "
+                    "multiples of 8 elements (every row 16-byte aligned), got strides ", t.strides(),
+                    " and storage offset ", t.storage_offset());
 }
 
 TokenHeadStrides strides_of(const at::Tensor& t, bool batched) {
@@ -158,23 +174,49 @@ bool tail_split_allowed() {
   return false;
 }
 
-/// Sizes the grid for `backend`'s kernel and launches it on the current stream.
-cudaError_t launch_with(Backend backend, PrefillParams& p, const PrefillShape& shape, const at::Tensor& q) {
+/// A kernel for the call, checked against the GPU's limits: its shared memory, and a grid
+/// whose work items the kernel counts in int32.
+const Launcher& checked_launcher(Backend backend, const PrefillShape& shape, const at::Tensor& q) {
   const Launcher& launcher = pick_launcher(
       backend, q.scalar_type() == at::kBFloat16 ? ScalarKind::kBFloat16 : ScalarKind::kFloat16, shape.head_dim);
   const bool sm90 = backend == Backend::kSm90;
-  p.item_counter = nullptr;  // (a declined wgmma launch may have set it)
-  const int64_t block_m = sm90 ? prefill_sm90_block_m(launcher.head_dim_tile) : prefill_block_m(launcher.head_dim_tile);
   const size_t smem = sm90 ? prefill_sm90_smem_bytes(launcher.head_dim_tile) : prefill_smem_bytes(launcher.head_dim_tile);
   const int device_smem_limit = cached_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>(q.get_device());
   TORCH_CHECK(smem <= static_cast<size_t>(device_smem_limit), "attn.prefill: head_dim ", shape.head_dim, " needs ",
               smem, " bytes of shared memory per block; this GPU allows ", device_smem_limit);
-  // Dense: exactly B * ceil(S / BM) tiles. Ragged: sum_b ceil(len_b / BM) <= total / BM + B,
-  // a bound from shapes alone (no read of the device indptr).
-  const int64_t slots = shape.ragged ? shape.qo_len / block_m + shape.num_seqs
-                                     : shape.num_seqs * ((shape.qo_len + block_m - 1) / block_m);
-  TORCH_CHECK_VALUE(slots * shape.num_qo_heads <= INT32_MAX, "attn.prefill: too many query tiles x heads (",
-                    slots * shape.num_qo_heads, ") for one launch");
+  TORCH_CHECK_VALUE(query_tile_slots(launcher, shape) * shape.num_qo_heads <= INT32_MAX,
+                    "attn.prefill: q has too many query tiles x heads for one launch (", shape.qo_len, " tokens, ",
+                    shape.num_seqs, " sequences, ", shape.num_qo_heads, " heads)");
+  return launcher;
+}
+
+/// What a call launches, decided from the arguments before anything is allocated or
+/// queued, so that every error is raised while nothing has happened yet.
+struct LaunchPlan {
+  const Launcher* launcher;
+  // The mma.sync kernel, where the wgmma kernel may still decline (cudaErrorNotSupported:
+  // the copy engine cannot describe q, k or v, or the page size is not a power of two from
+  // 8); null where it is forced or is the first choice.
+  const Launcher* fallback;
+  bool tail_split_allowed;
+};
+
+LaunchPlan plan_launch(const PrefillShape& shape, const at::Tensor& q) {
+  const BackendChoice choice = pick_backend(q.get_device());
+  LaunchPlan plan{};
+  plan.launcher = &checked_launcher(choice.backend, shape, q);
+  if (choice.backend == Backend::kSm90 && !choice.forced) plan.fallback = &checked_launcher(Backend::kSm80, shape, q);
+  plan.tail_split_allowed = tail_split_allowed();
+  return plan;
+}
+
+/// Sizes the grid for the launcher's kernel and launches it on the current stream.
+cudaError_t launch_with(const Launcher& launcher, bool split_allowed, PrefillParams& p, const PrefillShape& shape,
+                        const at::Tensor& q) {
+  const bool sm90 = launcher.backend == Backend::kSm90;
+  p.item_counter = nullptr;  // (a declined wgmma launch may have set it)
+  const int64_t block_m = block_m_of(launcher);
+  const int64_t slots = query_tile_slots(launcher, shape);
   p.num_q_tile_slots = static_cast<int32_t>(slots);
   // Dense, wgmma kernel: group (sequence, head) pairs so that the K/V of a group's
   // query tiles stays in L2 while they run (see find_work_item); pairs of one KV
@@ -208,7 +250,6 @@ cudaError_t launch_with(Backend backend, PrefillParams& p, const PrefillShape& s
   // the SMs, the wgmma kernel runs them in pieces on the SMs that would idle (tail_split.h).
   const int64_t items = slots * shape.num_qo_heads;
   p.split = no_tail_split(static_cast<int32_t>(items));
-  const bool split_allowed = tail_split_allowed();  // (read on every backend: a bad value always fails)
   if (sm90 && split_allowed && !shape.ragged && p.block_table == nullptr && !uneven_items) {
     const int64_t block_n = prefill_sm90_block_n(launcher.head_dim_tile);
     p.split = plan_tail_split(items, sms, (shape.kv_len + block_n - 1) / block_n);
@@ -238,26 +279,23 @@ cudaError_t launch_with(Backend backend, PrefillParams& p, const PrefillShape& s
   return launcher.launch(p, stream);
 }
 
-/// Launches the backend's kernel. The wgmma kernel declines (cudaErrorNotSupported,
-/// before launching a kernel; its counter's memset may be queued already, harmless)
-/// when the copy engine cannot describe q, k or v, or the page size is not a power
-/// of two from 8; the mma.sync kernel runs then, unless TORCH_ATTN_BACKEND=sm90 insists.
-void launch(PrefillParams& p, const PrefillShape& shape, const at::Tensor& q) {
-  const BackendChoice choice = pick_backend(q.get_device());
-  cudaError_t err = launch_with(choice.backend, p, shape, q);
-  if (err == cudaErrorNotSupported && choice.backend == Backend::kSm90) {
-    TORCH_CHECK_VALUE(!choice.forced,
+/// Launches the planned kernel, or the mma.sync kernel where the wgmma kernel declines
+/// (before launching anything; its counter's memset may be queued already, harmless).
+void launch(const LaunchPlan& plan, PrefillParams& p, const PrefillShape& shape, const at::Tensor& q) {
+  cudaError_t err = launch_with(*plan.launcher, plan.tail_split_allowed, p, shape, q);
+  if (err == cudaErrorNotSupported && plan.launcher->backend == Backend::kSm90) {
+    TORCH_CHECK_VALUE(plan.fallback != nullptr,
                       "TORCH_ATTN_BACKEND=sm90: the wgmma kernel takes paged caches with pages of 8, 16, 32, ... "
                       "rows and q/k/v that the copy engine can describe; these run on sm80");
-    err = launch_with(Backend::kSm80, p, shape, q);
+    err = launch_with(*plan.fallback, plan.tail_split_allowed, p, shape, q);
   }
   C10_CUDA_CHECK(err);
 }
 
-void check_cuda_dtype(const at::Tensor& q) {
-  TORCH_CHECK_TYPE(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16,
-                   "attn.prefill: on CUDA, q, k and v must be float16 or bfloat16 (float32 runs on CPU only), got ",
-                   q.scalar_type());
+void check_cuda_dtype(const char* op, const at::Tensor& q) {
+  TORCH_CHECK_TYPE(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16, op,
+                   ": on CUDA, q, k and v must be float16 or bfloat16 (float32 runs on CPU only), got ",
+                   dtype_name(q.scalar_type()));
 }
 
 }  // namespace
@@ -266,10 +304,11 @@ PrefillResult prefill_cuda(const at::Tensor& q, const at::Tensor& k, const at::T
                            const c10::optional<at::Tensor>& qo_indptr, const c10::optional<at::Tensor>& kv_indptr,
                            bool causal, c10::optional<double> sm_scale, int64_t window_left, double logits_soft_cap) {
   const PrefillShape shape = check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, logits_soft_cap);
-  check_cuda_dtype(q);
-  check_cuda_layout("q", q);
-  check_cuda_layout("k", k);
-  check_cuda_layout("v", v);
+  check_cuda_dtype("attn.prefill", q);
+  check_cuda_layout("attn.prefill", "q", q);
+  check_cuda_layout("attn.prefill", "k", k);
+  check_cuda_layout("attn.prefill", "v", v);
+  const LaunchPlan plan = plan_launch(shape, q);
 
   const c10::cuda::CUDAGuard device_guard(q.device());
   auto [out, lse] = allocate_prefill_outputs(q);
@@ -283,7 +322,7 @@ PrefillResult prefill_cuda(const at::Tensor& q, const at::Tensor& k, const at::T
   p.v_strides = strides_of(v, batched);
   p.qo_indptr = shape.ragged ? qo_indptr->data_ptr<int32_t>() : nullptr;
   p.kv_indptr = shape.ragged ? kv_indptr->data_ptr<int32_t>() : nullptr;
-  launch(p, shape, q);
+  launch(plan, p, shape, q);
   return {out, lse};
 }
 
@@ -293,11 +332,11 @@ PrefillResult prefill_paged_cuda(const at::Tensor& q, const at::Tensor& k_cache,
                                  int64_t window_left, double logits_soft_cap) {
   const PagedShape paged = check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout,
                                                     sm_scale, window_left, logits_soft_cap);
-  check_cuda_dtype(q);
-  check_cuda_layout("q", q);
-  check_cuda_layout("k_cache", k_cache);
-  check_cuda_layout("v_cache", v_cache);
-  TORCH_CHECK_VALUE(paged.num_pages < (int64_t{1} << 31), "attn.prefill_paged: at most 2^31 - 1 pages");
+  check_cuda_dtype("attn.prefill_paged", q);
+  check_cuda_layout("attn.prefill_paged", "q", q);
+  check_cuda_layout("attn.prefill_paged", "k_cache", k_cache);
+  check_cuda_layout("attn.prefill_paged", "v_cache", v_cache);
+  const LaunchPlan plan = plan_launch(paged.common, q);
 
   const c10::cuda::CUDAGuard device_guard(q.device());
   auto [out, lse] = allocate_prefill_outputs(q);
@@ -319,7 +358,7 @@ PrefillResult prefill_paged_cuda(const at::Tensor& q, const at::Tensor& k_cache,
   p.page_shift = power_of_two ? __builtin_ctzll(static_cast<unsigned long long>(paged.page_size)) : -1;
   p.num_pages = static_cast<int32_t>(paged.num_pages);
   p.max_pages = static_cast<int32_t>(paged.max_pages);
-  launch(p, paged.common, q);
+  launch(plan, p, paged.common, q);
   return {out, lse};
 }
 
