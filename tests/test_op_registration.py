@@ -69,12 +69,15 @@ def test_compile_fullgraph_dynamic_no_recompile():
 
 
 def test_inference_only_guard():
+    """The op itself refuses inputs that require grad (its Autograd kernel), naming them."""
     q, k, v = make_qkv(4, 4, 2, 2, 64, torch.float32, "cpu")
     q.requires_grad_(True)
-    with pytest.raises(RuntimeError, match="inference-only"):
-        torch_attn.prefill(q, k, v)
+    for run in (lambda: torch_attn.prefill(q, k, v), lambda: torch.ops.attn.prefill(q, k, v)):
+        with pytest.raises(RuntimeError, match="q requires grad, but torch_attn is inference-only"):
+            run()
     with torch.no_grad():
         assert torch_attn.prefill(q, k, v).shape == q.shape
+    assert torch._C._dispatch_has_kernel_for_dispatch_key("attn::prefill", "Autograd")
 
 
 def test_wrapper_returns_lse_on_request():

@@ -1,4 +1,5 @@
-"""Python wrappers of the attn ops: keyword arguments, optional LSE, inference-only guard."""
+"""Python wrappers of the attn ops: keyword arguments and an optional LSE. The ops refuse inputs
+that require grad themselves (csrc/inference_only.cpp)."""
 from __future__ import annotations
 
 import torch
@@ -6,13 +7,6 @@ import torch
 _prefill_op = torch.ops.attn.prefill.default
 _prefill_paged_op = torch.ops.attn.prefill_paged.default
 _merge_states_op = torch.ops.attn.merge_states.default
-
-
-def _reject_grad(*tensors: torch.Tensor) -> None:
-    if torch.is_grad_enabled() and any(t.requires_grad for t in tensors):
-        raise RuntimeError(
-            "torch_attn is inference-only (its ops have no backward): call it under torch.no_grad() or "
-            "torch.inference_mode(), or pass detached tensors")
 
 
 def prefill(
@@ -46,7 +40,6 @@ def prefill(
     Returns out (q's shape and dtype), and with return_lse also lse (float32,
     natural log, q's shape without D).
     """
-    _reject_grad(q, k, v)
     out, lse = _prefill_op(q, k, v, qo_indptr, kv_indptr, causal=causal, sm_scale=sm_scale,
                            window_left=window_left, logits_soft_cap=logits_soft_cap)
     return (out, lse) if return_lse else out
@@ -79,7 +72,6 @@ def prefill_paged(
     (causal), so the queries are the last tokens of their sequence's keys. Cache slots past
     kv_lens[b] and pages the block table does not name are never read.
     """
-    _reject_grad(q, k_cache, v_cache)
     out, lse = _prefill_paged_op(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout=kv_layout,
                                  causal=causal, sm_scale=sm_scale, window_left=window_left,
                                  logits_soft_cap=logits_soft_cap)
