@@ -7,7 +7,6 @@ import math
 
 import pytest
 import torch
-from torch._subclasses.fake_tensor import FakeTensorMode
 
 import torch_attn
 from conftest import (HAS_GPU, check_against_reference, indptr_of, mask_kwargs, poison_cuda_allocator,
@@ -188,71 +187,6 @@ def test_opcheck():
                           dict(kv_layout="HND", causal=True))
     out, lse = torch.randn(5, 4, 64), torch.randn(5, 4)
     torch.library.opcheck(torch.ops.attn.merge_states.default, (out, lse, out.clone(), lse.clone()))
-
-
-def _paged_args():
-    k_cache, v_cache, block_table, kv_lens, _, _ = paged_cache([9, 20], 8, "NHD", 2, 64, torch.float32, "cpu")
-    return torch.randn(12, 4, 64), k_cache, v_cache, torch.tensor([0, 5, 12], dtype=torch.int32), block_table, kv_lens
-
-
-def _replace(args, i, value):
-    args = list(args)
-    args[i] = value
-    return tuple(args)
-
-
-BASE = _paged_args()
-BAD_PAGED = [
-    ("layout", BASE, dict(kv_layout="NDH"), ValueError, 'kv_layout must be "NHD" or "HND"'),
-    ("q_rank", _replace(BASE, 0, BASE[0][None]), {}, ValueError, "q must be 3-D"),
-    ("cache_rank", _replace(BASE, 1, BASE[1][0]), {}, ValueError, "k_cache must be 4-D"),
-    ("v_shape", _replace(BASE, 2, BASE[2][:-1]), {}, ValueError, "v_cache must have k_cache's shape"),
-    ("cache_dtype", _replace(BASE, 1, BASE[1].double()), {}, TypeError, "k_cache must have q's dtype"),
-    ("gqa", _replace(BASE, 0, torch.randn(12, 3, 64)), {}, ValueError, "must be a multiple of the cache's heads"),
-    ("block_table_dtype", _replace(BASE, 4, BASE[4].long()), {}, TypeError, "block_table must be int32"),
-    ("block_table_rows", _replace(BASE, 4, BASE[4][:1]), {}, ValueError, "block_table must have one row per sequence"),
-    ("kv_lens_len", _replace(BASE, 5, BASE[5][:1]), {}, ValueError, "kv_lens must have one entry per sequence"),
-    ("kv_lens_rank", _replace(BASE, 5, BASE[5][None]), {}, ValueError, "kv_lens must be 1-D"),
-    ("window", BASE, dict(window_left=-3), ValueError, "window_left must be -1"),
-]
-
-
-@pytest.mark.parametrize("args,kwargs,exc,message", [c[1:] for c in BAD_PAGED], ids=[c[0] for c in BAD_PAGED])
-@pytest.mark.parametrize("fake", [False, True])
-def test_prefill_paged_rejects(args, kwargs, exc, message, fake):
-    pattern = message.replace("(", r"\(").replace(")", r"\)")
-    if fake:
-        with FakeTensorMode() as mode, pytest.raises(exc, match=pattern):
-            torch.ops.attn.prefill_paged(*[mode.from_tensor(a) for a in args], **kwargs)
-    else:
-        with pytest.raises(exc, match=pattern):
-            torch.ops.attn.prefill_paged(*args, **kwargs)
-
-
-def test_paged_values_checked_on_cpu():
-    q, k_cache, v_cache, qo_indptr, block_table, kv_lens = BASE
-    with pytest.raises(ValueError, match=r"kv_lens\[1\] = 99 must be within"):
-        torch.ops.attn.prefill_paged(q, k_cache, v_cache, qo_indptr, block_table, torch.tensor([9, 99], dtype=torch.int32))
-    bad_table = block_table.clone()
-    bad_table[0, 0] = -1
-    with pytest.raises(ValueError, match=r"block_table\[0\] names pages outside"):
-        torch.ops.attn.prefill_paged(q, k_cache, v_cache, qo_indptr, bad_table, kv_lens)
-
-
-@pytest.mark.parametrize("fake", [False, True])
-def test_merge_states_rejects(fake):
-    out, lse = torch.randn(5, 4, 64), torch.randn(5, 4)
-    calls = [((out, lse, out[:4], lse), ValueError, "out_b must have out_a's shape"),
-             ((out, lse[:, :2], out, lse), ValueError, "lse_a must be out's shape without head_dim"),
-             ((out, lse.double(), out, lse), TypeError, "lse_a must be float32"),
-             ((out, lse, out.half(), lse), TypeError, "must share one floating dtype")]
-    for args, exc, message in calls:
-        if fake:
-            with FakeTensorMode() as mode, pytest.raises(exc, match=message):
-                torch.ops.attn.merge_states(*[mode.from_tensor(a) for a in args])
-        else:
-            with pytest.raises(exc, match=message):
-                torch.ops.attn.merge_states(*args)
 
 
 @pytest.mark.gpu
