@@ -109,3 +109,66 @@ def test_generate_same_tokens(name, device):
         got = ours.generate(ids, **kwargs)
         want = ref.generate(ids, **kwargs)
     assert torch.equal(got, want)
+
+
+def gpt_oss_config():  # attention sinks (s_aux), alternating sliding layers, MoE
+    return transformers.GptOssConfig(vocab_size=128, hidden_size=64, intermediate_size=64, num_hidden_layers=2,
+                                     num_attention_heads=4, num_key_value_heads=2, head_dim=16, num_local_experts=4,
+                                     num_experts_per_tok=2, sliding_window=8, max_position_embeddings=256)
+
+
+def deepseek_v3_config():  # MLA: q/k head dim 24 (16 + rope 8), v head dim 16
+    return transformers.DeepseekV3Config(vocab_size=128, hidden_size=64, intermediate_size=64,
+                                         moe_intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                         num_key_value_heads=4, q_lora_rank=32, kv_lora_rank=32, qk_nope_head_dim=16,
+                                         qk_rope_head_dim=8, v_head_dim=16, n_routed_experts=4, num_experts_per_tok=2,
+                                         first_k_dense_replace=1, n_group=1, topk_group=1, max_position_embeddings=256)
+
+
+def llama4_config():  # chunked local attention layers (attention_chunk_size)
+    return transformers.Llama4TextConfig(vocab_size=128, hidden_size=64, intermediate_size=64,
+                                         intermediate_size_mlp=128, num_hidden_layers=4, num_attention_heads=4,
+                                         num_key_value_heads=2, head_dim=16, attention_chunk_size=8,
+                                         num_local_experts=2, max_position_embeddings=256)
+
+
+REFUSED = {"gpt_oss": (gpt_oss_config, "s_aux"), "deepseek_v3": (deepseek_v3_config, "head_dim_v"),
+           "llama4": (llama4_config, "chunked_overlay")}
+
+
+@pytest.mark.parametrize("name", list(REFUSED))
+def test_refuses_models_whose_math_it_would_change(name):
+    """Models whose attention needs what torch_attn does not implement yet get a clear
+    error naming it, never logits that silently differ from eager."""
+    make_config, what = REFUSED[name]
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(make_config(), attn_implementation=integration.NAME).eval()
+    ids = torch.randint(1, 128, (1, 19))
+    with torch.no_grad(), pytest.raises(ValueError, match=f"torch_attn attention: '{what}'"):
+        model(input_ids=ids)
+
+
+def test_unknown_keywords_are_refused_not_ignored():
+    module = torch.nn.Module()
+    module.is_causal = True
+    q = torch.randn(1, 4, 5, 16)
+    out, _ = integration.attention_forward(module, q, q, q, None, position_ids=torch.arange(5)[None],
+                                           output_attentions=False)
+    assert out.shape == (1, 5, 4, 16)
+    with pytest.raises(ValueError, match="'alibi_slopes' is not one torch_attn knows"):
+        integration.attention_forward(module, q, q, q, None, alibi_slopes=torch.ones(4))
+    with pytest.raises(ValueError, match="'position_bias': an additive position bias"):
+        integration.attention_forward(module, q, q, q, None, position_bias=torch.zeros(1, 4, 5, 5))
+
+
+def test_packed_sequences_through_cu_seq_lens():
+    """FlashAttention's packed format: one row holding sequences of 3 and 6 tokens."""
+    module = torch.nn.Module()
+    module.is_causal = True
+    q, k, v = (torch.randn(1, 4, 9, 16) for _ in range(3))
+    cu = torch.tensor([0, 3, 9])
+    out, _ = integration.attention_forward(module, q, k, v, None, cu_seq_lens_q=cu, cu_seq_lens_k=cu,
+                                           max_length_q=6, max_length_k=6)
+    for a, b in ((0, 3), (3, 9)):
+        want, _ = integration.attention_forward(module, q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], None)
+        torch.testing.assert_close(out[:, a:b], want)
