@@ -12,7 +12,7 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
-#include "kernels/prefill_launch.h"
+#include "launch/prefill_launch.h"
 #include "prefill.h"
 
 namespace torch_attn {

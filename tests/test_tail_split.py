@@ -1,4 +1,4 @@
-"""The wgmma kernel's tail split (csrc/kernels/tail_split.h): with work items of equal
+"""The wgmma kernel's tail split (csrc/kernels/common/tail_split.h): with work items of equal
 cost, the items of the last round (or all of them, where there are fewer than SMs),
 if at most half as many as SMs, run as pieces of their K/V tiles on the SMs that
 would idle, and the last piece of each item merges them. Shapes here are sized from

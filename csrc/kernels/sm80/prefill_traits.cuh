@@ -1,7 +1,7 @@
 // The compiled configurations of the prefill kernel: one tile table, one traits struct.
 #pragma once
 #include <cstddef>
-#include "smem_tile.cuh"
+#include "kernels/sm80/smem_tile.cuh"
 
 namespace torch_attn {
 

@@ -2,9 +2,9 @@
 // is, and how the pieces of a tail item meet.
 #pragma once
 #include <cmath>
-#include "params.h"
-#include "tail_split.h"
-#include "work_item.cuh"
+#include "kernels/common/params.h"
+#include "kernels/common/tail_split.h"
+#include "kernels/common/work_item.cuh"
 
 namespace torch_attn {
 

@@ -1,26 +1,17 @@
-// Tensor maps for the copy engine (TMA): host-side encoding of a [batch, token,
-// head, dim] view, and the device-side copy of one box into shared memory.
+// Host-side encoding of the copy engine's tensor maps (cuTensorMapEncodeTiled, through
+// the runtime's driver entry point: no link against libcuda).
 #pragma once
 #include <cuda.h>
 #include <cudaTypedefs.h>
 #include <cuda_runtime_api.h>
 #include <cstdint>
-#include "params.h"
-#include "warp_specialization.cuh"
+#include "kernels/common/params.h"
 
 namespace torch_attn {
 
-/// The wgmma kernel's maps of q, k and v. Paged caches: k and v map the cache as
-/// (dim, head, slot, page), and kv_rows_per_box is the rows of one box (a page, or a
-/// tile of a larger page).
-struct Sm90TensorMaps {
-  CUtensorMap q, k, v;
-  int32_t kv_rows_per_box;
-};
-
 /// Encodes a 4-d map (dim, head, token, batch) of a 16-bit tensor, boxes of 64
 /// columns x 1 head x `box_rows` tokens, 128-byte swizzle (the wgmma tiles' layout,
-/// swizzled_tile.cuh). Boxes that reach past the view's tokens or dims are
+/// sm90/swizzled_tile.cuh). Boxes that reach past the view's tokens or dims are
 /// zero-filled by the copy engine: the rows past a dense sequence and the head-dim
 /// padding. (Inside a ragged batch the next sequence's rows are in bounds: the
 /// kernel never lets the copy engine fill a V tile that runs past its sequence.)
@@ -47,23 +38,6 @@ inline bool encode_tensor_map(CUtensorMap* map, const void* base, bool bf16, int
                 const_cast<void*>(base), dims, byte_strides, box, element_strides, CU_TENSOR_MAP_INTERLEAVE_NONE,
                 CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_256B,
                 CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE) == CUDA_SUCCESS;
-}
-
-/// mbarrier.arrive.expect_tx: arrive, and expect `bytes` more from the copy engine.
-__device__ __forceinline__ void arrive_expecting_bytes(MBarrier& bar, uint32_t bytes) {
-  asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;\n" ::"r"(smem_address(&bar.word)), "r"(bytes)
-               : "memory");
-}
-
-/// cp.async.bulk.tensor: one box at coordinates (col, head, token, batch) into
-/// shared memory; its bytes complete on `bar`.
-__device__ __forceinline__ void tma_load_box(void* smem_dst, const CUtensorMap& map, int col, int head, int token,
-                                             int batch, MBarrier& bar) {
-  asm volatile(
-      "cp.async.bulk.tensor.4d.shared::cluster.global.tile.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], "
-      "[%6];\n" ::"r"(smem_address(smem_dst)),
-      "l"(&map), "r"(col), "r"(head), "r"(token), "r"(batch), "r"(smem_address(&bar.word))
-      : "memory");
 }
 
 }  // namespace torch_attn

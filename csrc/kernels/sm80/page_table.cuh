@@ -1,7 +1,7 @@
 // Where the keys of one sequence live in a paged KV cache.
 #pragma once
 #include <cstdint>
-#include "params.h"
+#include "kernels/common/params.h"
 
 namespace torch_attn {
 

@@ -4,7 +4,7 @@
 // D[64 x N] += A[64 x 16] * B[16 x N] asynchronously. B always comes from shared
 // memory through a matrix descriptor; A from shared memory (wgmma_ss) or from
 // registers (wgmma_rs). Warp w of the group holds rows 16w..16w+15 of D, in the same
-// per-warp layout as mma.sync's C fragments (mma.cuh): float d[N / 8][4], fragment
+// per-warp layout as mma.sync's C fragments (sm80/mma.cuh): float d[N / 8][4], fragment
 // [nb][e] at row g + 8 (e / 2), column 8 nb + 2 t + e % 2. A in registers uses the
 // A-fragment layout of mma.sync m16n8k16, so S accumulators convert into P in place.
 //

@@ -1,8 +1,8 @@
 // Definition of launch_prefill; included only by the instantiation files.
 #pragma once
-#include "launch_utils.cuh"
-#include "prefill_kernel.cuh"
-#include "prefill_launch.h"
+#include "kernels/sm80/prefill_kernel.cuh"
+#include "launch/launch_utils.cuh"
+#include "launch/prefill_launch.h"
 
 namespace torch_attn {
 

@@ -22,16 +22,17 @@
 #pragma once
 #include <cstdint>
 #include <type_traits>
-#include "cp_async.cuh"
-#include "epilogue.cuh"
-#include "logits.cuh"
-#include "mask.cuh"
-#include "mma.cuh"
-#include "page_table.cuh"
-#include "params.h"
-#include "prefill_traits.cuh"
-#include "softmax.cuh"
-#include "work_item.cuh"
+#include "kernels/common/epilogue.cuh"
+#include "kernels/common/fast_math.cuh"
+#include "kernels/common/logits.cuh"
+#include "kernels/common/mask.cuh"
+#include "kernels/common/params.h"
+#include "kernels/common/softmax.cuh"
+#include "kernels/common/work_item.cuh"
+#include "kernels/sm80/cp_async.cuh"
+#include "kernels/sm80/mma.cuh"
+#include "kernels/sm80/page_table.cuh"
+#include "kernels/sm80/prefill_traits.cuh"
 
 namespace torch_attn {
 

@@ -3,7 +3,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <type_traits>
-#include "swizzled_tile.cuh"
+#include "kernels/sm90/swizzled_tile.cuh"
 
 namespace torch_attn {
 
@@ -20,12 +20,12 @@ template <int kHeadDimTile>
 struct Sm90TileShape;
 // kQStages: Q tiles, so that the next work item's Q loads while this one finishes
 // (its out leaves through its own Q tile).
-// kPvWaitInNextStep: where a consumer waits for P_{j-1} V_{j-1} (prefill_sm90_kernel.cuh,
+// kPvWaitInNextStep: where a consumer waits for P_{j-1} V_{j-1} (sm90/prefill_kernel.cuh,
 // consume): at the end of step j, or at the start of step j + 1. Measured (H100, A/B):
 // the next step is 4-5% faster at width 256 and 2-4% slower at width 128; at 64 it
 // is even, and the end of the step keeps the soft-cap kernels' spills smaller.
 // kWeightsAtCurrentMax: the softmax of tiles after the first takes its weights at the
-// rows' current max, without the tile's max (prefill_sm90_kernel.cuh, consume:
+// rows' current max, without the tile's max (sm90/prefill_kernel.cuh, consume:
 // weights_after_first). Measured (H100, ncu at base clocks, A/B): d128 non-causal 16k
 // +10.3%, S=4096 +8.3%, causal S=4096 +7.4%, ragged GQA +5.0%, d64 +3.2 to +3.6%; at
 // width 256 (BN = 64: twice the tiles, each with its warpgroup vote) -2.7% and -11%

@@ -1,6 +1,6 @@
 // Tile facts the host needs (grid size, shared-memory check), read from the traits.
 #include <cuda_bf16.h>
-#include "kernels/prefill_launch.h"
+#include "launch/prefill_launch.h"
 
 namespace torch_attn {
 

@@ -7,7 +7,7 @@
 #include <atomic>
 #include <cstdint>
 #include <type_traits>
-#include "prefill_launch.h"
+#include "launch/prefill_launch.h"
 
 namespace torch_attn {
 

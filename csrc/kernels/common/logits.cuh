@@ -5,9 +5,9 @@
 // row 16 mi + g + 8 (e / 2), key 8 nb + 2 t + e % 2 (g = lane / 4, t = lane % 4).
 #pragma once
 #include <cmath>
-#include "mask.cuh"
-#include "mma.cuh"
-#include "params.h"
+#include "kernels/common/fast_math.cuh"
+#include "kernels/common/mask.cuh"
+#include "kernels/common/params.h"
 
 namespace torch_attn {
 

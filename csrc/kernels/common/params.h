@@ -2,7 +2,7 @@
 // No torch and no CUDA headers: the host fills it, the kernel reads it by value.
 #pragma once
 #include <cstdint>
-#include "tail_split.h"
+#include "kernels/common/tail_split.h"
 
 namespace torch_attn {
 

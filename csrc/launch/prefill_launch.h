@@ -3,9 +3,9 @@
 // (csrc/instantiations/*.cu) defines one of them.
 #pragma once
 #include <cuda_runtime_api.h>
-#include "params.h"
-#include "prefill_sm90_traits.cuh"
-#include "prefill_traits.cuh"
+#include "kernels/common/params.h"
+#include "kernels/sm80/prefill_traits.cuh"
+#include "kernels/sm90/prefill_traits.cuh"
 
 namespace torch_attn {
 
@@ -16,7 +16,7 @@ enum class ScalarKind { kFloat16, kBFloat16 };
 template <ScalarKind kKind, int kHeadDimTile>
 cudaError_t launch_prefill(const PrefillParams& params, cudaStream_t stream);
 
-/// The same for the Hopper kernel (prefill_sm90_kernel.cuh): compiled from every
+/// The same for the Hopper kernel (kernels/sm90/prefill_kernel.cuh): compiled from every
 /// build, but with a body only for sm_90a; launch it only on compute capability 9.0
 /// from builds that include sm_90a code (TORCH_ATTN_HAS_SM90A).
 template <ScalarKind kKind, int kHeadDimTile>

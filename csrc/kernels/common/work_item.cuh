@@ -3,8 +3,8 @@
 #pragma once
 #include <climits>
 #include <cstdint>
-#include "mask.cuh"
-#include "params.h"
+#include "kernels/common/mask.cuh"
+#include "kernels/common/params.h"
 
 namespace torch_attn {
 

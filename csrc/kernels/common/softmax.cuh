@@ -14,7 +14,7 @@
 // exp2(-inf) = 0 for every masked score and keeps l = 0 and O = 0.
 #pragma once
 #include <cmath>
-#include "mma.cuh"
+#include "kernels/common/fast_math.cuh"
 
 namespace torch_attn {
 

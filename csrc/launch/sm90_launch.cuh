@@ -1,8 +1,9 @@
 // Definition of launch_prefill_sm90; included only by the sm90 instantiation files.
 #pragma once
-#include "launch_utils.cuh"
-#include "prefill_launch.h"
-#include "prefill_sm90_kernel.cuh"
+#include "kernels/sm90/prefill_kernel.cuh"
+#include "launch/launch_utils.cuh"
+#include "launch/prefill_launch.h"
+#include "launch/tensor_map_encode.h"
 
 namespace torch_attn {
 

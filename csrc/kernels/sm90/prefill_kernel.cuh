@@ -1,4 +1,4 @@
-// The Hopper prefill kernel (sm_90a): the algorithm of prefill_kernel.cuh on wgmma,
+// The Hopper prefill kernel (sm_90a): the algorithm of sm80/prefill_kernel.cuh on wgmma,
 // with warp specialisation and a persistent grid.
 //
 // A CTA per SM walks its list of work items (a query tile [BM rows] of one head of
@@ -30,17 +30,22 @@
 #pragma once
 #include <cstdint>
 #include <type_traits>
-#include "epilogue.cuh"
-#include "logits.cuh"
-#include "mask.cuh"
-#include "params.h"
-#include "prefill_sm90_traits.cuh"
-#include "softmax.cuh"
-#include "tail_split.cuh"
-#include "tensor_map.cuh"
-#include "warp_specialization.cuh"
-#include "wgmma.cuh"
-#include "work_item.cuh"
+#include "kernels/common/epilogue.cuh"
+#include "kernels/common/fast_math.cuh"
+#include "kernels/common/logits.cuh"
+#include "kernels/common/mask.cuh"
+#include "kernels/common/params.h"
+#include "kernels/common/smem_address.cuh"
+#include "kernels/common/softmax.cuh"
+#include "kernels/common/tail_split.cuh"
+#include "kernels/common/warp_utils.cuh"
+#include "kernels/common/work_item.cuh"
+#include "kernels/sm90/mbarrier.cuh"
+#include "kernels/sm90/named_barrier.cuh"
+#include "kernels/sm90/prefill_traits.cuh"
+#include "kernels/sm90/registers.cuh"
+#include "kernels/sm90/tma.cuh"
+#include "kernels/sm90/wgmma.cuh"
 
 namespace torch_attn {
 
@@ -443,7 +448,7 @@ struct PrefillSm90Cta {
 
       // Tile j: S_j = Q K_j^T and O += P_{j-1} V_{j-1} in flight together; the
       // softmax of S_j overlaps the second. Where the wait for P_{j-1} V_{j-1} sits
-      // is the tile shape's choice (kPvWaitInNextStep, prefill_sm90_traits.cuh): at
+      // is the tile shape's choice (kPvWaitInNextStep, sm90/prefill_traits.cuh): at
       // the end of step j, ptxas hoists it above the softmax's exponentials (it
       // places a wait as early as it can in its basic block), so they run after the
       // product; at the start of step j + 1 (after the loop's back edge) it cannot

@@ -1,9 +1,9 @@
 // Writing one warp's rows of out and lse, shared by the mma.sync and wgmma kernels.
 #pragma once
 #include <cstdint>
-#include "mma.cuh"
-#include "params.h"
-#include "work_item.cuh"
+#include "kernels/common/fast_math.cuh"
+#include "kernels/common/params.h"
+#include "kernels/common/work_item.cuh"
 
 namespace torch_attn {
 
