@@ -42,6 +42,11 @@ def aot_extension():
         # torch guesses CUDA_HOME from `which nvcc`, which is wrong when nvcc is a wrapper script.
         os.environ["CUDA_HOME"] = config.cuda_home
         cpp_extension.CUDA_HOME = config.cuda_home
+    compiler = build_spec.resolve_host_compiler()  # (see there: the libstdc++ this torch runs with)
+    if compiler.cxx is not None:
+        print(f"torch_attn: {compiler.note}")
+        os.environ["CXX"] = compiler.cxx
+        os.environ.pop("CC", None) if compiler.cc is None else os.environ.__setitem__("CC", compiler.cc)
     kind = CUDAExtension if config.with_cuda else CppExtension
     sources = [os.path.relpath(s, ROOT) for s in build_spec.sources(spec, config)]
     args = {"cxx": build_spec.cxx_flags(spec, config)}

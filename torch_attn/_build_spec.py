@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +113,54 @@ def resolve_build_config() -> BuildConfig:
     return BuildConfig(True, archs, cuda_home, debug, reason)
 
 
+_LIBSTDCXX_PROBE = "#include <sstream>\nstd::string format_long(long x) { std::ostringstream s; s << x; return s.str(); }\n"
+
+
+def links_shared_libstdcxx(cxx: str) -> bool:
+    """Whether a shared library that `cxx` links needs the shared libstdc++ (the one torch and
+    this process use) rather than carrying a static copy: links a tiny one and reads its
+    dynamic section. Without readelf (binutils), assumes it does."""
+    readelf = shutil.which("readelf")
+    if readelf is None:
+        return True
+    with tempfile.TemporaryDirectory() as tmp:
+        source, library = Path(tmp) / "probe.cpp", Path(tmp) / "probe.so"
+        source.write_text(_LIBSTDCXX_PROBE)
+        try:
+            subprocess.run([cxx, "-shared", "-fPIC", str(source), "-o", str(library)], capture_output=True,
+                           timeout=120, check=True)
+            dynamic = subprocess.run([readelf, "-d", str(library)], capture_output=True, text=True, timeout=60).stdout
+        except (OSError, subprocess.SubprocessError):
+            return True  # no verdict: the build itself will say what is wrong with the compiler
+    return "libstdc++.so" in dynamic
+
+
+@dataclass(frozen=True)
+class HostCompiler:
+    """The host compilers of a build: None keeps the environment's (CXX, CC, else c++)."""
+    cxx: str | None = None
+    cc: str | None = None  # also nvcc's host compiler (torch passes CC as -ccbin)
+    note: str = ""  # why the environment's compiler is not used
+
+
+def resolve_host_compiler() -> HostCompiler:
+    """A C++ compiler that links the shared libstdc++. One that links it statically (a CXX
+    wrapper adding -static-libstdc++, seen on a GPU machine) gives the library its own copy of
+    the iostreams, which formats numbers through the other copy's locale: the first error
+    message with a number in it crashed the process. Then the c++ on PATH builds instead."""
+    requested = os.environ.get("CXX") or "c++"
+    if links_shared_libstdcxx(requested):
+        return HostCompiler()
+    for name in ("c++", "g++"):
+        cxx = shutil.which(name)
+        if cxx and cxx != shutil.which(requested) and links_shared_libstdcxx(cxx):
+            cc = next((c for c in (Path(cxx).with_name("cc"), Path(cxx).with_name("gcc")) if c.exists()), None)
+            return HostCompiler(cxx, str(cc) if cc else None,
+                                f"CXX={requested} links libstdc++ statically; building with {cxx}")
+    return HostCompiler(note=f"CXX={requested} links libstdc++ statically and no c++ on PATH links it shared: "
+                             "error messages may crash this library; set CXX to a compiler that links it shared")
+
+
 def gencode_flags(arch_list: tuple[str, ...]) -> list[str]:
     """Real machine code (code=sm_XX) for each arch: a PTX-only build would accept
     broken inline asm until a driver JIT-compiles it on a user's machine."""
@@ -156,7 +205,8 @@ def cache_key(spec: dict, config: BuildConfig) -> str:
     for path in sorted(p for p in csrc.rglob("*") if p.is_file()):
         digest.update(str(path.relative_to(csrc)).encode())
         digest.update(path.read_bytes())
-    for part in (cxx_flags(spec, config), nvcc_flags(spec, config), config.with_cuda, config.cuda_home,
+    for part in (cxx_flags(spec, config), nvcc_flags(spec, config), os.environ.get("CXX"), os.environ.get("CC"),
+                 config.with_cuda, config.cuda_home,
                  torch.__version__, torch.version.cuda, sys.version, config.arch_list):
         digest.update(repr(part).encode())
     return digest.hexdigest()[:20]

@@ -44,6 +44,23 @@ def prebuilt_library() -> Path | None:
 
 
 @contextmanager
+def host_compiler_environment(compiler: _build_spec.HostCompiler):
+    """CXX and CC (nvcc's host compiler) set to `compiler`'s for the build, then restored."""
+    if compiler.cxx is None:
+        yield
+        return
+    saved = {name: os.environ.get(name) for name in ("CXX", "CC")}
+    overrides = {"CXX": compiler.cxx, "CC": compiler.cc}  # CC None: unset, nvcc picks its default
+    try:
+        for name, value in overrides.items():
+            os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
+        yield
+    finally:
+        for name, value in saved.items():
+            os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
+
+
+@contextmanager
 def exclusive_lock(path: Path):
     with open(path, "a+") as handle:
         fcntl.flock(handle, fcntl.LOCK_EX)
@@ -65,18 +82,22 @@ def build(spec: dict, config: _build_spec.BuildConfig, build_dir: Path) -> None:
     (build_dir / "lock").unlink(missing_ok=True)
     what = f"CUDA kernels for {config.arch_names}" if config.with_cuda else f"the CPU-only library ({config.reason})"
     print(f"torch_attn: compiling {what}; a one-time cost, cached in {build_dir}", file=sys.stderr, flush=True)
+    compiler = _build_spec.resolve_host_compiler()
+    if compiler.note:
+        print(f"torch_attn: {compiler.note}", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    cpp_extension.load(
-        name=spec["name"],
-        sources=_build_spec.sources(spec, config),
-        extra_cflags=_build_spec.cxx_flags(spec, config),
-        extra_cuda_cflags=_build_spec.nvcc_flags(spec, config),
-        extra_include_paths=_build_spec.include_dirs(spec),
-        build_directory=str(build_dir),
-        with_cuda=config.with_cuda,
-        is_python_module=False,
-        verbose=verbose(),
-    )
+    with host_compiler_environment(compiler):
+        cpp_extension.load(
+            name=spec["name"],
+            sources=_build_spec.sources(spec, config),
+            extra_cflags=_build_spec.cxx_flags(spec, config),
+            extra_cuda_cflags=_build_spec.nvcc_flags(spec, config),
+            extra_include_paths=_build_spec.include_dirs(spec),
+            build_directory=str(build_dir),
+            with_cuda=config.with_cuda,
+            is_python_module=False,
+            verbose=verbose(),
+        )
     (build_dir / _DONE_MARKER).write_text(f"{config}\n")
     print(f"torch_attn: built in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
 
