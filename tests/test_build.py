@@ -54,7 +54,7 @@ def spills_by_kernel(report: str) -> dict[str, int]:
 
 # Spills put values in local memory: a slowdown, never silent. The kernels must not
 # spill on sm_90a, except these, each bounded so that it cannot grow unnoticed (their
-# measured speed is in BENCHMARKS.md):
+# measured speed is in docs/perf-log.md):
 #   * mma.sync, paged: registers for page lookups; 68-84 bytes at head dim 128;
 #   * mma.sync, head dim 128 (on sm_90a; on sm_80, its target, it spills 16-24 bytes, and
 #     did before): 8 bytes, per-item values stored once and reloaded between the loops
