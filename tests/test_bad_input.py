@@ -50,3 +50,19 @@ def test_wrapper_names_the_argument_that_requires_grad():
         torch_attn.prefill(q, k.requires_grad_(True), v)
     with torch.no_grad():
         assert torch_attn.prefill(q, k, v).shape == q.shape
+
+
+@pytest.mark.parametrize("case_id", ["head_dim_300", "gqa_not_divisible", "window_left_minus_5", "k_dtype_mismatch",
+                                     "paged_kv_layout_lowercase", "merge_lse_a_shape"])
+def test_torch_compile_raises_the_op_message(case_id):
+    """Under torch.compile the fake kernel raises while tracing; the message reaches the user."""
+    from malformed_calls import BAD_BY_ID, op_of
+
+    case = BAD_BY_ID[case_id]
+    name, args, kwargs = case.build("cpu")
+    _, message = raised(lambda: call(case.build, "cpu"))
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda *a: op_of(name)(*a, **kwargs), backend="aot_eager", fullgraph=True)
+    with pytest.raises(Exception) as error:
+        compiled(*args)
+    assert message in str(error.value)
