@@ -30,13 +30,15 @@ using PrefillResult = std::tuple<at::Tensor, at::Tensor>;
 
 PrefillResult prefill_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const c10::optional<at::Tensor>& qo_indptr, const c10::optional<at::Tensor>& kv_indptr,
-                          bool causal, c10::optional<double> sm_scale, int64_t window_left, double logits_soft_cap);
+                          bool causal, c10::optional<double> sm_scale, int64_t window_left, double logits_soft_cap,
+                          const c10::optional<at::Tensor>& sinks);
 
 /// The CUDA implementation, or, in a build without CUDA kernels, a stub that
 /// raises an error saying so.
 PrefillResult prefill_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                            const c10::optional<at::Tensor>& qo_indptr, const c10::optional<at::Tensor>& kv_indptr,
-                           bool causal, c10::optional<double> sm_scale, int64_t window_left, double logits_soft_cap);
+                           bool causal, c10::optional<double> sm_scale, int64_t window_left, double logits_soft_cap,
+                          const c10::optional<at::Tensor>& sinks);
 
 /// What the checks of attn::prefill_paged learn: the shape fields as above (num_seqs,
 /// qo_len = total query rows) plus the cache geometry.
@@ -56,17 +58,22 @@ PagedShape check_prefill_paged_args(const at::Tensor& q, const at::Tensor& k_cac
 PrefillResult prefill_paged_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                 const at::Tensor& qo_indptr, const at::Tensor& block_table, const at::Tensor& kv_lens,
                                 c10::string_view kv_layout, bool causal, c10::optional<double> sm_scale,
-                                int64_t window_left, double logits_soft_cap);
+                                int64_t window_left, double logits_soft_cap, const c10::optional<at::Tensor>& sinks);
 
 PrefillResult prefill_paged_cuda(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                  const at::Tensor& qo_indptr, const at::Tensor& block_table, const at::Tensor& kv_lens,
                                  c10::string_view kv_layout, bool causal, c10::optional<double> sm_scale,
-                                 int64_t window_left, double logits_soft_cap);
+                                 int64_t window_left, double logits_soft_cap, const c10::optional<at::Tensor>& sinks);
 
 /// attn::merge_states: combines two partial attention results over disjoint key sets
 /// (any device; ATen ops, no host sync).
 PrefillResult merge_states(const at::Tensor& out_a, const at::Tensor& lse_a, const at::Tensor& out_b,
                            const at::Tensor& lse_b);
+
+/// Checks the optional per-head sink logits (attention sinks): [num_qo_heads], a float dtype, q's
+/// device. Returns them as float32 (the kernels' type), or an undefined tensor without sinks.
+at::Tensor checked_sinks(const char* op, const c10::optional<at::Tensor>& sinks, const at::Tensor& q,
+                         int64_t num_qo_heads);
 
 /// A dtype as Python spells it ("torch.bfloat16"), for error messages.
 std::string dtype_name(at::ScalarType type);

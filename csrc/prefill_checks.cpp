@@ -211,6 +211,19 @@ PagedShape check_prefill_paged_args(const at::Tensor& q, const at::Tensor& k_cac
   return shape;
 }
 
+at::Tensor checked_sinks(const char* op, const c10::optional<at::Tensor>& sinks, const at::Tensor& q,
+                         int64_t num_qo_heads) {
+  if (!sinks.has_value()) return {};
+  const at::Tensor& s = *sinks;
+  const auto dtype = s.scalar_type();
+  TORCH_CHECK_TYPE(dtype == at::kFloat || dtype == at::kBFloat16 || dtype == at::kHalf, op,
+                   ": sinks must be float32, bfloat16 or float16, got ", dtype_name(dtype));
+  TORCH_CHECK_VALUE(s.dim() == 1 && s.size(0) == num_qo_heads, op, ": sinks must be [num_qo_heads] = [", num_qo_heads,
+                    "], got shape ", s.sizes());
+  TORCH_CHECK_VALUE(s.device() == q.device(), op, ": sinks must be on q's device (", q.device(), "), got ", s.device());
+  return s.to(at::kFloat).contiguous();
+}
+
 PrefillResult allocate_prefill_outputs(const at::Tensor& q) {
   auto lse_shape = q.sizes().vec();
   lse_shape.pop_back();

@@ -10,23 +10,39 @@ namespace {
 
 constexpr int64_t kQueryBlock = 256;  // query rows per block: 256 x kv_len scores per head
 
-struct CpuMask {
+struct CpuScores {
   bool causal;
   int64_t window_left;
   double soft_cap;
   double sm_scale;
+  at::Tensor sinks;  // float32 [Hq] sink logits, or undefined
 };
+
+/// Attention sinks: one more key per row whose logit is the head's sink and whose value is 0,
+/// so it enters only the softmax's denominator: lse' = logaddexp(lse, sink), out *= e^(lse - lse').
+/// lse, out: [Hkv, group, rows, 1 / D].
+void add_sinks(const at::Tensor& sinks, at::Tensor& out, at::Tensor& lse) {
+  const at::Tensor sink = sinks.view({lse.size(0), lse.size(1), 1, 1});
+  const at::Tensor with_sink = at::logaddexp(lse, sink);
+  // Neither a key nor the sink (a sink of -inf): out stays 0 and lse -inf, never NaN.
+  out = out * at::where(at::isneginf(with_sink), at::zeros_like(lse), at::exp(lse - with_sink));
+  lse = with_sink;
+}
 
 /// One sequence: q [qo_len, Hq, D], k/v [kv_len, Hkv, D] -> out [qo_len, Hq, D], lse [qo_len, Hq].
 void attend_sequence(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor out, at::Tensor lse,
-                     const CpuMask& mask) {
+                     const CpuScores& mask) {
   const int64_t qo_len = q.size(0), kv_len = k.size(0);
   const int64_t num_qo_heads = q.size(1), num_kv_heads = k.size(1), head_dim = q.size(2);
   const int64_t group = num_qo_heads / num_kv_heads;
   if (qo_len == 0) return;
-  if (kv_len == 0) {  // nothing to see: out = 0, lse = -inf
+  if (kv_len == 0) {  // nothing to see: out = 0, lse = -inf (the sink's logit with sinks)
     out.zero_();
-    lse.fill_(-std::numeric_limits<float>::infinity());
+    if (mask.sinks.defined()) {
+      lse.copy_(mask.sinks.unsqueeze(0).expand({qo_len, num_qo_heads}));
+    } else {
+      lse.fill_(-std::numeric_limits<float>::infinity());
+    }
     return;
   }
   const auto f32 = at::kFloat;
@@ -62,8 +78,9 @@ void attend_sequence(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
                         .view({num_kv_heads, group, rows, head_dim});
     const at::Tensor saw_keys = row_sum > 0;
     ob = at::where(saw_keys, ob / at::where(saw_keys, row_sum, at::ones_like(row_sum)), at::zeros_like(ob));
-    const at::Tensor lb = at::where(saw_keys, safe_max + at::log(row_sum),
-                                    at::full_like(row_sum, -std::numeric_limits<float>::infinity()));
+    at::Tensor lb = at::where(saw_keys, safe_max + at::log(row_sum),
+                              at::full_like(row_sum, -std::numeric_limits<float>::infinity()));
+    if (mask.sinks.defined()) add_sinks(mask.sinks, ob, lb);
     // [Hkv, group, rows, *] -> [rows, Hq, *]
     out.narrow(0, row0, rows).copy_(ob.permute({2, 0, 1, 3}).reshape({rows, num_qo_heads, head_dim}));
     lse.narrow(0, row0, rows).copy_(lb.squeeze(-1).permute({2, 0, 1}).reshape({rows, num_qo_heads}));
@@ -91,10 +108,12 @@ at::Tensor gather_pages(const at::Tensor& cache, const at::Tensor& pages, bool h
 
 PrefillResult prefill_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const c10::optional<at::Tensor>& qo_indptr, const c10::optional<at::Tensor>& kv_indptr,
-                          bool causal, c10::optional<double> sm_scale, int64_t window_left, double logits_soft_cap) {
+                          bool causal, c10::optional<double> sm_scale, int64_t window_left, double logits_soft_cap,
+                          const c10::optional<at::Tensor>& sinks) {
   const PrefillShape shape = check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, logits_soft_cap);
+  const CpuScores mask{causal, window_left, logits_soft_cap, shape.sm_scale,
+                       checked_sinks("attn.prefill", sinks, q, shape.num_qo_heads)};
   auto [out, lse] = allocate_prefill_outputs(q);
-  const CpuMask mask{causal, window_left, logits_soft_cap, shape.sm_scale};
   if (shape.ragged) {
     check_indptr_values("qo_indptr", *qo_indptr, shape.qo_len);
     check_indptr_values("kv_indptr", *kv_indptr, shape.kv_len);
@@ -120,12 +139,13 @@ namespace torch_attn {
 PrefillResult prefill_paged_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                 const at::Tensor& qo_indptr, const at::Tensor& block_table, const at::Tensor& kv_lens,
                                 c10::string_view kv_layout, bool causal, c10::optional<double> sm_scale,
-                                int64_t window_left, double logits_soft_cap) {
+                                int64_t window_left, double logits_soft_cap, const c10::optional<at::Tensor>& sinks) {
   const PagedShape shape = check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout,
                                                     sm_scale, window_left, logits_soft_cap);
+  const CpuScores mask{causal, window_left, logits_soft_cap, shape.common.sm_scale,
+                       checked_sinks("attn.prefill_paged", sinks, q, shape.common.num_qo_heads)};
   auto [out, lse] = allocate_prefill_outputs(q);
   check_indptr_values("qo_indptr", qo_indptr, shape.common.qo_len);
-  const CpuMask mask{causal, window_left, logits_soft_cap, shape.common.sm_scale};
   const int32_t* qo = qo_indptr.data_ptr<int32_t>();
   const auto lens = kv_lens.accessor<int32_t, 1>();
   for (int64_t b = 0; b < shape.common.num_seqs; ++b) {

@@ -140,7 +140,8 @@ TokenHeadStrides lse_strides_of(const at::Tensor& lse, bool batched) {
 
 /// The parameters both ops share: q, outputs, heads, scale and mask.
 PrefillParams common_params(const at::Tensor& q, const at::Tensor& out, const at::Tensor& lse,
-                            const PrefillShape& shape, bool causal, int64_t window_left, double logits_soft_cap) {
+                            const PrefillShape& shape, bool causal, int64_t window_left, double logits_soft_cap,
+                            const at::Tensor& sinks) {
   const bool batched = q.dim() == 4;
   PrefillParams p{};
   p.q = q.data_ptr();
@@ -162,6 +163,7 @@ PrefillParams common_params(const at::Tensor& q, const at::Tensor& out, const at
   p.soft_cap = static_cast<float>(logits_soft_cap);
   p.pre_cap_scale = logits_soft_cap > 0 ? static_cast<float>(shape.sm_scale / logits_soft_cap) : 0.f;
   p.logit_to_log2 = static_cast<float>(logits_soft_cap > 0 ? log2e : shape.sm_scale * log2e);
+  p.sinks = sinks.defined() ? sinks.data_ptr<float>() : nullptr;
   return p;
 }
 
@@ -302,8 +304,10 @@ void check_cuda_dtype(const char* op, const at::Tensor& q) {
 
 PrefillResult prefill_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                            const c10::optional<at::Tensor>& qo_indptr, const c10::optional<at::Tensor>& kv_indptr,
-                           bool causal, c10::optional<double> sm_scale, int64_t window_left, double logits_soft_cap) {
+                           bool causal, c10::optional<double> sm_scale, int64_t window_left, double logits_soft_cap,
+                           const c10::optional<at::Tensor>& sinks) {
   const PrefillShape shape = check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, logits_soft_cap);
+  const at::Tensor sink_logits = checked_sinks("attn.prefill", sinks, q, shape.num_qo_heads);
   check_cuda_dtype("attn.prefill", q);
   check_cuda_layout("attn.prefill", "q", q);
   check_cuda_layout("attn.prefill", "k", k);
@@ -314,7 +318,7 @@ PrefillResult prefill_cuda(const at::Tensor& q, const at::Tensor& k, const at::T
   auto [out, lse] = allocate_prefill_outputs(q);
   if (out.numel() == 0 || shape.num_seqs == 0) return {out, lse};
 
-  PrefillParams p = common_params(q, out, lse, shape, causal, window_left, logits_soft_cap);
+  PrefillParams p = common_params(q, out, lse, shape, causal, window_left, logits_soft_cap, sink_logits);
   const bool batched = q.dim() == 4;
   p.k = k.data_ptr();
   p.v = v.data_ptr();
@@ -329,9 +333,10 @@ PrefillResult prefill_cuda(const at::Tensor& q, const at::Tensor& k, const at::T
 PrefillResult prefill_paged_cuda(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                  const at::Tensor& qo_indptr, const at::Tensor& block_table, const at::Tensor& kv_lens,
                                  c10::string_view kv_layout, bool causal, c10::optional<double> sm_scale,
-                                 int64_t window_left, double logits_soft_cap) {
+                                 int64_t window_left, double logits_soft_cap, const c10::optional<at::Tensor>& sinks) {
   const PagedShape paged = check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout,
                                                     sm_scale, window_left, logits_soft_cap);
+  const at::Tensor sink_logits = checked_sinks("attn.prefill_paged", sinks, q, paged.common.num_qo_heads);
   check_cuda_dtype("attn.prefill_paged", q);
   check_cuda_layout("attn.prefill_paged", "q", q);
   check_cuda_layout("attn.prefill_paged", "k_cache", k_cache);
@@ -342,7 +347,7 @@ PrefillResult prefill_paged_cuda(const at::Tensor& q, const at::Tensor& k_cache,
   auto [out, lse] = allocate_prefill_outputs(q);
   if (out.numel() == 0 || paged.common.num_seqs == 0) return {out, lse};
 
-  PrefillParams p = common_params(q, out, lse, paged.common, causal, window_left, logits_soft_cap);
+  PrefillParams p = common_params(q, out, lse, paged.common, causal, window_left, logits_soft_cap, sink_logits);
   p.k = k_cache.data_ptr();
   p.v = v_cache.data_ptr();
   // A page plays the part of a batch entry and a slot that of a token; NHD and HND differ only here.

@@ -209,6 +209,18 @@ BAD: list[Bad] = [
     Bad("query_tiles_past_int32", lambda d: prefill(d, q=expanded((2**31 - 1, 512, 64), d),
                                                     k=expanded((8, 512, 64), d), v=expanded((8, 512, 64), d)),
         V, "q has too many query tiles x heads", CUDA_ONLY, fake_sees_it=False),
+    # sinks
+    Bad("sinks_int", lambda d: prefill(d, sinks=torch.zeros(4, dtype=torch.int32, device=d)), T,
+        "sinks must be float32, bfloat16 or float16"),
+    Bad("sinks_float64", lambda d: prefill(d, sinks=torch.zeros(4, dtype=torch.float64, device=d)), T,
+        "sinks must be float32, bfloat16 or float16"),
+    Bad("sinks_one_per_kv_head", lambda d: prefill(d, sinks=torch.zeros(2, device=d)), V,
+        "sinks must be [num_qo_heads] = [4]"),
+    Bad("sinks_2d", lambda d: prefill(d, sinks=torch.zeros(1, 4, device=d)), V, "sinks must be [num_qo_heads]"),
+    Bad("sinks_other_device", lambda d: prefill(d, sinks=torch.zeros(4, device=other_device(d))), V,
+        "sinks must be on q's device"),
+    Bad("sinks_requires_grad", lambda d: prefill(d, sinks=grad(torch.zeros(4, device=d))), R, "sinks requires grad"),
+    Bad("paged_sinks_shape", lambda d: paged(d, sinks=torch.zeros(5, device=d)), V, "sinks must be [num_qo_heads] = [4]"),
     # grad
     Bad("q_requires_grad", lambda d: prefill(d, q=grad(qkv(d)[0])), R, "q requires grad"),
     Bad("v_requires_grad", lambda d: prefill(d, v=grad(qkv(d)[2])), R, "v requires grad"),

@@ -10,7 +10,7 @@ from conftest import make_qkv, ragged_batch
 
 EXPECTED_SCHEMA = (
     "attn::prefill(Tensor q, Tensor k, Tensor v, Tensor? qo_indptr=None, Tensor? kv_indptr=None, *, "
-    "bool causal=False, float? sm_scale=None, int window_left=-1, float logits_soft_cap=0.) "
+    "bool causal=False, float? sm_scale=None, int window_left=-1, float logits_soft_cap=0., Tensor? sinks=None) "
     "-> (Tensor out, Tensor lse)")
 
 
@@ -33,6 +33,7 @@ def test_opcheck(layout):
         args = (q, k, v)
     torch.library.opcheck(torch.ops.attn.prefill.default, args,
                           dict(causal=True, sm_scale=0.2, window_left=4, logits_soft_cap=5.0))
+    torch.library.opcheck(torch.ops.attn.prefill.default, args, dict(causal=True, sinks=torch.randn(4)))
 
 
 def test_fake_tensors_on_cuda_device():

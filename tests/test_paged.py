@@ -184,7 +184,7 @@ def test_opcheck():
     q = torch.randn(12, 4, 64)
     qo_indptr = torch.tensor([0, 5, 12], dtype=torch.int32)
     torch.library.opcheck(torch.ops.attn.prefill_paged.default, (q, k_cache, v_cache, qo_indptr, block_table, kv_lens),
-                          dict(kv_layout="HND", causal=True))
+                          dict(kv_layout="HND", causal=True, sinks=torch.randn(4)))
     out, lse = torch.randn(5, 4, 64), torch.randn(5, 4)
     torch.library.opcheck(torch.ops.attn.merge_states.default, (out, lse, out.clone(), lse.clone()))
 

@@ -78,7 +78,7 @@ def _check_indptr(name: str, indptr: torch.Tensor, q: torch.Tensor) -> None:
     torch._check_value(indptr.stride(0) == 1, lambda: f"attn.prefill: {name} must be contiguous")
 
 
-def check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, logits_soft_cap) -> None:
+def check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, logits_soft_cap, sinks) -> None:
     op = "attn.prefill"
     torch._check_value(q.dim() in (3, 4), lambda: f"{op}: q must be 3-D [tokens, heads, head_dim] or 4-D [batch, "
                                                   f"tokens, heads, head_dim], got {q.dim()}-D")
@@ -133,13 +133,25 @@ def check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, log
                        and num_seqs < _INT32_LIMIT,
                        lambda: f"{op}: at most 2^31 - 1 tokens, heads and sequences in q and in k/v, got q shape "
                                f"{_shape(q)} and k shape {_shape(k)}")
+    check_sinks(op, sinks, q, num_qo_heads)
     check_cuda_args(op, q, {"q": q, "k": k, "v": v})
+
+
+def check_sinks(op: str, sinks, q, num_qo_heads) -> None:
+    if sinks is None:
+        return
+    torch._check_type(sinks.dtype in _FLOAT_DTYPES,
+                      lambda: f"{op}: sinks must be float32, bfloat16 or float16, got {sinks.dtype}")
+    torch._check_value(sinks.dim() == 1 and sinks.shape[0] == num_qo_heads,
+                       lambda: f"{op}: sinks must be [num_qo_heads] = [{num_qo_heads}], got shape {_shape(sinks)}")
+    torch._check_value(sinks.device == q.device,
+                       lambda: f"{op}: sinks must be on q's device ({q.device}), got {sinks.device}")
 
 
 @torch.library.register_fake("attn::prefill")
 def _prefill_fake(q, k, v, qo_indptr=None, kv_indptr=None, *, causal=False, sm_scale=None, window_left=-1,
-                  logits_soft_cap=0.0):
-    check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, logits_soft_cap)
+                  logits_soft_cap=0.0, sinks=None):
+    check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, logits_soft_cap, sinks)
     out = q.new_empty(q.shape)
     lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
     return out, lse
@@ -154,7 +166,7 @@ def _check_int_vector(name: str, t: torch.Tensor, dim: int, q: torch.Tensor) -> 
 
 
 def check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout, sm_scale, window_left,
-                             logits_soft_cap) -> None:
+                             logits_soft_cap, sinks) -> None:
     op = "attn.prefill_paged"
     torch._check_value(kv_layout in ("NHD", "HND"), lambda: f'{op}: kv_layout must be "NHD" or "HND", got "{kv_layout}"')
     torch._check_value(q.dim() == 3, lambda: f"{op}: q must be 3-D [total_tokens, heads, head_dim], got {q.dim()}-D")
@@ -201,14 +213,15 @@ def check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_len
                                f"heads, sequences and pages, got q shape {_shape(q)}, k_cache shape {_shape(k_cache)} "
                                f"and block_table shape {_shape(block_table)}")
     check_mask_args(op, head_dim, sm_scale, window_left, logits_soft_cap)
+    check_sinks(op, sinks, q, q.shape[1])
     check_cuda_args(op, q, {"q": q, "k_cache": k_cache, "v_cache": v_cache})
 
 
 @torch.library.register_fake("attn::prefill_paged")
 def _prefill_paged_fake(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, *, kv_layout="NHD", causal=False,
-                        sm_scale=None, window_left=-1, logits_soft_cap=0.0):
+                        sm_scale=None, window_left=-1, logits_soft_cap=0.0, sinks=None):
     check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout, sm_scale, window_left,
-                             logits_soft_cap)
+                             logits_soft_cap, sinks)
     return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
 
 

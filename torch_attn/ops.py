@@ -20,6 +20,7 @@ def prefill(
     logits_soft_cap: float = 0.0,
     qo_indptr: torch.Tensor | None = None,
     kv_indptr: torch.Tensor | None = None,
+    sinks: torch.Tensor | None = None,
     return_lse: bool = False,
 ):
     """Attention of q over k/v for prefill.
@@ -37,11 +38,16 @@ def prefill(
     hides keys j < i + Skv - Sq - window_left. A query that sees no key gets out = 0
     and lse = -inf.
 
+    sinks [Hq] (attention sinks, gpt-oss): per query head the logit of one more key that
+    every row sees, taken as is (not scaled, capped or masked), whose value is 0: it enters
+    only the softmax's denominator and lse. A row that sees no key then gets out = 0 and
+    lse = sinks[h]. float32, bfloat16 or float16 (computed in float32).
+
     Returns out (q's shape and dtype), and with return_lse also lse (float32,
     natural log, q's shape without D).
     """
     out, lse = _prefill_op(q, k, v, qo_indptr, kv_indptr, causal=causal, sm_scale=sm_scale,
-                           window_left=window_left, logits_soft_cap=logits_soft_cap)
+                           window_left=window_left, logits_soft_cap=logits_soft_cap, sinks=sinks)
     return (out, lse) if return_lse else out
 
 
@@ -58,6 +64,7 @@ def prefill_paged(
     sm_scale: float | None = None,
     window_left: int = -1,
     logits_soft_cap: float = 0.0,
+    sinks: torch.Tensor | None = None,
     return_lse: bool = False,
 ):
     """Prefill against a paged KV cache.
@@ -70,11 +77,11 @@ def prefill_paged(
       kv_lens      int32 [B]: valid keys of each sequence (its last page may be partly filled)
     Semantics as prefill(): query i of sequence b sees key j iff j <= i + kv_lens[b] - qo_len_b
     (causal), so the queries are the last tokens of their sequence's keys. Cache slots past
-    kv_lens[b] and pages the block table does not name are never read.
+    kv_lens[b] and pages the block table does not name are never read. sinks as in prefill().
     """
     out, lse = _prefill_paged_op(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout=kv_layout,
                                  causal=causal, sm_scale=sm_scale, window_left=window_left,
-                                 logits_soft_cap=logits_soft_cap)
+                                 logits_soft_cap=logits_soft_cap, sinks=sinks)
     return (out, lse) if return_lse else out
 
 
@@ -84,7 +91,8 @@ def merge_states(out_a: torch.Tensor, lse_a: torch.Tensor, out_b: torch.Tensor, 
     lse = -inf (no key seen) counts for nothing. Returns (out, lse).
 
     Shared-prefix (cascade) attention: attend to the shared prefix once, to each
-    suffix separately, and merge."""
+    suffix separately, and merge. With attention sinks, give the sinks to exactly one of
+    the parts (the sink is one more key: counted twice, it would weigh twice)."""
     return _merge_states_op(out_a, lse_a, out_b, lse_b)
 
 

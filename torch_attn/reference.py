@@ -19,7 +19,7 @@ def visible_mask(qo_len: int, kv_len: int, causal: bool, window_left: int, devic
     return visible
 
 
-def attend_one(q, k, v, *, causal, sm_scale, window_left, logits_soft_cap, compute_dtype=torch.float64):
+def attend_one(q, k, v, *, causal, sm_scale, window_left, logits_soft_cap, sinks=None, compute_dtype=torch.float64):
     """q [Sq, Hq, D], k/v [Skv, Hkv, D] -> out [Sq, Hq, D], lse [Sq, Hq].
 
     compute_dtype float64 gives the reference; the inputs' own dtype gives the
@@ -38,18 +38,22 @@ def attend_one(q, k, v, *, causal, sm_scale, window_left, logits_soft_cap, compu
         scores = logits_soft_cap * torch.tanh(scores / logits_soft_cap)
     visible = visible_mask(qo_len, kv_len, causal, window_left, q.device)
     scores = scores.masked_fill(~visible, -math.inf)
+    if sinks is not None:  # one more key per row: logit sinks[h] as is, value 0
+        sink_column = sinks.to(scores.dtype).view(-1, 1, 1).expand(-1, qo_len, 1)
+        scores = torch.cat([scores, sink_column], dim=-1)
     lse = torch.logsumexp(scores, dim=-1)  # -inf for rows that see nothing
     weights = torch.exp(scores - lse.unsqueeze(-1).masked_fill(torch.isinf(lse.unsqueeze(-1)), 0))
+    weights = weights[..., :kv_len]  # the sink's value is 0
     out = torch.nan_to_num(weights, nan=0.0).to(compute_dtype) @ vd
     return out.transpose(0, 1), lse.transpose(0, 1)
 
 
 def prefill_reference(q, k, v, *, causal=False, sm_scale=None, window_left=-1, logits_soft_cap=0.0,
-                      qo_indptr=None, kv_indptr=None, compute_dtype=torch.float64):
+                      qo_indptr=None, kv_indptr=None, sinks=None, compute_dtype=torch.float64):
     """Same arguments and shapes as torch_attn.prefill; returns (out, lse) in compute_dtype."""
     sm_scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(q.shape[-1])
     kwargs = dict(causal=causal, sm_scale=sm_scale, window_left=window_left, logits_soft_cap=logits_soft_cap,
-                  compute_dtype=compute_dtype)
+                  sinks=sinks, compute_dtype=compute_dtype)
     out = torch.zeros(q.shape, dtype=compute_dtype, device=q.device)
     lse = torch.full(q.shape[:-1], -math.inf, dtype=torch.float64, device=q.device)
     if qo_indptr is not None:

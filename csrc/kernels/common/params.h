@@ -60,6 +60,9 @@ struct PrefillParams {
   float soft_cap;
   float pre_cap_scale;  // sm_scale / soft_cap
   float logit_to_log2;
+  // Attention sinks: per query head, the logit (natural log, taken as is) of one more key
+  // whose value is 0; null without sinks.
+  const float* sinks;
 
   // Work items: the grid is num_q_tile_slots * num_qo_heads CTAs. Dense: exactly
   // num_seqs * ceil(qo_len / BM) slots. Ragged: an upper bound computed from

@@ -174,6 +174,27 @@ struct OnlineSoftmax {
       }
     }
   }
+
+  /// Attention sinks, on finalized rows (o normalized, natural-log lse): one more key whose
+  /// logit is `sink` and whose value is 0 enters only the denominator, so
+  /// lse' = logaddexp(lse, sink) and o *= e^(lse - lse'). In that form no exponent can
+  /// overflow, and a row that sees no key gets o = 0, lse' = sink.
+  template <int kNFragsO>
+  __device__ __forceinline__ static void add_sink(float (&o)[kMFrags][kNFragsO][4], float (&lse)[kRows], float sink) {
+#pragma unroll
+    for (int r = 0; r < kRows; ++r) {
+      const float max = fmaxf(lse[r], sink);
+      if (max == -INFINITY) continue;  // neither keys nor a sink (of -inf): o stays 0, lse -inf
+      const float with_sink = max + log1pf(__expf(-fabsf(lse[r] - sink)));
+      const float scale = __expf(lse[r] - with_sink);
+      lse[r] = with_sink;
+#pragma unroll
+      for (int nd = 0; nd < kNFragsO; ++nd) {
+        o[r / 2][nd][2 * (r % 2)] *= scale;
+        o[r / 2][nd][2 * (r % 2) + 1] *= scale;
+      }
+    }
+  }
 };
 
 }  // namespace torch_attn

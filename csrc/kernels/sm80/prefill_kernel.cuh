@@ -325,6 +325,7 @@ struct PrefillCta {
     __syncthreads();
     float lse[2 * kMFrags];
     softmax.finalize(o, p.logit_to_log2, lse);
+    if (p.sinks != nullptr) OnlineSoftmax<kMFrags>::add_sink(o, lse, __ldg(p.sinks + w.qo_head));
     store_warp_rows<QTile>(p, w, q_smem, warp_row0, lane, chunks_valid, o, lse);
   }
 };

@@ -522,6 +522,8 @@ struct PrefillSm90Cta {
       stores = rows.hand_over(o, lse);
       if (stores) rows.merge(o, lse);
     }
+    // The sink enters once, after the pieces of a tail item are merged.
+    if (stores && p.sinks != nullptr) OnlineSoftmax<1>::add_sink(o, lse, __ldg(p.sinks + w.qo_head));
     // Out goes through its staging tile (Traits::OutStageTile): the Q tile, whose rows
     // the warpgroup's last wgmma read (all four warps are past it after the barrier), or
     // a tile of its own, whose rows are the warp's alone.
