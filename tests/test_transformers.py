@@ -132,7 +132,7 @@ def llama4_config():  # chunked local attention layers (attention_chunk_size)
                                          num_local_experts=2, max_position_embeddings=256)
 
 
-REFUSED = {"gpt_oss": (gpt_oss_config, "s_aux"), "deepseek_v3": (deepseek_v3_config, "head_dim_v"),
+REFUSED = {"deepseek_v3": (deepseek_v3_config, "head_dim_v"),
            "llama4": (llama4_config, "chunked_overlay")}
 
 
@@ -172,3 +172,29 @@ def test_packed_sequences_through_cu_seq_lens():
     for a, b in ((0, 3), (3, 9)):
         want, _ = integration.attention_forward(module, q[:, :, a:b], k[:, :, a:b], v[:, :, a:b], None)
         torch.testing.assert_close(out[:, a:b], want)
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("side", ["left", "right"])
+def test_gpt_oss_sinks_match_eager(side, device):
+    """gpt-oss passes its per-head sink logits as s_aux: they reach the op as sinks (eager is the
+    reference: it is transformers' own implementation of sinks)."""
+    torch.manual_seed(0)
+    ours = transformers.AutoModelForCausalLM.from_config(gpt_oss_config(), attn_implementation=integration.NAME)
+    ref = transformers.AutoModelForCausalLM.from_config(gpt_oss_config(), attn_implementation="eager")
+    with torch.no_grad():
+        for layer in ours.model.layers:  # sinks far from zero, so that they matter
+            layer.self_attn.sinks.normal_(0.0, 2.0)
+    ref.load_state_dict(ours.state_dict())
+    ours, ref = [m.to(device=device, dtype=DTYPE[device]).eval() for m in (ours, ref)]
+    ids, mask = padded_batch(device, side)
+    with torch.no_grad():
+        got = ours(input_ids=ids, attention_mask=mask).logits.float()
+        want = ref(input_ids=ids, attention_mask=mask).logits.float()
+    real = mask.bool()
+    err = (got[real] - want[real]).abs().max().item()
+    assert err < LOGIT_TOL[device], f"max |logits - eager| = {err:.2e}"
+    if side == "left":
+        kwargs = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
+        with torch.no_grad():
+            assert torch.equal(ours.generate(ids, **kwargs), ref.generate(ids, **kwargs))

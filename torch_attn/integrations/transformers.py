@@ -8,7 +8,8 @@ What the attention interface hands over, and how it maps onto the op:
     when a KV cache holds earlier tokens: the op's bottom-right causal alignment is
     exactly "the queries are the last Sq positions".
   - `scaling` -> sm_scale, `sliding_window` W -> window_left = W - 1 (key j visible
-    iff j > i - W), `softcap` -> logits_soft_cap, `module.is_causal` -> causal.
+    iff j > i - W), `softcap` -> logits_soft_cap, `module.is_causal` -> causal,
+    `s_aux` (attention sinks: gpt-oss, MiMo) -> sinks.
   - Padding: our mask interface passes the 2-D [B, Skv] padding mask through, like
     FlashAttention's, but without its host-side `.all()` check. The attention function
     turns it into a ragged batch on the device (no host sync): each row becomes three
@@ -21,7 +22,7 @@ What the attention interface hands over, and how it maps onto the op:
   - Packed sequences handed over as FlashAttention's `cu_seq_lens_q` / `cu_seq_lens_k`
     (batch 1, no padding mask) become the op's qo_indptr / kv_indptr.
 Nothing that changes the result is dropped: a keyword the interface passes that we do
-not implement (attention sinks `s_aux`, a `position_bias`, ...), a mask pattern beyond
+not implement (a `position_bias`, ...), a mask pattern beyond
 causal / bidirectional / left sliding window (chunked, packed by position ids, custom
 and/or masks), or value head dims that differ from the query's raise a ValueError that
 names it (UNSUPPORTED says why), instead of returning plausible but wrong numbers.
@@ -44,8 +45,6 @@ IGNORED_KWARGS = frozenset({
 })
 # Keywords that change the result and that torch_attn does not implement yet, and why.
 UNSUPPORTED = {
-    "s_aux": "attention sinks (gpt-oss): per-head sink logits are not implemented yet",
-    "sinks": "attention sinks: per-head sink logits are not implemented yet",
     "position_bias": "an additive position bias (T5-style relative attention) is not supported",
     "chunked_overlay": "chunked attention (Llama 4's attention_chunk_size) is not implemented yet",
     "packed_sequence_mask_function": "sequences packed by their position_ids: pass cu_seq_lens_q / cu_seq_lens_k "
@@ -125,8 +124,8 @@ def _check_kwargs(kwargs: dict) -> None:
 
 
 def attention_forward(module, query, key, value, attention_mask, scaling=None, dropout=0.0, sliding_window=None,
-                      softcap=None, is_causal=None, cu_seq_lens_q=None, cu_seq_lens_k=None, max_length_q=None,
-                      max_length_k=None, **kwargs):
+                      softcap=None, is_causal=None, s_aux=None, cu_seq_lens_q=None, cu_seq_lens_k=None,
+                      max_length_q=None, max_length_k=None, **kwargs):
     """The attention interface: returns (attn_output [B, Sq, Hq, D], None)."""
     if dropout and module.training:
         raise ValueError("torch_attn attention is inference-only: dropout > 0 in training mode is not supported")
@@ -135,7 +134,7 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
         raise _unsupported("head_dim_v")
     causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
     options = dict(causal=bool(causal), sm_scale=scaling, window_left=sliding_window - 1 if sliding_window else -1,
-                   logits_soft_cap=float(softcap or 0.0))
+                   logits_soft_cap=float(softcap or 0.0), sinks=s_aux)
     batch, num_qo_heads, q_length, head_dim = query.shape
     kv_length, num_kv_heads = key.shape[2], key.shape[1]
     q, k, v = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # [B, S, H, D] views
