@@ -178,7 +178,9 @@ def test_packed_sequences_through_cu_seq_lens():
 @pytest.mark.parametrize("side", ["left", "right"])
 def test_gpt_oss_sinks_match_eager(side, device):
     """gpt-oss passes its per-head sink logits as s_aux: they reach the op as sinks (eager is the
-    reference: it is transformers' own implementation of sinks)."""
+    reference: it is transformers' own implementation of sinks). Eager takes gpt-oss's softmax in
+    the model's dtype, so on the GPU (bf16) the yardstick is eager in float32, and ours must be at
+    least as close to it as eager in bf16 is (FlashAttention's rule, on the logits)."""
     torch.manual_seed(0)
     ours = transformers.AutoModelForCausalLM.from_config(gpt_oss_config(), attn_implementation=integration.NAME)
     ref = transformers.AutoModelForCausalLM.from_config(gpt_oss_config(), attn_implementation="eager")
@@ -193,7 +195,15 @@ def test_gpt_oss_sinks_match_eager(side, device):
         want = ref(input_ids=ids, attention_mask=mask).logits.float()
     real = mask.bool()
     err = (got[real] - want[real]).abs().max().item()
-    assert err < LOGIT_TOL[device], f"max |logits - eager| = {err:.2e}"
+    if device == "cpu":
+        assert err < LOGIT_TOL[device], f"max |logits - eager| = {err:.2e}"
+    else:
+        with torch.no_grad():  # (bf16 -> float32 -> bf16 leaves the weights as they were)
+            truth = ref.float()(input_ids=ids, attention_mask=mask).logits
+        ref.to(DTYPE[device])
+        ours_err = (got[real] - truth[real]).abs().max().item()
+        eager_err = (want[real] - truth[real]).abs().max().item()
+        assert ours_err <= 1.1 * eager_err + 1e-2, f"ours {ours_err:.2e}, eager bf16 {eager_err:.2e} from fp32"
     if side == "left":
         kwargs = dict(attention_mask=mask, max_new_tokens=6, do_sample=False, pad_token_id=0)
         with torch.no_grad():
