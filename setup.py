@@ -46,7 +46,10 @@ def aot_extension():
     if compiler.cxx is not None:
         print(f"torch_attn: {compiler.note}")
         os.environ["CXX"] = compiler.cxx
-        os.environ.pop("CC", None) if compiler.cc is None else os.environ.__setitem__("CC", compiler.cc)
+        if compiler.cc is None:
+            os.environ.pop("CC", None)
+        else:
+            os.environ["CC"] = compiler.cc
     kind = CUDAExtension if config.with_cuda else CppExtension
     sources = [os.path.relpath(s, ROOT) for s in build_spec.sources(spec, config)]
     args = {"cxx": build_spec.cxx_flags(spec, config)}

@@ -43,6 +43,13 @@ def prebuilt_library() -> Path | None:
     return found[0] if found else None
 
 
+def set_environment(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
 @contextmanager
 def host_compiler_environment(compiler: _build_spec.HostCompiler):
     """CXX and CC (nvcc's host compiler) set to `compiler`'s for the build, then restored."""
@@ -50,14 +57,13 @@ def host_compiler_environment(compiler: _build_spec.HostCompiler):
         yield
         return
     saved = {name: os.environ.get(name) for name in ("CXX", "CC")}
-    overrides = {"CXX": compiler.cxx, "CC": compiler.cc}  # CC None: unset, nvcc picks its default
     try:
-        for name, value in overrides.items():
-            os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
+        set_environment("CXX", compiler.cxx)
+        set_environment("CC", compiler.cc)  # None: unset, nvcc picks its default
         yield
     finally:
         for name, value in saved.items():
-            os.environ.pop(name, None) if value is None else os.environ.__setitem__(name, value)
+            set_environment(name, value)
 
 
 @contextmanager
