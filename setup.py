@@ -4,6 +4,7 @@ the same spec (csrc/build_spec.json):
 
     TORCH_ATTN_AOT=1 pip install --no-build-isolation .
 """
+import contextlib
 import importlib.util
 import os
 import shutil
@@ -42,14 +43,9 @@ def aot_extension():
         # torch guesses CUDA_HOME from `which nvcc`, which is wrong when nvcc is a wrapper script.
         os.environ["CUDA_HOME"] = config.cuda_home
         cpp_extension.CUDA_HOME = config.cuda_home
-    compiler = build_spec.resolve_host_compiler()  # (see there: the libstdc++ this torch runs with)
-    if compiler.cxx is not None:
+    compiler = build_spec.resolve_host_compiler()  # (one that links the shared libstdc++)
+    if compiler.note:
         print(f"torch_attn: {compiler.note}")
-        os.environ["CXX"] = compiler.cxx
-        if compiler.cc is None:
-            os.environ.pop("CC", None)
-        else:
-            os.environ["CC"] = compiler.cc
     kind = CUDAExtension if config.with_cuda else CppExtension
     sources = [os.path.relpath(s, ROOT) for s in build_spec.sources(spec, config)]
     args = {"cxx": build_spec.cxx_flags(spec, config)}
@@ -57,12 +53,14 @@ def aot_extension():
         args["nvcc"] = build_spec.nvcc_flags(spec, config)
     ext = kind("torch_attn._C", sources, include_dirs=build_spec.include_dirs(spec), extra_compile_args=args)
     print(f"torch_attn: AOT build for {config.arch_names} ({config.reason})")
-    return [ext], {"build_ext": BuildExtension, "build_py": BuildPyWithSources}
+    return [ext], {"build_ext": BuildExtension, "build_py": BuildPyWithSources}, \
+        build_spec.host_compiler_environment(compiler)
 
 
 if os.environ.get("TORCH_ATTN_AOT") == "1":
-    ext_modules, cmdclass = aot_extension()
+    ext_modules, cmdclass, compiler_environment = aot_extension()
 else:
-    ext_modules, cmdclass = [], {"build_py": BuildPyWithSources}
+    ext_modules, cmdclass, compiler_environment = [], {"build_py": BuildPyWithSources}, contextlib.nullcontext()
 
-setup(ext_modules=ext_modules, cmdclass=cmdclass)
+with compiler_environment:
+    setup(ext_modules=ext_modules, cmdclass=cmdclass)

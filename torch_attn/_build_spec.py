@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -159,6 +160,29 @@ def resolve_host_compiler() -> HostCompiler:
                                 f"CXX={requested} links libstdc++ statically; building with {cxx}")
     return HostCompiler(note=f"CXX={requested} links libstdc++ statically and no c++ on PATH links it shared: "
                              "error messages may crash this library; set CXX to a compiler that links it shared")
+
+
+def _set_environment(name: str, value: str | None) -> None:
+    if value is None:
+        os.environ.pop(name, None)
+    else:
+        os.environ[name] = value
+
+
+@contextmanager
+def host_compiler_environment(compiler: HostCompiler):
+    """CXX and CC (nvcc's host compiler) set to `compiler`'s for the build, then restored."""
+    if compiler.cxx is None:
+        yield
+        return
+    saved = {name: os.environ.get(name) for name in ("CXX", "CC")}
+    try:
+        _set_environment("CXX", compiler.cxx)
+        _set_environment("CC", compiler.cc)  # None: unset, nvcc picks its default
+        yield
+    finally:
+        for name, value in saved.items():
+            _set_environment(name, value)
 
 
 def gencode_flags(arch_list: tuple[str, ...]) -> list[str]:

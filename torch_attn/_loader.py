@@ -43,29 +43,6 @@ def prebuilt_library() -> Path | None:
     return found[0] if found else None
 
 
-def set_environment(name: str, value: str | None) -> None:
-    if value is None:
-        os.environ.pop(name, None)
-    else:
-        os.environ[name] = value
-
-
-@contextmanager
-def host_compiler_environment(compiler: _build_spec.HostCompiler):
-    """CXX and CC (nvcc's host compiler) set to `compiler`'s for the build, then restored."""
-    if compiler.cxx is None:
-        yield
-        return
-    saved = {name: os.environ.get(name) for name in ("CXX", "CC")}
-    try:
-        set_environment("CXX", compiler.cxx)
-        set_environment("CC", compiler.cc)  # None: unset, nvcc picks its default
-        yield
-    finally:
-        for name, value in saved.items():
-            set_environment(name, value)
-
-
 @contextmanager
 def exclusive_lock(path: Path):
     with open(path, "a+") as handle:
@@ -92,7 +69,7 @@ def build(spec: dict, config: _build_spec.BuildConfig, build_dir: Path) -> None:
     if compiler.note:
         print(f"torch_attn: {compiler.note}", file=sys.stderr, flush=True)
     start = time.perf_counter()
-    with host_compiler_environment(compiler):
+    with _build_spec.host_compiler_environment(compiler):
         cpp_extension.load(
             name=spec["name"],
             sources=_build_spec.sources(spec, config),
