@@ -10,6 +10,7 @@ namespace {
 
 constexpr int64_t kQueryBlock = 256;  // query rows per block: 256 x kv_len scores per head
 
+/// What turns q . k into softmax weights: the masks, the scale, the cap and the sinks.
 struct CpuScores {
   bool causal;
   int64_t window_left;
@@ -31,15 +32,15 @@ void add_sinks(const at::Tensor& sinks, at::Tensor& out, at::Tensor& lse) {
 
 /// One sequence: q [qo_len, Hq, D], k/v [kv_len, Hkv, D] -> out [qo_len, Hq, D], lse [qo_len, Hq].
 void attend_sequence(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor out, at::Tensor lse,
-                     const CpuScores& mask) {
+                     const CpuScores& scores) {
   const int64_t qo_len = q.size(0), kv_len = k.size(0);
   const int64_t num_qo_heads = q.size(1), num_kv_heads = k.size(1), head_dim = q.size(2);
   const int64_t group = num_qo_heads / num_kv_heads;
   if (qo_len == 0) return;
   if (kv_len == 0) {  // nothing to see: out = 0, lse = -inf (the sink's logit with sinks)
     out.zero_();
-    if (mask.sinks.defined()) {
-      lse.copy_(mask.sinks.unsqueeze(0).expand({qo_len, num_qo_heads}));
+    if (scores.sinks.defined()) {
+      lse.copy_(scores.sinks.unsqueeze(0).expand({qo_len, num_qo_heads}));
     } else {
       lse.fill_(-std::numeric_limits<float>::infinity());
     }
@@ -57,16 +58,16 @@ void attend_sequence(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
     const at::Tensor qb = q.narrow(0, row0, rows).to(f32).view({rows, num_kv_heads, group, head_dim})
                               .permute({1, 2, 0, 3}).reshape({num_kv_heads, group * rows, head_dim});
     at::Tensor logits = at::bmm(qb, kf).view({num_kv_heads, group, rows, kv_len});
-    if (mask.soft_cap > 0) {
-      logits = at::tanh(logits * (mask.sm_scale / mask.soft_cap)) * mask.soft_cap;
+    if (scores.soft_cap > 0) {
+      logits = at::tanh(logits * (scores.sm_scale / scores.soft_cap)) * scores.soft_cap;
     } else {
-      logits = logits * mask.sm_scale;
+      logits = logits * scores.sm_scale;
     }
     // Query i sees key j iff j <= i + diag (causal) and j >= i + diag - window_left (window).
     const at::Tensor last = at::arange(row0, row0 + rows, keys.options()).unsqueeze(1) + diag;  // [rows, 1]
     at::Tensor visible = at::ones({rows, kv_len}, keys.options().dtype(at::kBool));
-    if (mask.causal) visible = visible & (keys.unsqueeze(0) <= last);
-    if (mask.window_left >= 0) visible = visible & (keys.unsqueeze(0) >= last - mask.window_left);
+    if (scores.causal) visible = visible & (keys.unsqueeze(0) <= last);
+    if (scores.window_left >= 0) visible = visible & (keys.unsqueeze(0) >= last - scores.window_left);
     logits = at::where(visible, logits, -std::numeric_limits<float>::infinity());  // select, never add
 
     const at::Tensor row_max = std::get<0>(logits.max(-1, /*keepdim=*/true));
@@ -80,7 +81,7 @@ void attend_sequence(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
     ob = at::where(saw_keys, ob / at::where(saw_keys, row_sum, at::ones_like(row_sum)), at::zeros_like(ob));
     at::Tensor lb = at::where(saw_keys, safe_max + at::log(row_sum),
                               at::full_like(row_sum, -std::numeric_limits<float>::infinity()));
-    if (mask.sinks.defined()) add_sinks(mask.sinks, ob, lb);
+    if (scores.sinks.defined()) add_sinks(scores.sinks, ob, lb);
     // [Hkv, group, rows, *] -> [rows, Hq, *]
     out.narrow(0, row0, rows).copy_(ob.permute({2, 0, 1, 3}).reshape({rows, num_qo_heads, head_dim}));
     lse.narrow(0, row0, rows).copy_(lb.squeeze(-1).permute({2, 0, 1}).reshape({rows, num_qo_heads}));
@@ -111,7 +112,7 @@ PrefillResult prefill_cpu(const at::Tensor& q, const at::Tensor& k, const at::Te
                           bool causal, c10::optional<double> sm_scale, int64_t window_left, double logits_soft_cap,
                           const c10::optional<at::Tensor>& sinks) {
   const PrefillShape shape = check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, logits_soft_cap);
-  const CpuScores mask{causal, window_left, logits_soft_cap, shape.sm_scale,
+  const CpuScores scores{causal, window_left, logits_soft_cap, shape.sm_scale,
                        checked_sinks("attn.prefill", sinks, q, shape.num_qo_heads)};
   auto [out, lse] = allocate_prefill_outputs(q);
   if (shape.ragged) {
@@ -122,12 +123,12 @@ PrefillResult prefill_cpu(const at::Tensor& q, const at::Tensor& k, const at::Te
     for (int64_t b = 0; b < shape.num_seqs; ++b) {
       const int64_t q0 = qo[b], q_len = qo[b + 1] - qo[b], k0 = kv[b], k_len = kv[b + 1] - kv[b];
       attend_sequence(q.narrow(0, q0, q_len), k.narrow(0, k0, k_len), v.narrow(0, k0, k_len), out.narrow(0, q0, q_len),
-                      lse.narrow(0, q0, q_len), mask);
+                      lse.narrow(0, q0, q_len), scores);
     }
   } else if (q.dim() == 4) {
-    for (int64_t b = 0; b < shape.num_seqs; ++b) attend_sequence(q[b], k[b], v[b], out[b], lse[b], mask);
+    for (int64_t b = 0; b < shape.num_seqs; ++b) attend_sequence(q[b], k[b], v[b], out[b], lse[b], scores);
   } else {
-    attend_sequence(q, k, v, out, lse, mask);
+    attend_sequence(q, k, v, out, lse, scores);
   }
   return {out, lse};
 }
@@ -142,7 +143,7 @@ PrefillResult prefill_paged_cpu(const at::Tensor& q, const at::Tensor& k_cache, 
                                 int64_t window_left, double logits_soft_cap, const c10::optional<at::Tensor>& sinks) {
   const PagedShape shape = check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout,
                                                     sm_scale, window_left, logits_soft_cap);
-  const CpuScores mask{causal, window_left, logits_soft_cap, shape.common.sm_scale,
+  const CpuScores scores{causal, window_left, logits_soft_cap, shape.common.sm_scale,
                        checked_sinks("attn.prefill_paged", sinks, q, shape.common.num_qo_heads)};
   auto [out, lse] = allocate_prefill_outputs(q);
   check_indptr_values("qo_indptr", qo_indptr, shape.common.qo_len);
@@ -160,7 +161,7 @@ PrefillResult prefill_paged_cpu(const at::Tensor& q, const at::Tensor& k_cache, 
     const int64_t q0 = qo[b], q_len = qo[b + 1] - qo[b];
     attend_sequence(q.narrow(0, q0, q_len), gather_pages(k_cache, pages, shape.hnd, kv_len),
                     gather_pages(v_cache, pages, shape.hnd, kv_len), out.narrow(0, q0, q_len), lse.narrow(0, q0, q_len),
-                    mask);
+                    scores);
   }
   return {out, lse};
 }

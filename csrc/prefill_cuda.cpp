@@ -12,6 +12,8 @@
 #include <cmath>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
+#include <utility>
 #include "launch/prefill_launch.h"
 #include "prefill.h"
 
@@ -294,10 +296,16 @@ void launch(const LaunchPlan& plan, PrefillParams& p, const PrefillShape& shape,
   C10_CUDA_CHECK(err);
 }
 
-void check_cuda_dtype(const char* op, const at::Tensor& q) {
+/// The CUDA kernels' own demands on q and the key/value tensors (after the checks every
+/// backend shares), then the launch plan: all of it before anything is allocated or queued.
+LaunchPlan checked_cuda_plan(const char* op, const PrefillShape& shape, const at::Tensor& q,
+                             std::initializer_list<std::pair<const char*, const at::Tensor&>> key_values) {
   TORCH_CHECK_TYPE(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16, op,
                    ": on CUDA, q, k and v must be float16 or bfloat16 (float32 runs on CPU only), got ",
                    dtype_name(q.scalar_type()));
+  check_cuda_layout(op, "q", q);
+  for (const auto& [name, t] : key_values) check_cuda_layout(op, name, t);
+  return plan_launch(shape, q);
 }
 
 }  // namespace
@@ -307,12 +315,9 @@ PrefillResult prefill_cuda(const at::Tensor& q, const at::Tensor& k, const at::T
                            bool causal, c10::optional<double> sm_scale, int64_t window_left, double logits_soft_cap,
                            const c10::optional<at::Tensor>& sinks) {
   const PrefillShape shape = check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, logits_soft_cap);
+  const LaunchPlan plan = checked_cuda_plan("attn.prefill", shape, q, {{"k", k}, {"v", v}});
+  // Last: for bf16/fp16 sinks this queues a cast.
   const at::Tensor sink_logits = checked_sinks("attn.prefill", sinks, q, shape.num_qo_heads);
-  check_cuda_dtype("attn.prefill", q);
-  check_cuda_layout("attn.prefill", "q", q);
-  check_cuda_layout("attn.prefill", "k", k);
-  check_cuda_layout("attn.prefill", "v", v);
-  const LaunchPlan plan = plan_launch(shape, q);
 
   const c10::cuda::CUDAGuard device_guard(q.device());
   auto [out, lse] = allocate_prefill_outputs(q);
@@ -336,12 +341,9 @@ PrefillResult prefill_paged_cuda(const at::Tensor& q, const at::Tensor& k_cache,
                                  int64_t window_left, double logits_soft_cap, const c10::optional<at::Tensor>& sinks) {
   const PagedShape paged = check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout,
                                                     sm_scale, window_left, logits_soft_cap);
+  const LaunchPlan plan =
+      checked_cuda_plan("attn.prefill_paged", paged.common, q, {{"k_cache", k_cache}, {"v_cache", v_cache}});
   const at::Tensor sink_logits = checked_sinks("attn.prefill_paged", sinks, q, paged.common.num_qo_heads);
-  check_cuda_dtype("attn.prefill_paged", q);
-  check_cuda_layout("attn.prefill_paged", "q", q);
-  check_cuda_layout("attn.prefill_paged", "k_cache", k_cache);
-  check_cuda_layout("attn.prefill_paged", "v_cache", v_cache);
-  const LaunchPlan plan = plan_launch(paged.common, q);
 
   const c10::cuda::CUDAGuard device_guard(q.device());
   auto [out, lse] = allocate_prefill_outputs(q);

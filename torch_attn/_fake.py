@@ -133,8 +133,8 @@ def check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, log
                        and num_seqs < _INT32_LIMIT,
                        lambda: f"{op}: at most 2^31 - 1 tokens, heads and sequences in q and in k/v, got q shape "
                                f"{_shape(q)} and k shape {_shape(k)}")
-    check_sinks(op, sinks, q, num_qo_heads)
     check_cuda_args(op, q, {"q": q, "k": k, "v": v})
+    check_sinks(op, sinks, q, num_qo_heads)
 
 
 def check_sinks(op: str, sinks, q, num_qo_heads) -> None:
@@ -213,8 +213,8 @@ def check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_len
                                f"heads, sequences and pages, got q shape {_shape(q)}, k_cache shape {_shape(k_cache)} "
                                f"and block_table shape {_shape(block_table)}")
     check_mask_args(op, head_dim, sm_scale, window_left, logits_soft_cap)
-    check_sinks(op, sinks, q, q.shape[1])
     check_cuda_args(op, q, {"q": q, "k_cache": k_cache, "v_cache": v_cache})
+    check_sinks(op, sinks, q, q.shape[1])
 
 
 @torch.library.register_fake("attn::prefill_paged")
