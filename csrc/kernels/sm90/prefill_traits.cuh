@@ -9,7 +9,7 @@ namespace torch_attn {
 
 // Head-dim widths of the wgmma kernel; a head dim D runs on the smallest width >= D
 // (columns past D zero-filled), as on the mma.sync path.
-#define TORCH_ATTN_FOR_EACH_SM90_HEAD_DIM_TILE(X) X(64) X(128) X(256)
+#define TORCH_ATTN_FOR_EACH_SM90_HEAD_DIM_TILE(X) X(64) X(128) X(192) X(256)
 
 /// One CTA: a producer warpgroup (two warps drive the copy engine) and kConsumerGroups
 /// consumer warpgroups of 64 query rows each (BM = 64 x groups). Per consumer thread,
@@ -40,6 +40,9 @@ template <> struct Sm90TileShape<64>  { static constexpr int kBlockN = 128, kSta
 // 128: 192 KB (two Q tiles of 32 KB, two K/V stages of 32 KB each): one CTA per SM.
 // O + S + P = 160 registers.
 template <> struct Sm90TileShape<128> { static constexpr int kBlockN = 128, kStages = 2, kQStages = 2, kConsumerGroups = 2; static constexpr bool kPvWaitInNextStep = false, kWeightsAtCurrentMax = true; };
+// 192 (MLA's D_qk, with D_v <= 192): BN = 64 as at 256, which makes two Q tiles fit: 192 KB (two Q tiles of
+// 48 KB, two K/V stages of 48 KB each). O + S + P = 144 registers.
+template <> struct Sm90TileShape<192> { static constexpr int kBlockN = 64, kStages = 2, kQStages = 2, kConsumerGroups = 2; static constexpr bool kPvWaitInNextStep = true, kWeightsAtCurrentMax = false; };
 // 256: O alone takes 128 registers: BN = 64; 192 KB with one Q tile (a second does not
 // fit) and 32 KB to stage out (see OutStageTile below).
 template <> struct Sm90TileShape<256> { static constexpr int kBlockN = 64, kStages = 2, kQStages = 1, kConsumerGroups = 2; static constexpr bool kPvWaitInNextStep = true, kWeightsAtCurrentMax = false; };

@@ -72,6 +72,13 @@ __device__ __forceinline__ void wgmma_pin(T (&regs)[kFrags][4]) {
   "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "\
   "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "\
   "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63" "}"
+#define TORCH_ATTN_WGMMA_ACC_96 "{" \
+  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "\
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "\
+  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "\
+  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "\
+  "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "\
+  "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95" "}"
 #define TORCH_ATTN_WGMMA_ACC_128 "{" \
   "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "\
   "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "\
@@ -85,6 +92,7 @@ __device__ __forceinline__ void wgmma_pin(T (&regs)[kFrags][4]) {
 #define TORCH_ATTN_F16(d, i) TORCH_ATTN_F4(d, i), TORCH_ATTN_F4(d, i + 1), TORCH_ATTN_F4(d, i + 2), TORCH_ATTN_F4(d, i + 3)
 #define TORCH_ATTN_OPERANDS_32(d) TORCH_ATTN_F16(d, 0), TORCH_ATTN_F16(d, 4)
 #define TORCH_ATTN_OPERANDS_64(d) TORCH_ATTN_OPERANDS_32(d), TORCH_ATTN_F16(d, 8), TORCH_ATTN_F16(d, 12)
+#define TORCH_ATTN_OPERANDS_96(d) TORCH_ATTN_OPERANDS_64(d), TORCH_ATTN_F16(d, 16), TORCH_ATTN_F16(d, 20)
 #define TORCH_ATTN_OPERANDS_128(d) TORCH_ATTN_OPERANDS_64(d), TORCH_ATTN_F16(d, 16), TORCH_ATTN_F16(d, 20), \
   TORCH_ATTN_F16(d, 24), TORCH_ATTN_F16(d, 28)
 
@@ -130,8 +138,10 @@ __device__ __forceinline__ void wgmma_rs(float (&d)[N / 8][4], const uint32_t (&
     if constexpr (kBf16) TORCH_ATTN_WGMMA_RS(64, bf16, 32, 32, 33, 34, 35, 36, 37); else TORCH_ATTN_WGMMA_RS(64, f16, 32, 32, 33, 34, 35, 36, 37);
   } else if constexpr (N == 128) {
     if constexpr (kBf16) TORCH_ATTN_WGMMA_RS(128, bf16, 64, 64, 65, 66, 67, 68, 69); else TORCH_ATTN_WGMMA_RS(128, f16, 64, 64, 65, 66, 67, 68, 69);
+  } else if constexpr (N == 192) {
+    if constexpr (kBf16) TORCH_ATTN_WGMMA_RS(192, bf16, 96, 96, 97, 98, 99, 100, 101); else TORCH_ATTN_WGMMA_RS(192, f16, 96, 96, 97, 98, 99, 100, 101);
   } else {
-    static_assert(N == 256, "wgmma_rs: N is 64, 128 or 256");
+    static_assert(N == 256, "wgmma_rs: N is 64, 128, 192 or 256");
     if constexpr (kBf16) TORCH_ATTN_WGMMA_RS(256, bf16, 128, 128, 129, 130, 131, 132, 133); else TORCH_ATTN_WGMMA_RS(256, f16, 128, 128, 129, 130, 131, 132, 133);
   }
 }
