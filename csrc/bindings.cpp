@@ -6,12 +6,12 @@
 TORCH_LIBRARY(attn, m) {
   m.def(
       "prefill(Tensor q, Tensor k, Tensor v, Tensor? qo_indptr=None, Tensor? kv_indptr=None, *, "
-      "bool causal=False, float? sm_scale=None, int window_left=-1, float logits_soft_cap=0.0, "
-      "Tensor? sinks=None) -> (Tensor out, Tensor lse)");
+      "bool causal=False, float? sm_scale=None, int window_left=-1, int chunk_size=0, "
+      "float logits_soft_cap=0.0, Tensor? sinks=None) -> (Tensor out, Tensor lse)");
   m.def(
       "prefill_paged(Tensor q, Tensor k_cache, Tensor v_cache, Tensor qo_indptr, Tensor block_table, Tensor kv_lens, "
       "*, str kv_layout=\"NHD\", bool causal=False, float? sm_scale=None, int window_left=-1, "
-      "float logits_soft_cap=0.0, Tensor? sinks=None) -> (Tensor out, Tensor lse)");
+      "int chunk_size=0, float logits_soft_cap=0.0, Tensor? sinks=None) -> (Tensor out, Tensor lse)");
   m.def("merge_states(Tensor out_a, Tensor lse_a, Tensor out_b, Tensor lse_b) -> (Tensor out, Tensor lse)");
 }
 

@@ -16,14 +16,14 @@ namespace {
 }  // namespace
 
 PrefillResult prefill_cuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
-                           const c10::optional<at::Tensor>&, bool, c10::optional<double>, int64_t, double,
-                           const c10::optional<at::Tensor>&) {
+                           const c10::optional<at::Tensor>&, bool, c10::optional<double>, int64_t, int64_t,
+                           double, const c10::optional<at::Tensor>&) {
   no_cuda_kernels("attn.prefill");
 }
 
 PrefillResult prefill_paged_cuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                  const at::Tensor&, const at::Tensor&, c10::string_view, bool, c10::optional<double>,
-                                 int64_t, double, const c10::optional<at::Tensor>&) {
+                                 int64_t, int64_t, double, const c10::optional<at::Tensor>&) {
   no_cuda_kernels("attn.prefill_paged");
 }
 

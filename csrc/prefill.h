@@ -16,29 +16,31 @@ struct PrefillShape {
   int64_t kv_len;      // dense: per sequence; ragged: total rows of k / v
   int64_t num_qo_heads;
   int64_t num_kv_heads;
-  int64_t head_dim;
-  double sm_scale;     // the default 1/sqrt(D) already applied
+  int64_t head_dim_qk;  // of q and k
+  int64_t head_dim_v;   // of v and out (MLA: differs from head_dim_qk)
+  double sm_scale;      // the default 1/sqrt(head_dim_qk) already applied
 };
 
 /// Validates the arguments of attn::prefill; throws a c10::Error (a Python
 /// ValueError / TypeError) naming the argument and what was expected.
 PrefillShape check_prefill_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                 const c10::optional<at::Tensor>& qo_indptr, const c10::optional<at::Tensor>& kv_indptr,
-                                c10::optional<double> sm_scale, int64_t window_left, double logits_soft_cap);
+                                c10::optional<double> sm_scale, int64_t window_left, int64_t chunk_size,
+                                double logits_soft_cap);
 
 using PrefillResult = std::tuple<at::Tensor, at::Tensor>;
 
 PrefillResult prefill_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const c10::optional<at::Tensor>& qo_indptr, const c10::optional<at::Tensor>& kv_indptr,
-                          bool causal, c10::optional<double> sm_scale, int64_t window_left, double logits_soft_cap,
-                          const c10::optional<at::Tensor>& sinks);
+                          bool causal, c10::optional<double> sm_scale, int64_t window_left, int64_t chunk_size,
+                          double logits_soft_cap, const c10::optional<at::Tensor>& sinks);
 
 /// The CUDA implementation, or, in a build without CUDA kernels, a stub that
 /// raises an error saying so.
 PrefillResult prefill_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                            const c10::optional<at::Tensor>& qo_indptr, const c10::optional<at::Tensor>& kv_indptr,
-                           bool causal, c10::optional<double> sm_scale, int64_t window_left, double logits_soft_cap,
-                          const c10::optional<at::Tensor>& sinks);
+                           bool causal, c10::optional<double> sm_scale, int64_t window_left, int64_t chunk_size,
+                          double logits_soft_cap, const c10::optional<at::Tensor>& sinks);
 
 /// What the checks of attn::prefill_paged learn: the shape fields as above (num_seqs,
 /// qo_len = total query rows) plus the cache geometry.
@@ -53,17 +55,20 @@ struct PagedShape {
 PagedShape check_prefill_paged_args(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                     const at::Tensor& qo_indptr, const at::Tensor& block_table,
                                     const at::Tensor& kv_lens, c10::string_view kv_layout,
-                                    c10::optional<double> sm_scale, int64_t window_left, double logits_soft_cap);
+                                    c10::optional<double> sm_scale, int64_t window_left, int64_t chunk_size,
+                                    double logits_soft_cap);
 
 PrefillResult prefill_paged_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                 const at::Tensor& qo_indptr, const at::Tensor& block_table, const at::Tensor& kv_lens,
                                 c10::string_view kv_layout, bool causal, c10::optional<double> sm_scale,
-                                int64_t window_left, double logits_soft_cap, const c10::optional<at::Tensor>& sinks);
+                                int64_t window_left, int64_t chunk_size, double logits_soft_cap,
+                                const c10::optional<at::Tensor>& sinks);
 
 PrefillResult prefill_paged_cuda(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                  const at::Tensor& qo_indptr, const at::Tensor& block_table, const at::Tensor& kv_lens,
                                  c10::string_view kv_layout, bool causal, c10::optional<double> sm_scale,
-                                 int64_t window_left, double logits_soft_cap, const c10::optional<at::Tensor>& sinks);
+                                 int64_t window_left, int64_t chunk_size, double logits_soft_cap,
+                                 const c10::optional<at::Tensor>& sinks);
 
 /// attn::merge_states: combines two partial attention results over disjoint key sets
 /// (any device; ATen ops, no host sync).
@@ -78,7 +83,8 @@ at::Tensor checked_sinks(const char* op, const c10::optional<at::Tensor>& sinks,
 /// A dtype as Python spells it ("torch.bfloat16"), for error messages.
 std::string dtype_name(at::ScalarType type);
 
-/// Output buffers of the op: out has q's shape (contiguous), lse q's shape without head_dim, float32.
-PrefillResult allocate_prefill_outputs(const at::Tensor& q);
+/// Output buffers of the op: out has q's shape with v's head dim (contiguous), lse q's shape without
+/// head_dim, float32.
+PrefillResult allocate_prefill_outputs(const at::Tensor& q, int64_t head_dim_v);
 
 }  // namespace torch_attn

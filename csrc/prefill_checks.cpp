@@ -33,19 +33,29 @@ void check_indptr(const char* name, const at::Tensor& indptr, const at::Tensor& 
 /// The scalar arguments every attention op shares; returns sm_scale with its default applied.
 /// The kernels take the scale and the cap as float32: values past its range would turn into
 /// inf there, and inf * 0 into NaN.
-double check_mask_args(const char* op, int64_t head_dim, c10::optional<double> sm_scale, int64_t window_left,
-                       double logits_soft_cap) {
+double check_mask_args(const char* op, int64_t head_dim_qk, c10::optional<double> sm_scale, int64_t window_left,
+                       int64_t chunk_size, double logits_soft_cap) {
   constexpr double kFloatMax = std::numeric_limits<float>::max();
   TORCH_CHECK_VALUE(window_left >= -1, op, ": window_left must be -1 (no window) or >= 0, got ", window_left);
+  TORCH_CHECK_VALUE(chunk_size >= 0 && chunk_size < kInt32Limit, op,
+                    ": chunk_size must be 0 (no chunks) or a key count from 1 to 2^31 - 1, got ", chunk_size);
   TORCH_CHECK_VALUE(std::isfinite(logits_soft_cap) && logits_soft_cap >= 0.0 && logits_soft_cap <= kFloatMax, op,
                     ": logits_soft_cap must be >= 0 (0 disables it) and finite in float32, got ", logits_soft_cap);
-  const double scale = sm_scale.has_value() ? *sm_scale : 1.0 / std::sqrt(static_cast<double>(head_dim));
+  const double scale = sm_scale.has_value() ? *sm_scale : 1.0 / std::sqrt(static_cast<double>(head_dim_qk));
   TORCH_CHECK_VALUE(std::isfinite(scale) && scale > 0.0 && scale <= kFloatMax, op,
                     ": sm_scale must be a positive number, finite in float32, got ", scale);
   TORCH_CHECK_VALUE(logits_soft_cap == 0.0 || scale / logits_soft_cap <= kFloatMax, op,
                     ": logits_soft_cap is too small for sm_scale (sm_scale / logits_soft_cap must be finite in "
                     "float32), got logits_soft_cap ", logits_soft_cap, " and sm_scale ", scale);
   return scale;
+}
+
+/// The head dims of q . k (q's last dim) and of v (`v_name`'s): multiples of 8 (16-byte rows) up to the kernels' 256.
+void check_head_dims(const char* op, const char* v_name, int64_t head_dim_qk, int64_t head_dim_v) {
+  TORCH_CHECK_VALUE(head_dim_qk % 8 == 0 && head_dim_qk >= 8 && head_dim_qk <= 256, op,
+                    ": head_dim (q.size(-1)) must be a multiple of 8 from 8 to 256, got ", head_dim_qk);
+  TORCH_CHECK_VALUE(head_dim_v % 8 == 0 && head_dim_v >= 8 && head_dim_v <= 256, op, ": ", v_name,
+                    "'s head_dim (", v_name, ".size(-1)) must be a multiple of 8 from 8 to 256, got ", head_dim_v);
 }
 
 void check_int_vector(const char* name, const at::Tensor& t, int64_t dim, const at::Tensor& q) {
@@ -61,7 +71,8 @@ void check_int_vector(const char* name, const at::Tensor& t, int64_t dim, const 
 
 PrefillShape check_prefill_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                 const c10::optional<at::Tensor>& qo_indptr, const c10::optional<at::Tensor>& kv_indptr,
-                                c10::optional<double> sm_scale, int64_t window_left, double logits_soft_cap) {
+                                c10::optional<double> sm_scale, int64_t window_left, int64_t chunk_size,
+                                double logits_soft_cap) {
   TORCH_CHECK_VALUE(q.dim() == 3 || q.dim() == 4,
                     "attn.prefill: q must be 3-D [tokens, heads, head_dim] or 4-D [batch, tokens, heads, head_dim], "
                     "got ", q.dim(), "-D");
@@ -85,13 +96,10 @@ PrefillShape check_prefill_args(const at::Tensor& q, const at::Tensor& k, const 
                       " must have a contiguous last dimension (stride 1), got stride ", t.stride(-1));
   }
 
-  const int64_t head_dim = q.size(-1);
-  TORCH_CHECK_VALUE(head_dim % 8 == 0 && head_dim >= 8 && head_dim <= 256,
-                    "attn.prefill: head_dim (q.size(-1)) must be a multiple of 8 from 8 to 256, got ", head_dim);
-  TORCH_CHECK_VALUE(k.size(-1) == head_dim, "attn.prefill: k's head_dim must equal q's (", head_dim, "), got ",
+  const int64_t head_dim_qk = q.size(-1), head_dim_v = v.size(-1);
+  check_head_dims("attn.prefill", "v", head_dim_qk, head_dim_v);
+  TORCH_CHECK_VALUE(k.size(-1) == head_dim_qk, "attn.prefill: k's head_dim must equal q's (", head_dim_qk, "), got ",
                     k.size(-1));
-  TORCH_CHECK_VALUE(v.size(-1) == head_dim, "attn.prefill: v's head_dim must equal q's (", head_dim, "), got ",
-                    v.size(-1));
   const int64_t num_qo_heads = q.size(-2), num_kv_heads = k.size(-2);
   TORCH_CHECK_VALUE(num_qo_heads >= 1 && num_kv_heads >= 1,
                     "attn.prefill: q and k need at least one head, got q heads ", num_qo_heads, ", k heads ",
@@ -103,12 +111,13 @@ PrefillShape check_prefill_args(const at::Tensor& q, const at::Tensor& k, const 
   TORCH_CHECK_VALUE(v.size(-3) == k.size(-3), "attn.prefill: v must have k's number of tokens (", k.size(-3),
                     "), got ", v.size(-3));
 
-  const double scale = check_mask_args("attn.prefill", head_dim, sm_scale, window_left, logits_soft_cap);
+  const double scale = check_mask_args("attn.prefill", head_dim_qk, sm_scale, window_left, chunk_size, logits_soft_cap);
 
   PrefillShape shape{};
   shape.num_qo_heads = num_qo_heads;
   shape.num_kv_heads = num_kv_heads;
-  shape.head_dim = head_dim;
+  shape.head_dim_qk = head_dim_qk;
+  shape.head_dim_v = head_dim_v;
   shape.sm_scale = scale;
   TORCH_CHECK_VALUE(qo_indptr.has_value() == kv_indptr.has_value(),
                     "attn.prefill: qo_indptr and kv_indptr must be given together (a ragged batch) or both be None");
@@ -144,15 +153,17 @@ PrefillShape check_prefill_args(const at::Tensor& q, const at::Tensor& k, const 
 PagedShape check_prefill_paged_args(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                     const at::Tensor& qo_indptr, const at::Tensor& block_table,
                                     const at::Tensor& kv_lens, c10::string_view kv_layout,
-                                    c10::optional<double> sm_scale, int64_t window_left, double logits_soft_cap) {
+                                    c10::optional<double> sm_scale, int64_t window_left, int64_t chunk_size,
+                                    double logits_soft_cap) {
   TORCH_CHECK_VALUE(kv_layout == "NHD" || kv_layout == "HND",
                     "attn.prefill_paged: kv_layout must be \"NHD\" or \"HND\", got \"", kv_layout, "\"");
   TORCH_CHECK_VALUE(q.dim() == 3, "attn.prefill_paged: q must be 3-D [total_tokens, heads, head_dim], got ", q.dim(),
                     "-D");
   TORCH_CHECK_VALUE(k_cache.dim() == 4, "attn.prefill_paged: k_cache must be 4-D [pages, page_size, heads, head_dim] "
                     "(NHD) or [pages, heads, page_size, head_dim] (HND), got ", k_cache.dim(), "-D");
-  TORCH_CHECK_VALUE(v_cache.sizes() == k_cache.sizes(), "attn.prefill_paged: v_cache must have k_cache's shape ",
-                    k_cache.sizes(), ", got ", v_cache.sizes());
+  TORCH_CHECK_VALUE(v_cache.dim() == 4 && v_cache.sizes().slice(0, 3) == k_cache.sizes().slice(0, 3),
+                    "attn.prefill_paged: v_cache must have k_cache's shape up to head_dim ",
+                    k_cache.sizes().slice(0, 3), ", got ", v_cache.sizes());
   const auto dtype = q.scalar_type();
   TORCH_CHECK_TYPE(dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kFloat,
                    "attn.prefill_paged: q must be float16, bfloat16 or float32, got ", dtype_name(dtype));
@@ -172,11 +183,10 @@ PagedShape check_prefill_paged_args(const at::Tensor& q, const at::Tensor& k_cac
   shape.num_pages = k_cache.size(0);
   shape.page_size = k_cache.size(shape.hnd ? 2 : 1);
   const int64_t num_kv_heads = k_cache.size(shape.hnd ? 1 : 2);
-  const int64_t head_dim = q.size(-1);
-  TORCH_CHECK_VALUE(head_dim % 8 == 0 && head_dim >= 8 && head_dim <= 256,
-                    "attn.prefill_paged: head_dim (q.size(-1)) must be a multiple of 8 from 8 to 256, got ", head_dim);
-  TORCH_CHECK_VALUE(k_cache.size(3) == head_dim, "attn.prefill_paged: k_cache's head_dim must equal q's (", head_dim,
-                    "), got ", k_cache.size(3));
+  const int64_t head_dim_qk = q.size(-1), head_dim_v = v_cache.size(3);
+  check_head_dims("attn.prefill_paged", "v_cache", head_dim_qk, head_dim_v);
+  TORCH_CHECK_VALUE(k_cache.size(3) == head_dim_qk, "attn.prefill_paged: k_cache's head_dim must equal q's (",
+                    head_dim_qk, "), got ", k_cache.size(3));
   TORCH_CHECK_VALUE(shape.num_pages >= 1 && shape.page_size >= 1 && num_kv_heads >= 1,
                     "attn.prefill_paged: k_cache needs at least one page, page_size >= 1 and one head, got shape ",
                     k_cache.sizes());
@@ -206,8 +216,10 @@ PagedShape check_prefill_paged_args(const at::Tensor& q, const at::Tensor& k_cac
   common.kv_len = shape.max_pages * shape.page_size;
   common.num_qo_heads = q.size(1);
   common.num_kv_heads = num_kv_heads;
-  common.head_dim = head_dim;
-  common.sm_scale = check_mask_args("attn.prefill_paged", head_dim, sm_scale, window_left, logits_soft_cap);
+  common.head_dim_qk = head_dim_qk;
+  common.head_dim_v = head_dim_v;
+  common.sm_scale =
+      check_mask_args("attn.prefill_paged", head_dim_qk, sm_scale, window_left, chunk_size, logits_soft_cap);
   return shape;
 }
 
@@ -224,10 +236,12 @@ at::Tensor checked_sinks(const char* op, const c10::optional<at::Tensor>& sinks,
   return s.to(at::kFloat).contiguous();
 }
 
-PrefillResult allocate_prefill_outputs(const at::Tensor& q) {
+PrefillResult allocate_prefill_outputs(const at::Tensor& q, int64_t head_dim_v) {
   auto lse_shape = q.sizes().vec();
   lse_shape.pop_back();
-  return {at::empty(q.sizes(), q.options()), at::empty(lse_shape, q.options().dtype(at::kFloat))};
+  auto out_shape = q.sizes().vec();
+  out_shape.back() = head_dim_v;
+  return {at::empty(out_shape, q.options()), at::empty(lse_shape, q.options().dtype(at::kFloat))};
 }
 
 }  // namespace torch_attn

@@ -2,7 +2,9 @@
 // computed in float32 with ATen matrix products, a block of query rows at a time
 // so memory stays bounded on long sequences.
 #include <ATen/ATen.h>
+#include <algorithm>
 #include <limits>
+#include <utility>
 #include "prefill.h"
 
 namespace torch_attn {
@@ -14,10 +16,35 @@ constexpr int64_t kQueryBlock = 256;  // query rows per block: 256 x kv_len scor
 struct CpuScores {
   bool causal;
   int64_t window_left;
+  int64_t chunk_size;
   double soft_cap;
   double sm_scale;
   at::Tensor sinks;  // float32 [Hq] sink logits, or undefined
+
+  /// The keys [first, second) that query i sees, diag = kv_len - qo_len (kernels/common/mask.cuh: the
+  /// interval grows with i, so a block of rows sees the union of its first row's and last row's).
+  std::pair<int64_t, int64_t> visible_keys(int64_t i, int64_t diag, int64_t kv_len) const {
+    const int64_t last = i + diag;
+    int64_t begin = window_left >= 0 ? std::max<int64_t>(0, last - window_left) : 0;
+    int64_t end = causal ? std::min(kv_len, last + 1) : kv_len;
+    if (chunk_size > 0) {
+      const int64_t chunk_begin = (last >= 0 ? last / chunk_size : (last + 1) / chunk_size - 1) * chunk_size;
+      begin = std::max(begin, chunk_begin);
+      end = std::min(end, chunk_begin + chunk_size);
+    }
+    return {begin, end};
+  }
 };
+
+/// Rows that see no key: out = 0, lse = -inf (the sink's logit with sinks). out [rows, Hq, Dv], lse [rows, Hq].
+void write_rows_without_keys(at::Tensor out, at::Tensor lse, const CpuScores& scores) {
+  out.zero_();
+  if (scores.sinks.defined()) {
+    lse.copy_(scores.sinks.unsqueeze(0).expand_as(lse));
+  } else {
+    lse.fill_(-std::numeric_limits<float>::infinity());
+  }
+}
 
 /// Attention sinks: one more key per row whose logit is the head's sink and whose value is 0,
 /// so it enters only the softmax's denominator: lse' = logaddexp(lse, sink), out *= e^(lse - lse').
@@ -30,22 +57,14 @@ void add_sinks(const at::Tensor& sinks, at::Tensor& out, at::Tensor& lse) {
   lse = with_sink;
 }
 
-/// One sequence: q [qo_len, Hq, D], k/v [kv_len, Hkv, D] -> out [qo_len, Hq, D], lse [qo_len, Hq].
+/// One sequence: q [qo_len, Hq, Dqk], k [kv_len, Hkv, Dqk], v [kv_len, Hkv, Dv] -> out [qo_len, Hq, Dv],
+/// lse [qo_len, Hq].
 void attend_sequence(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor out, at::Tensor lse,
                      const CpuScores& scores) {
   const int64_t qo_len = q.size(0), kv_len = k.size(0);
-  const int64_t num_qo_heads = q.size(1), num_kv_heads = k.size(1), head_dim = q.size(2);
+  const int64_t num_qo_heads = q.size(1), num_kv_heads = k.size(1), head_dim_qk = q.size(2), head_dim_v = v.size(2);
   const int64_t group = num_qo_heads / num_kv_heads;
   if (qo_len == 0) return;
-  if (kv_len == 0) {  // nothing to see: out = 0, lse = -inf (the sink's logit with sinks)
-    out.zero_();
-    if (scores.sinks.defined()) {
-      lse.copy_(scores.sinks.unsqueeze(0).expand({qo_len, num_qo_heads}));
-    } else {
-      lse.fill_(-std::numeric_limits<float>::infinity());
-    }
-    return;
-  }
   const auto f32 = at::kFloat;
   // Query heads of one KV head stacked along rows: [Hkv, group, rows, D], no copy of K/V per group.
   const at::Tensor kf = k.to(f32).permute({1, 2, 0});  // [Hkv, D, kv_len]
@@ -55,19 +74,32 @@ void attend_sequence(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
 
   for (int64_t row0 = 0; row0 < qo_len; row0 += kQueryBlock) {
     const int64_t rows = std::min(kQueryBlock, qo_len - row0);
-    const at::Tensor qb = q.narrow(0, row0, rows).to(f32).view({rows, num_kv_heads, group, head_dim})
-                              .permute({1, 2, 0, 3}).reshape({num_kv_heads, group * rows, head_dim});
-    at::Tensor logits = at::bmm(qb, kf).view({num_kv_heads, group, rows, kv_len});
+    // Only the keys some row of the block sees: the rest are skipped, not masked.
+    const int64_t key0 = scores.visible_keys(row0, diag, kv_len).first;
+    const int64_t key_end = scores.visible_keys(row0 + rows - 1, diag, kv_len).second;
+    if (key_end <= key0) {
+      write_rows_without_keys(out.narrow(0, row0, rows), lse.narrow(0, row0, rows), scores);
+      continue;
+    }
+    const int64_t cols = key_end - key0;
+    const at::Tensor qb = q.narrow(0, row0, rows).to(f32).view({rows, num_kv_heads, group, head_dim_qk})
+                              .permute({1, 2, 0, 3}).reshape({num_kv_heads, group * rows, head_dim_qk});
+    at::Tensor logits = at::bmm(qb, kf.narrow(2, key0, cols)).view({num_kv_heads, group, rows, cols});
     if (scores.soft_cap > 0) {
       logits = at::tanh(logits * (scores.sm_scale / scores.soft_cap)) * scores.soft_cap;
     } else {
       logits = logits * scores.sm_scale;
     }
-    // Query i sees key j iff j <= i + diag (causal) and j >= i + diag - window_left (window).
+    // Query i sees key j iff j <= i + diag (causal), j >= i + diag - window_left (window) and
+    // j lies in the chunk of i + diag (chunks, floor division).
     const at::Tensor last = at::arange(row0, row0 + rows, keys.options()).unsqueeze(1) + diag;  // [rows, 1]
-    at::Tensor visible = at::ones({rows, kv_len}, keys.options().dtype(at::kBool));
-    if (scores.causal) visible = visible & (keys.unsqueeze(0) <= last);
-    if (scores.window_left >= 0) visible = visible & (keys.unsqueeze(0) >= last - scores.window_left);
+    const at::Tensor block_keys = keys.narrow(0, key0, cols).unsqueeze(0);                      // [1, cols]
+    at::Tensor visible = at::ones({rows, cols}, keys.options().dtype(at::kBool));
+    if (scores.causal) visible = visible & (block_keys <= last);
+    if (scores.window_left >= 0) visible = visible & (block_keys >= last - scores.window_left);
+    if (scores.chunk_size > 0) {
+      visible = visible & (at::div(block_keys, scores.chunk_size, "floor") == at::div(last, scores.chunk_size, "floor"));
+    }
     logits = at::where(visible, logits, -std::numeric_limits<float>::infinity());  // select, never add
 
     const at::Tensor row_max = std::get<0>(logits.max(-1, /*keepdim=*/true));
@@ -75,15 +107,15 @@ void attend_sequence(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
     const at::Tensor safe_max = at::where(at::isinf(row_max), at::zeros_like(row_max), row_max);
     const at::Tensor weights = at::exp(logits - safe_max);
     const at::Tensor row_sum = weights.sum(-1, /*keepdim=*/true);
-    at::Tensor ob = at::bmm(weights.view({num_kv_heads, group * rows, kv_len}), vf)
-                        .view({num_kv_heads, group, rows, head_dim});
+    at::Tensor ob = at::bmm(weights.view({num_kv_heads, group * rows, cols}), vf.narrow(1, key0, cols))
+                        .view({num_kv_heads, group, rows, head_dim_v});
     const at::Tensor saw_keys = row_sum > 0;
     ob = at::where(saw_keys, ob / at::where(saw_keys, row_sum, at::ones_like(row_sum)), at::zeros_like(ob));
     at::Tensor lb = at::where(saw_keys, safe_max + at::log(row_sum),
                               at::full_like(row_sum, -std::numeric_limits<float>::infinity()));
     if (scores.sinks.defined()) add_sinks(scores.sinks, ob, lb);
     // [Hkv, group, rows, *] -> [rows, Hq, *]
-    out.narrow(0, row0, rows).copy_(ob.permute({2, 0, 1, 3}).reshape({rows, num_qo_heads, head_dim}));
+    out.narrow(0, row0, rows).copy_(ob.permute({2, 0, 1, 3}).reshape({rows, num_qo_heads, head_dim_v}));
     lse.narrow(0, row0, rows).copy_(lb.squeeze(-1).permute({2, 0, 1}).reshape({rows, num_qo_heads}));
   }
 }
@@ -109,12 +141,13 @@ at::Tensor gather_pages(const at::Tensor& cache, const at::Tensor& pages, bool h
 
 PrefillResult prefill_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const c10::optional<at::Tensor>& qo_indptr, const c10::optional<at::Tensor>& kv_indptr,
-                          bool causal, c10::optional<double> sm_scale, int64_t window_left, double logits_soft_cap,
-                          const c10::optional<at::Tensor>& sinks) {
-  const PrefillShape shape = check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, logits_soft_cap);
-  const CpuScores scores{causal, window_left, logits_soft_cap, shape.sm_scale,
-                       checked_sinks("attn.prefill", sinks, q, shape.num_qo_heads)};
-  auto [out, lse] = allocate_prefill_outputs(q);
+                          bool causal, c10::optional<double> sm_scale, int64_t window_left, int64_t chunk_size,
+                          double logits_soft_cap, const c10::optional<at::Tensor>& sinks) {
+  const PrefillShape shape =
+      check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chunk_size, logits_soft_cap);
+  const CpuScores scores{causal, window_left, chunk_size, logits_soft_cap, shape.sm_scale,
+                         checked_sinks("attn.prefill", sinks, q, shape.num_qo_heads)};
+  auto [out, lse] = allocate_prefill_outputs(q, shape.head_dim_v);
   if (shape.ragged) {
     check_indptr_values("qo_indptr", *qo_indptr, shape.qo_len);
     check_indptr_values("kv_indptr", *kv_indptr, shape.kv_len);
@@ -140,12 +173,13 @@ namespace torch_attn {
 PrefillResult prefill_paged_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                 const at::Tensor& qo_indptr, const at::Tensor& block_table, const at::Tensor& kv_lens,
                                 c10::string_view kv_layout, bool causal, c10::optional<double> sm_scale,
-                                int64_t window_left, double logits_soft_cap, const c10::optional<at::Tensor>& sinks) {
+                                int64_t window_left, int64_t chunk_size, double logits_soft_cap,
+                                const c10::optional<at::Tensor>& sinks) {
   const PagedShape shape = check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout,
-                                                    sm_scale, window_left, logits_soft_cap);
-  const CpuScores scores{causal, window_left, logits_soft_cap, shape.common.sm_scale,
-                       checked_sinks("attn.prefill_paged", sinks, q, shape.common.num_qo_heads)};
-  auto [out, lse] = allocate_prefill_outputs(q);
+                                                    sm_scale, window_left, chunk_size, logits_soft_cap);
+  const CpuScores scores{causal, window_left, chunk_size, logits_soft_cap, shape.common.sm_scale,
+                         checked_sinks("attn.prefill_paged", sinks, q, shape.common.num_qo_heads)};
+  auto [out, lse] = allocate_prefill_outputs(q, shape.common.head_dim_v);
   check_indptr_values("qo_indptr", qo_indptr, shape.common.qo_len);
   const int32_t* qo = qo_indptr.data_ptr<int32_t>();
   const auto lens = kv_lens.accessor<int32_t, 1>();

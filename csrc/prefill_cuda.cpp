@@ -42,16 +42,18 @@ constexpr Launcher kLaunchers[] = {TORCH_ATTN_FOR_EACH_HEAD_DIM_TILE(TORCH_ATTN_
 #undef TORCH_ATTN_LAUNCHERS
 #undef TORCH_ATTN_SM90_LAUNCHERS
 
-/// The narrowest compiled tile width of `backend` that holds head_dim (the table is sorted).
-const Launcher& pick_launcher(Backend backend, ScalarKind kind, int64_t head_dim) {
+/// The narrowest compiled tile width of `backend` that holds both head dims (the table is sorted).
+const Launcher& pick_launcher(const char* op, Backend backend, ScalarKind kind, const PrefillShape& shape) {
+  const int64_t width = std::max(shape.head_dim_qk, shape.head_dim_v);
   const Launcher* found = nullptr;
   for (const Launcher& l : kLaunchers) {
-    if (l.backend == backend && l.kind == kind && l.head_dim_tile >= head_dim) {
+    if (l.backend == backend && l.kind == kind && l.head_dim_tile >= width) {
       found = &l;
       break;
     }
   }
-  TORCH_CHECK_VALUE(found != nullptr, "attn.prefill: no CUDA kernel for head_dim ", head_dim);
+  TORCH_CHECK_VALUE(found != nullptr, op, ": no CUDA kernel for head dims (", shape.head_dim_qk, ", ",
+                    shape.head_dim_v, ")");
   return *found;
 }
 
@@ -142,8 +144,8 @@ TokenHeadStrides lse_strides_of(const at::Tensor& lse, bool batched) {
 
 /// The parameters both ops share: q, outputs, heads, scale and mask.
 PrefillParams common_params(const at::Tensor& q, const at::Tensor& out, const at::Tensor& lse,
-                            const PrefillShape& shape, bool causal, int64_t window_left, double logits_soft_cap,
-                            const at::Tensor& sinks) {
+                            const PrefillShape& shape, bool causal, int64_t window_left, int64_t chunk_size,
+                            double logits_soft_cap, const at::Tensor& sinks) {
   const bool batched = q.dim() == 4;
   PrefillParams p{};
   p.q = q.data_ptr();
@@ -157,10 +159,12 @@ PrefillParams common_params(const at::Tensor& q, const at::Tensor& out, const at
   p.kv_len = static_cast<int32_t>(shape.kv_len);
   p.num_qo_heads = static_cast<int32_t>(shape.num_qo_heads);
   p.group_size = static_cast<int32_t>(shape.num_qo_heads / shape.num_kv_heads);
-  p.head_dim = static_cast<int32_t>(shape.head_dim);
+  p.head_dim_qk = static_cast<int32_t>(shape.head_dim_qk);
+  p.head_dim_v = static_cast<int32_t>(shape.head_dim_v);
   p.causal = causal;
   // Past qo_len + kv_len a window hides nothing; clamping keeps the kernel's int math small.
   p.window_left = static_cast<int32_t>(std::min<int64_t>(window_left, int64_t{1} << 30));
+  p.chunk_size = static_cast<int32_t>(chunk_size);
   const double log2e = 1.4426950408889634;
   p.soft_cap = static_cast<float>(logits_soft_cap);
   p.pre_cap_scale = logits_soft_cap > 0 ? static_cast<float>(shape.sm_scale / logits_soft_cap) : 0.f;
@@ -180,16 +184,17 @@ bool tail_split_allowed() {
 
 /// A kernel for the call, checked against the GPU's limits: its shared memory, and a grid
 /// whose work items the kernel counts in int32.
-const Launcher& checked_launcher(Backend backend, const PrefillShape& shape, const at::Tensor& q) {
+const Launcher& checked_launcher(const char* op, Backend backend, const PrefillShape& shape, const at::Tensor& q) {
   const Launcher& launcher = pick_launcher(
-      backend, q.scalar_type() == at::kBFloat16 ? ScalarKind::kBFloat16 : ScalarKind::kFloat16, shape.head_dim);
+      op, backend, q.scalar_type() == at::kBFloat16 ? ScalarKind::kBFloat16 : ScalarKind::kFloat16, shape);
   const bool sm90 = backend == Backend::kSm90;
   const size_t smem = sm90 ? prefill_sm90_smem_bytes(launcher.head_dim_tile) : prefill_smem_bytes(launcher.head_dim_tile);
   const int device_smem_limit = cached_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>(q.get_device());
-  TORCH_CHECK(smem <= static_cast<size_t>(device_smem_limit), "attn.prefill: head_dim ", shape.head_dim, " needs ",
-              smem, " bytes of shared memory per block; this GPU allows ", device_smem_limit);
-  TORCH_CHECK_VALUE(query_tile_slots(launcher, shape) * shape.num_qo_heads <= INT32_MAX,
-                    "attn.prefill: q has too many query tiles x heads for one launch (", shape.qo_len, " tokens, ",
+  TORCH_CHECK(smem <= static_cast<size_t>(device_smem_limit), op, ": head dims (", shape.head_dim_qk, ", ",
+              shape.head_dim_v, ") need ", smem, " bytes of shared memory per block; this GPU allows ",
+              device_smem_limit);
+  TORCH_CHECK_VALUE(query_tile_slots(launcher, shape) * shape.num_qo_heads <= INT32_MAX, op,
+                    ": q has too many query tiles x heads for one launch (", shape.qo_len, " tokens, ",
                     shape.num_seqs, " sequences, ", shape.num_qo_heads, " heads)");
   return launcher;
 }
@@ -205,11 +210,13 @@ struct LaunchPlan {
   bool tail_split_allowed;
 };
 
-LaunchPlan plan_launch(const PrefillShape& shape, const at::Tensor& q) {
+LaunchPlan plan_launch(const char* op, const PrefillShape& shape, const at::Tensor& q) {
   const BackendChoice choice = pick_backend(q.get_device());
   LaunchPlan plan{};
-  plan.launcher = &checked_launcher(choice.backend, shape, q);
-  if (choice.backend == Backend::kSm90 && !choice.forced) plan.fallback = &checked_launcher(Backend::kSm80, shape, q);
+  plan.launcher = &checked_launcher(op, choice.backend, shape, q);
+  if (choice.backend == Backend::kSm90 && !choice.forced) {
+    plan.fallback = &checked_launcher(op, Backend::kSm80, shape, q);
+  }
   plan.tail_split_allowed = tail_split_allowed();
   return plan;
 }
@@ -235,11 +242,11 @@ cudaError_t launch_with(const Launcher& launcher, bool split_allowed, PrefillPar
   // mma.sync kernel keeps one group: it is compute-bound, and as one CTA per work
   // item it relies on the grid-wide heaviest-first order.
   const int64_t pairs = std::max<int64_t>(1, shape.num_seqs * shape.num_qo_heads);
-  const int64_t kv_bytes_per_pair =
-      std::max<int64_t>(1, shape.kv_len * shape.head_dim * 2 * 2 * shape.num_kv_heads / shape.num_qo_heads);
+  const int64_t kv_bytes_per_pair = std::max<int64_t>(
+      1, shape.kv_len * (shape.head_dim_qk + shape.head_dim_v) * 2 * shape.num_kv_heads / shape.num_qo_heads);
   const int64_t l2_budget = cached_attribute<cudaDevAttrL2CacheSize>(q.get_device()) / 4;
   const int sms = cached_attribute<cudaDevAttrMultiProcessorCount>(q.get_device());
-  const bool uneven_items = p.causal || (p.window_left >= 0 && p.window_left < shape.kv_len);
+  const bool uneven_items = p.causal || (p.window_left >= 0 && p.window_left < shape.kv_len) || p.chunk_size > 0;
   const int64_t min_pairs = uneven_items ? sms / 8 : 1;
   const int64_t grouped = std::clamp<int64_t>(std::max(l2_budget / kv_bytes_per_pair, min_pairs), 1, pairs);
   p.pairs_per_group = static_cast<int32_t>(sm90 ? grouped : pairs);
@@ -305,25 +312,26 @@ LaunchPlan checked_cuda_plan(const char* op, const PrefillShape& shape, const at
                    dtype_name(q.scalar_type()));
   check_cuda_layout(op, "q", q);
   for (const auto& [name, t] : key_values) check_cuda_layout(op, name, t);
-  return plan_launch(shape, q);
+  return plan_launch(op, shape, q);
 }
 
 }  // namespace
 
 PrefillResult prefill_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                            const c10::optional<at::Tensor>& qo_indptr, const c10::optional<at::Tensor>& kv_indptr,
-                           bool causal, c10::optional<double> sm_scale, int64_t window_left, double logits_soft_cap,
-                           const c10::optional<at::Tensor>& sinks) {
-  const PrefillShape shape = check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, logits_soft_cap);
+                           bool causal, c10::optional<double> sm_scale, int64_t window_left, int64_t chunk_size,
+                           double logits_soft_cap, const c10::optional<at::Tensor>& sinks) {
+  const PrefillShape shape =
+      check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chunk_size, logits_soft_cap);
   const LaunchPlan plan = checked_cuda_plan("attn.prefill", shape, q, {{"k", k}, {"v", v}});
   // Last: for bf16/fp16 sinks this queues a cast.
   const at::Tensor sink_logits = checked_sinks("attn.prefill", sinks, q, shape.num_qo_heads);
 
   const c10::cuda::CUDAGuard device_guard(q.device());
-  auto [out, lse] = allocate_prefill_outputs(q);
+  auto [out, lse] = allocate_prefill_outputs(q, shape.head_dim_v);
   if (out.numel() == 0 || shape.num_seqs == 0) return {out, lse};
 
-  PrefillParams p = common_params(q, out, lse, shape, causal, window_left, logits_soft_cap, sink_logits);
+  PrefillParams p = common_params(q, out, lse, shape, causal, window_left, chunk_size, logits_soft_cap, sink_logits);
   const bool batched = q.dim() == 4;
   p.k = k.data_ptr();
   p.v = v.data_ptr();
@@ -338,18 +346,20 @@ PrefillResult prefill_cuda(const at::Tensor& q, const at::Tensor& k, const at::T
 PrefillResult prefill_paged_cuda(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                  const at::Tensor& qo_indptr, const at::Tensor& block_table, const at::Tensor& kv_lens,
                                  c10::string_view kv_layout, bool causal, c10::optional<double> sm_scale,
-                                 int64_t window_left, double logits_soft_cap, const c10::optional<at::Tensor>& sinks) {
+                                 int64_t window_left, int64_t chunk_size, double logits_soft_cap,
+                                 const c10::optional<at::Tensor>& sinks) {
   const PagedShape paged = check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout,
-                                                    sm_scale, window_left, logits_soft_cap);
+                                                    sm_scale, window_left, chunk_size, logits_soft_cap);
   const LaunchPlan plan =
       checked_cuda_plan("attn.prefill_paged", paged.common, q, {{"k_cache", k_cache}, {"v_cache", v_cache}});
   const at::Tensor sink_logits = checked_sinks("attn.prefill_paged", sinks, q, paged.common.num_qo_heads);
 
   const c10::cuda::CUDAGuard device_guard(q.device());
-  auto [out, lse] = allocate_prefill_outputs(q);
+  auto [out, lse] = allocate_prefill_outputs(q, paged.common.head_dim_v);
   if (out.numel() == 0 || paged.common.num_seqs == 0) return {out, lse};
 
-  PrefillParams p = common_params(q, out, lse, paged.common, causal, window_left, logits_soft_cap, sink_logits);
+  PrefillParams p =
+      common_params(q, out, lse, paged.common, causal, window_left, chunk_size, logits_soft_cap, sink_logits);
   p.k = k_cache.data_ptr();
   p.v = v_cache.data_ptr();
   // A page plays the part of a batch entry and a slot that of a token; NHD and HND differ only here.

@@ -84,18 +84,19 @@ def prefill_kernels_launched(run) -> list[str]:
     return [e.name for e in prof.events() if "prefill" in e.name]
 
 
-def make_qkv(qo_len, kv_len, num_qo_heads, num_kv_heads, head_dim, dtype, device, batch=None, generator=None):
-    """Fresh random q, k, v ([batch,] tokens, heads, head_dim)."""
+def make_qkv(qo_len, kv_len, num_qo_heads, num_kv_heads, head_dim, dtype, device, batch=None, generator=None,
+             head_dim_v=None):
+    """Fresh random q, k, v ([batch,] tokens, heads, head_dim); v's head dim is head_dim_v if given."""
     lead = () if batch is None else (batch,)
-    def rand(tokens, heads):
-        return torch.randn(*lead, tokens, heads, head_dim, generator=generator).to(device=device, dtype=dtype)
-    return rand(qo_len, num_qo_heads), rand(kv_len, num_kv_heads), rand(kv_len, num_kv_heads)
+    def rand(tokens, heads, width=head_dim):
+        return torch.randn(*lead, tokens, heads, width, generator=generator).to(device=device, dtype=dtype)
+    return rand(qo_len, num_qo_heads), rand(kv_len, num_kv_heads), rand(kv_len, num_kv_heads, head_dim_v or head_dim)
 
 
 def check_against_reference(out, lse, q, k, v, out_atol=None, **kwargs):
     """Asserts out/lse match the float64 reference within FlashAttention's rule, or
     within out_atol where PyTorch at the inputs' dtype is no yardstick."""
-    assert out.shape == q.shape and out.dtype == q.dtype
+    assert out.shape == (*q.shape[:-1], v.shape[-1]) and out.dtype == q.dtype
     assert lse.shape == q.shape[:-1] and lse.dtype == torch.float32
     ref_out, ref_lse = prefill_reference(q, k, v, **kwargs)
     assert torch.isfinite(out).all(), "non-finite output"
@@ -143,11 +144,12 @@ def indptr_of(lens, device):
 def mask_kwargs(mask):
     """A partial mask spec (test tables) -> every masking keyword of prefill, defaults filled in."""
     return dict(causal=mask.get("causal", False), sm_scale=mask.get("sm_scale"), window_left=mask.get("window_left", -1),
-                logits_soft_cap=mask.get("logits_soft_cap", 0.0))
+                chunk_size=mask.get("chunk_size", 0), logits_soft_cap=mask.get("logits_soft_cap", 0.0))
 
 
-def ragged_batch(qo_lens, kv_lens, num_qo_heads, num_kv_heads, head_dim, dtype, device, generator=None):
+def ragged_batch(qo_lens, kv_lens, num_qo_heads, num_kv_heads, head_dim, dtype, device, generator=None,
+                 head_dim_v=None):
     """Packed q/k/v and int32 indptrs for sequences of the given lengths."""
     q, k, v = make_qkv(sum(qo_lens), sum(kv_lens), num_qo_heads, num_kv_heads, head_dim, dtype, device,
-                       generator=generator)
+                       generator=generator, head_dim_v=head_dim_v)
     return q, k, v, indptr_of(qo_lens, device), indptr_of(kv_lens, device)

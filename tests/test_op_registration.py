@@ -10,8 +10,8 @@ from conftest import make_qkv, ragged_batch
 
 EXPECTED_SCHEMA = (
     "attn::prefill(Tensor q, Tensor k, Tensor v, Tensor? qo_indptr=None, Tensor? kv_indptr=None, *, "
-    "bool causal=False, float? sm_scale=None, int window_left=-1, float logits_soft_cap=0., Tensor? sinks=None) "
-    "-> (Tensor out, Tensor lse)")
+    "bool causal=False, float? sm_scale=None, int window_left=-1, int chunk_size=0, float logits_soft_cap=0., "
+    "Tensor? sinks=None) -> (Tensor out, Tensor lse)")
 
 
 def test_schema():
@@ -34,6 +34,18 @@ def test_opcheck(layout):
     torch.library.opcheck(torch.ops.attn.prefill.default, args,
                           dict(causal=True, sm_scale=0.2, window_left=4, logits_soft_cap=5.0))
     torch.library.opcheck(torch.ops.attn.prefill.default, args, dict(causal=True, sinks=torch.randn(4)))
+    torch.library.opcheck(torch.ops.attn.prefill.default, args, dict(causal=True, chunk_size=4))
+
+
+def test_opcheck_head_dims_differ():
+    """MLA: v (and out) narrower than q and k, dense and paged."""
+    q, k, v = make_qkv(9, 12, 4, 2, 96, torch.float32, "cpu", head_dim_v=32)
+    torch.library.opcheck(torch.ops.attn.prefill.default, (q, k, v), dict(causal=True))
+    cache = torch.randn(3, 4, 2, 96)
+    args = (q, cache, cache[..., :40], torch.tensor([0, 4, 9], dtype=torch.int32),
+            torch.tensor([[0, 1], [2, 0]], dtype=torch.int32), torch.tensor([7, 5], dtype=torch.int32))
+    torch.library.opcheck(torch.ops.attn.prefill_paged.default, args, dict(causal=True, chunk_size=3))
+    assert torch.ops.attn.prefill_paged(*args)[0].shape == (9, 4, 40)
 
 
 def test_fake_tensors_on_cuda_device():
@@ -44,6 +56,8 @@ def test_fake_tensors_on_cuda_device():
         out, lse = torch.ops.attn.prefill(q, k, k, causal=True)
         assert out.shape == q.shape and out.dtype == q.dtype and out.device.type == "cuda"
         assert lse.shape == (3, 100, 32) and lse.dtype == torch.float32
+        out, _ = torch.ops.attn.prefill(q, k, k[..., :64], causal=True, chunk_size=64)
+        assert out.shape == (3, 100, 32, 64)
         with pytest.raises(TypeError, match="float16 or bfloat16"):
             torch.ops.attn.prefill(q.float(), k.float(), k.float())
 

@@ -19,15 +19,18 @@ MASKS = [dict(causal=True), dict(causal=False), dict(causal=True, window_left=40
 
 
 def paged_cache(kv_lens, page_size, layout, num_kv_heads, head_dim, dtype, device, poison=math.nan, share_first=0,
-                generator=None):
+                generator=None, head_dim_v=None):
     """K and V of every sequence written into shuffled pages of one combined cache
     (k_cache and v_cache are two views of it). Every slot no sequence owns holds
-    `poison`. share_first > 0: sequence 1 reuses sequence 0's first pages (a shared
-    prefix). Returns the caches, block_table, kv_lens and the packed keys/values."""
+    `poison`; so do the columns past a view's head dim where K's (head_dim) and V's
+    (head_dim_v) differ. share_first > 0: sequence 1 reuses sequence 0's first pages (a
+    shared prefix). Returns the caches, block_table, kv_lens and the packed keys/values."""
+    head_dim_v = head_dim_v or head_dim
+    width = max(head_dim, head_dim_v)
     pages_per_seq = [(n + page_size - 1) // page_size for n in kv_lens]
     num_pages = sum(pages_per_seq) + 3  # spare pages nobody names
-    shape = (num_pages, 2, page_size, num_kv_heads, head_dim) if layout == "NHD" else \
-        (num_pages, 2, num_kv_heads, page_size, head_dim)
+    shape = (num_pages, 2, page_size, num_kv_heads, width) if layout == "NHD" else \
+        (num_pages, 2, num_kv_heads, page_size, width)
     cache = torch.full(shape, poison, dtype=dtype, device=device)
     order = torch.randperm(num_pages, generator=generator).tolist()
     block_table = torch.zeros(len(kv_lens), max(pages_per_seq + [1]) + 2, dtype=torch.int32)
@@ -39,34 +42,33 @@ def paged_cache(kv_lens, page_size, layout, num_kv_heads, head_dim, dtype, devic
         block_table[b, :n_pages] = torch.tensor(pages, dtype=torch.int32)
         block_table[b, n_pages:] = 10**6  # entries past the last page are garbage: never read
         k = torch.randn(kv_len, num_kv_heads, head_dim, generator=generator).to(dtype)
-        v = torch.randn(kv_len, num_kv_heads, head_dim, generator=generator).to(dtype)
+        v = torch.randn(kv_len, num_kv_heads, head_dim_v, generator=generator).to(dtype)
         for j in range(kv_len):
             page, slot = pages[j // page_size], j % page_size
+            k_slot = cache[page, 0, slot] if layout == "NHD" else cache[page, 0, :, slot]
+            v_slot = cache[page, 1, slot] if layout == "NHD" else cache[page, 1, :, slot]
             if b == 1 and j < share_first * page_size:  # shared: the keys are sequence 0's
-                k[j] = cache[page, 0, slot] if layout == "NHD" else cache[page, 0, :, slot]
-                v[j] = cache[page, 1, slot] if layout == "NHD" else cache[page, 1, :, slot]
-            elif layout == "NHD":
-                cache[page, 0, slot], cache[page, 1, slot] = k[j], v[j]
+                k[j], v[j] = k_slot[..., :head_dim], v_slot[..., :head_dim_v]
             else:
-                cache[page, 0, :, slot], cache[page, 1, :, slot] = k[j], v[j]
+                k_slot[..., :head_dim], v_slot[..., :head_dim_v] = k[j], v[j]
         keys.append(k)
         values.append(v)
     kv_lens_t = torch.tensor(kv_lens, dtype=torch.int32, device=device)
-    return (cache[:, 0], cache[:, 1], block_table.to(device), kv_lens_t, torch.cat(keys).to(device),
-            torch.cat(values).to(device))
+    return (cache[:, 0, ..., :head_dim], cache[:, 1, ..., :head_dim_v], block_table.to(device), kv_lens_t,
+            torch.cat(keys).to(device), torch.cat(values).to(device))
 
 
 def run_paged_case(device, page_size, layout, qo_lens, kv_lens, group, head_dim, mask, dtype, poison=math.nan,
-                   share_first=0):
+                   share_first=0, head_dim_v=None):
     gen = torch.Generator().manual_seed(page_size * 7 + len(qo_lens))
     num_kv_heads = 2
     k_cache, v_cache, block_table, kv_lens_t, keys, values = paged_cache(
-        kv_lens, page_size, layout, num_kv_heads, head_dim, dtype, device, poison, share_first, gen)
+        kv_lens, page_size, layout, num_kv_heads, head_dim, dtype, device, poison, share_first, gen, head_dim_v)
     q = torch.randn(sum(qo_lens), num_kv_heads * group, head_dim, generator=gen).to(device, dtype)
     qo_indptr = indptr_of(qo_lens, device)
     kwargs = mask_kwargs(mask)
     if device == "cuda":
-        poison_cuda_allocator((q.shape, q.dtype), (q.shape[:-1], torch.float32))
+        poison_cuda_allocator(((*q.shape[:-1], values.shape[-1]), q.dtype), (q.shape[:-1], torch.float32))
     out, lse = torch_attn.prefill_paged(q, k_cache, v_cache, qo_indptr, block_table, kv_lens_t, kv_layout=layout,
                                         return_lse=True, **kwargs)
     check_against_reference(out, lse, q, keys, values, qo_indptr=qo_indptr, kv_indptr=indptr_of(kv_lens, device), **kwargs)

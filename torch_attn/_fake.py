@@ -30,14 +30,17 @@ def _rank_help(dim: int) -> str:
     return "[tokens, heads, head_dim]" if dim == 3 else "[batch, tokens, heads, head_dim]"
 
 
-def check_mask_args(op: str, head_dim, sm_scale, window_left, logits_soft_cap) -> float:
+def check_mask_args(op: str, head_dim_qk, sm_scale, window_left, chunk_size, logits_soft_cap) -> float:
     """The scalar arguments every attention op shares; returns sm_scale with its default applied."""
     torch._check_value(window_left >= -1, lambda: f"{op}: window_left must be -1 (no window) or >= 0, got {window_left}")
+    torch._check_value(0 <= chunk_size < _INT32_LIMIT,
+                       lambda: f"{op}: chunk_size must be 0 (no chunks) or a key count from 1 to 2^31 - 1, got "
+                               f"{chunk_size}")
     cap = logits_soft_cap
     torch._check_value(math.isfinite(cap) and 0 <= cap <= _FLOAT32_MAX,
                        lambda: f"{op}: logits_soft_cap must be >= 0 (0 disables it) and finite in float32, got "
                                f"{_num(cap)}")
-    scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(head_dim)
+    scale = sm_scale if sm_scale is not None else 1.0 / math.sqrt(head_dim_qk)
     torch._check_value(math.isfinite(scale) and 0 < scale <= _FLOAT32_MAX,
                        lambda: f"{op}: sm_scale must be a positive number, finite in float32, got {_num(scale)}")
     torch._check_value(cap == 0 or scale / cap <= _FLOAT32_MAX,
@@ -46,9 +49,12 @@ def check_mask_args(op: str, head_dim, sm_scale, window_left, logits_soft_cap) -
     return scale
 
 
-def _check_head_dim(op: str, head_dim) -> None:
-    torch._check_value(head_dim % 8 == 0 and 8 <= head_dim <= 256,
-                       lambda: f"{op}: head_dim (q.size(-1)) must be a multiple of 8 from 8 to 256, got {head_dim}")
+def _check_head_dims(op: str, v_name: str, head_dim_qk, head_dim_v) -> None:
+    torch._check_value(head_dim_qk % 8 == 0 and 8 <= head_dim_qk <= 256,
+                       lambda: f"{op}: head_dim (q.size(-1)) must be a multiple of 8 from 8 to 256, got {head_dim_qk}")
+    torch._check_value(head_dim_v % 8 == 0 and 8 <= head_dim_v <= 256,
+                       lambda: f"{op}: {v_name}'s head_dim ({v_name}.size(-1)) must be a multiple of 8 from 8 to 256, "
+                               f"got {head_dim_v}")
 
 
 def check_cuda_args(op: str, q: torch.Tensor, tensors: dict[str, torch.Tensor]) -> None:
@@ -78,7 +84,8 @@ def _check_indptr(name: str, indptr: torch.Tensor, q: torch.Tensor) -> None:
     torch._check_value(indptr.stride(0) == 1, lambda: f"attn.prefill: {name} must be contiguous")
 
 
-def check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, logits_soft_cap, sinks) -> None:
+def check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chunk_size, logits_soft_cap,
+                       sinks) -> None:
     op = "attn.prefill"
     torch._check_value(q.dim() in (3, 4), lambda: f"{op}: q must be 3-D [tokens, heads, head_dim] or 4-D [batch, "
                                                   f"tokens, heads, head_dim], got {q.dim()}-D")
@@ -95,10 +102,9 @@ def check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, log
         torch._check_value(t.stride(-1) == 1, lambda: f"{op}: {name} must have a contiguous last dimension (stride 1), "
                                                       f"got stride {t.stride(-1)}")
     head_dim = q.shape[-1]
-    _check_head_dim(op, head_dim)
-    for name, t in (("k", k), ("v", v)):
-        torch._check_value(t.shape[-1] == head_dim,
-                           lambda: f"{op}: {name}'s head_dim must equal q's ({head_dim}), got {t.shape[-1]}")
+    _check_head_dims(op, "v", head_dim, v.shape[-1])
+    torch._check_value(k.shape[-1] == head_dim,
+                       lambda: f"{op}: k's head_dim must equal q's ({head_dim}), got {k.shape[-1]}")
     num_qo_heads, num_kv_heads = q.shape[-2], k.shape[-2]
     torch._check_value(num_qo_heads >= 1 and num_kv_heads >= 1,
                        lambda: f"{op}: q and k need at least one head, got q heads {num_qo_heads}, k heads "
@@ -110,7 +116,7 @@ def check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, log
                                "for GQA/MQA")
     torch._check_value(v.shape[-3] == k.shape[-3],
                        lambda: f"{op}: v must have k's number of tokens ({k.shape[-3]}), got {v.shape[-3]}")
-    check_mask_args(op, head_dim, sm_scale, window_left, logits_soft_cap)
+    check_mask_args(op, head_dim, sm_scale, window_left, chunk_size, logits_soft_cap)
     torch._check_value((qo_indptr is None) == (kv_indptr is None),
                        lambda: f"{op}: qo_indptr and kv_indptr must be given together (a ragged batch) or both be None")
     if qo_indptr is not None:
@@ -150,9 +156,9 @@ def check_sinks(op: str, sinks, q, num_qo_heads) -> None:
 
 @torch.library.register_fake("attn::prefill")
 def _prefill_fake(q, k, v, qo_indptr=None, kv_indptr=None, *, causal=False, sm_scale=None, window_left=-1,
-                  logits_soft_cap=0.0, sinks=None):
-    check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, logits_soft_cap, sinks)
-    out = q.new_empty(q.shape)
+                  chunk_size=0, logits_soft_cap=0.0, sinks=None):
+    check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chunk_size, logits_soft_cap, sinks)
+    out = q.new_empty((*q.shape[:-1], v.shape[-1]))
     lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
     return out, lse
 
@@ -166,15 +172,16 @@ def _check_int_vector(name: str, t: torch.Tensor, dim: int, q: torch.Tensor) -> 
 
 
 def check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout, sm_scale, window_left,
-                             logits_soft_cap, sinks) -> None:
+                             chunk_size, logits_soft_cap, sinks) -> None:
     op = "attn.prefill_paged"
     torch._check_value(kv_layout in ("NHD", "HND"), lambda: f'{op}: kv_layout must be "NHD" or "HND", got "{kv_layout}"')
     torch._check_value(q.dim() == 3, lambda: f"{op}: q must be 3-D [total_tokens, heads, head_dim], got {q.dim()}-D")
     torch._check_value(k_cache.dim() == 4, lambda: f"{op}: k_cache must be 4-D [pages, page_size, heads, head_dim] "
                                                    f"(NHD) or [pages, heads, page_size, head_dim] (HND), got "
                                                    f"{k_cache.dim()}-D")
-    torch._check_value(v_cache.shape == k_cache.shape,
-                       lambda: f"{op}: v_cache must have k_cache's shape {_shape(k_cache)}, got {_shape(v_cache)}")
+    torch._check_value(v_cache.dim() == 4 and v_cache.shape[:3] == k_cache.shape[:3],
+                       lambda: f"{op}: v_cache must have k_cache's shape up to head_dim {list(k_cache.shape[:3])}, got "
+                               f"{_shape(v_cache)}")
     torch._check_type(q.dtype in _FLOAT_DTYPES, lambda: f"{op}: q must be float16, bfloat16 or float32, got {q.dtype}")
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
         torch._check_type(t.dtype == q.dtype, lambda: f"{op}: {name} must have q's dtype ({q.dtype}), got {t.dtype}")
@@ -186,7 +193,7 @@ def check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_len
     hnd = kv_layout == "HND"
     num_pages, page_size = k_cache.shape[0], k_cache.shape[2 if hnd else 1]
     num_kv_heads, head_dim = k_cache.shape[1 if hnd else 2], q.shape[-1]
-    _check_head_dim(op, head_dim)
+    _check_head_dims(op, "v_cache", head_dim, v_cache.shape[3])
     torch._check_value(k_cache.shape[3] == head_dim,
                        lambda: f"{op}: k_cache's head_dim must equal q's ({head_dim}), got {k_cache.shape[3]}")
     torch._check_value(num_pages >= 1 and page_size >= 1 and num_kv_heads >= 1,
@@ -212,17 +219,18 @@ def check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_len
                        lambda: f"{op}: at most 2^31 - 1 tokens in q and per sequence (block_table.size(1) * page_size), "
                                f"heads, sequences and pages, got q shape {_shape(q)}, k_cache shape {_shape(k_cache)} "
                                f"and block_table shape {_shape(block_table)}")
-    check_mask_args(op, head_dim, sm_scale, window_left, logits_soft_cap)
+    check_mask_args(op, head_dim, sm_scale, window_left, chunk_size, logits_soft_cap)
     check_cuda_args(op, q, {"q": q, "k_cache": k_cache, "v_cache": v_cache})
     check_sinks(op, sinks, q, q.shape[1])
 
 
 @torch.library.register_fake("attn::prefill_paged")
 def _prefill_paged_fake(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, *, kv_layout="NHD", causal=False,
-                        sm_scale=None, window_left=-1, logits_soft_cap=0.0, sinks=None):
+                        sm_scale=None, window_left=-1, chunk_size=0, logits_soft_cap=0.0, sinks=None):
     check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout, sm_scale, window_left,
-                             logits_soft_cap, sinks)
-    return q.new_empty(q.shape), q.new_empty(q.shape[:-1], dtype=torch.float32)
+                             chunk_size, logits_soft_cap, sinks)
+    out = q.new_empty((*q.shape[:-1], v_cache.shape[3]))
+    return out, q.new_empty(q.shape[:-1], dtype=torch.float32)
 
 
 def check_merge_states_args(out_a, lse_a, out_b, lse_b) -> None:

@@ -17,6 +17,7 @@ def prefill(
     causal: bool = False,
     sm_scale: float | None = None,
     window_left: int = -1,
+    chunk_size: int = 0,
     logits_soft_cap: float = 0.0,
     qo_indptr: torch.Tensor | None = None,
     kv_indptr: torch.Tensor | None = None,
@@ -26,28 +27,32 @@ def prefill(
     """Attention of q over k/v for prefill.
 
     Shapes (the last dim must be contiguous; other strides are free):
-      one sequence:      q [Sq, Hq, D],        k/v [Skv, Hkv, D]
-      dense batch:       q [B, Sq, Hq, D],     k/v [B, Skv, Hkv, D]
-      ragged batch:      q [total_q, Hq, D],   k/v [total_kv, Hkv, D],
+      one sequence:      q [Sq, Hq, D],        k [Skv, Hkv, D],        v [Skv, Hkv, Dv]
+      dense batch:       q [B, Sq, Hq, D],     k [B, Skv, Hkv, D],     v [B, Skv, Hkv, Dv]
+      ragged batch:      q [total_q, Hq, D],   k [total_kv, Hkv, D],   v [total_kv, Hkv, Dv],
                          qo_indptr / kv_indptr int32 [B + 1] (cu_seqlens) on q's device
-    Hq must be a multiple of Hkv (GQA/MQA); D a multiple of 8 up to 256.
+    Hq must be a multiple of Hkv (GQA/MQA); D and Dv multiples of 8 up to 256. Dv may
+    differ from D (MLA prefill: DeepSeek-V3's D = 192, Dv = 128).
 
     Semantics: scores s = sm_scale * q.k (sm_scale defaults to 1/sqrt(D)); with
     logits_soft_cap > 0, s = cap * tanh(s / cap). Causal is bottom-right aligned:
     query i of a sequence sees key j iff j <= i + Skv - Sq; window_left >= 0 also
-    hides keys j < i + Skv - Sq - window_left. A query that sees no key gets out = 0
-    and lse = -inf.
+    hides keys j < i + Skv - Sq - window_left; chunk_size > 0 (chunked local attention,
+    Llama 4) hides keys outside the query's chunk: j // chunk_size must equal
+    (i + Skv - Sq) // chunk_size (floor division; positions counted as the causal mask
+    counts them). A query that sees no key gets out = 0 and lse = -inf.
 
     sinks [Hq] (attention sinks, gpt-oss): per query head the logit of one more key that
     every row sees, taken as is (not scaled, capped or masked), whose value is 0: it enters
     only the softmax's denominator and lse. A row that sees no key then gets out = 0 and
     lse = sinks[h]. float32, bfloat16 or float16 (computed in float32).
 
-    Returns out (q's shape and dtype), and with return_lse also lse (float32,
+    Returns out (q's shape with Dv, q's dtype), and with return_lse also lse (float32,
     natural log, q's shape without D).
     """
     out, lse = _prefill_op(q, k, v, qo_indptr, kv_indptr, causal=causal, sm_scale=sm_scale,
-                           window_left=window_left, logits_soft_cap=logits_soft_cap, sinks=sinks)
+                           window_left=window_left, chunk_size=chunk_size, logits_soft_cap=logits_soft_cap,
+                           sinks=sinks)
     return (out, lse) if return_lse else out
 
 
@@ -63,6 +68,7 @@ def prefill_paged(
     causal: bool = False,
     sm_scale: float | None = None,
     window_left: int = -1,
+    chunk_size: int = 0,
     logits_soft_cap: float = 0.0,
     sinks: torch.Tensor | None = None,
     return_lse: bool = False,
@@ -72,15 +78,16 @@ def prefill_paged(
     Shapes:
       q            [total_q, Hq, D], sequences packed, with qo_indptr int32 [B + 1]
       k_cache      [num_pages, page_size, Hkv, D] ("NHD") or [num_pages, Hkv, page_size, D] ("HND");
-      v_cache      the same shape (K and V may be two views of one combined cache)
+      v_cache      the same shape up to its head dim Dv (K and V may be two views of one combined cache)
       block_table  int32 [B, max_pages]: the page ids of each sequence, in order
       kv_lens      int32 [B]: valid keys of each sequence (its last page may be partly filled)
     Semantics as prefill(): query i of sequence b sees key j iff j <= i + kv_lens[b] - qo_len_b
     (causal), so the queries are the last tokens of their sequence's keys. Cache slots past
-    kv_lens[b] and pages the block table does not name are never read. sinks as in prefill().
+    kv_lens[b] and pages the block table does not name are never read. chunk_size and sinks
+    as in prefill().
     """
     out, lse = _prefill_paged_op(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout=kv_layout,
-                                 causal=causal, sm_scale=sm_scale, window_left=window_left,
+                                 causal=causal, sm_scale=sm_scale, window_left=window_left, chunk_size=chunk_size,
                                  logits_soft_cap=logits_soft_cap, sinks=sinks)
     return (out, lse) if return_lse else out
 

@@ -16,12 +16,13 @@ cudaError_t launch_prefill_sm90(const PrefillParams& params, cudaStream_t stream
   const int kv_heads = params.num_qo_heads / params.group_size;
   const bool paged = params.block_table != nullptr;
   const int batch = params.qo_indptr != nullptr ? 1 : params.num_seqs;  // ragged: one sequence of all tokens
-  const bool q_encoded = encode_tensor_map(&maps.q, params.q, kBf16, params.head_dim, params.num_qo_heads,
+  // Each map has its tensor's own head dim: the copy engine zero-fills the tile's columns past it.
+  const bool q_encoded = encode_tensor_map(&maps.q, params.q, kBf16, params.head_dim_qk, params.num_qo_heads,
                                            params.qo_len, batch, params.q_strides, Traits::kBlockM);
   auto encode_kv = [&](int tokens, int kv_batch, int box_rows) {
-    return encode_tensor_map(&maps.k, params.k, kBf16, params.head_dim, kv_heads, tokens, kv_batch,
+    return encode_tensor_map(&maps.k, params.k, kBf16, params.head_dim_qk, kv_heads, tokens, kv_batch,
                              params.k_strides, box_rows) &&
-           encode_tensor_map(&maps.v, params.v, kBf16, params.head_dim, kv_heads, tokens, kv_batch,
+           encode_tensor_map(&maps.v, params.v, kBf16, params.head_dim_v, kv_heads, tokens, kv_batch,
                              params.v_strides, box_rows);
   };
   bool encoded = q_encoded;

@@ -15,10 +15,10 @@ struct TokenHeadStrides {
 };
 
 struct PrefillParams {
-  const void* q;    // [.., qo_len, num_qo_heads, head_dim]
-  const void* k;    // [.., kv_len, num_kv_heads, head_dim]
-  const void* v;    // [.., kv_len, num_kv_heads, head_dim]
-  void* out;        // like q
+  const void* q;    // [.., qo_len, num_qo_heads, head_dim_qk]
+  const void* k;    // [.., kv_len, num_kv_heads, head_dim_qk]
+  const void* v;    // [.., kv_len, num_kv_heads, head_dim_v]
+  void* out;        // [.., qo_len, num_qo_heads, head_dim_v]
   float* lse;       // q's shape without head_dim, natural log
   TokenHeadStrides q_strides, k_strides, v_strides, out_strides, lse_strides;
 
@@ -34,7 +34,11 @@ struct PrefillParams {
 
   int32_t num_qo_heads;
   int32_t group_size;  // num_qo_heads / num_kv_heads (GQA/MQA)
-  int32_t head_dim;    // the real head dim; the kernel's tile may be wider
+  // The real head dims of q . k and of v (MLA: they differ). The kernels run one tile
+  // width >= both: columns past head_dim_qk are zero in Q and K, past head_dim_v zero
+  // in V (so O is zero there) and never stored.
+  int32_t head_dim_qk;
+  int32_t head_dim_v;
 
   // Paged KV cache (block_table null: K/V rows of a sequence are contiguous). Key j of
   // sequence b sits in page block_table[b * block_table_stride + j / page_size] at slot
@@ -50,9 +54,11 @@ struct PrefillParams {
   int32_t num_pages;
   int32_t max_pages;   // block_table columns
 
-  // Masks: bottom-right causal, sliding window (window_left < 0: none).
+  // Masks: bottom-right causal, sliding window (window_left < 0: none), chunked local
+  // attention (chunk_size 0: none; mask.cuh).
   bool causal;
   int32_t window_left;
+  int32_t chunk_size;
 
   // Logits: logit = cap > 0 ? cap * tanh(qk * pre_cap_scale) : qk, and the
   // softmax weight is exp2((logit - max) * logit_to_log2). Without a cap,

@@ -16,7 +16,8 @@
 //     every output row. K rows there only reach S, whose masked scores are
 //     replaced by -inf through a select, never by adding -inf to garbage.
 //   * Head-dim columns past D (the tile is wider than D) enter every dot product,
-//     so they are zero in Q, K and V alike.
+//     so they are zero in Q, K and V alike (past head_dim_qk in Q and K, past
+//     head_dim_v in V: its O columns are then zero and never stored).
 //   * In a paged cache the same holds for the tail of a sequence's last page and
 //     for pages it does not name: rows past kv_len are zero-filled, not looked up.
 #pragma once
@@ -152,12 +153,14 @@ struct PrefillCta {
   const DType* v_gmem;
   const int32_t* pages;  // paged caches only: this sequence's block-table row
   int lane, warp_row0;  // warp_row0: the warp's first row in the query tile
-  int chunks_valid;     // 16-byte chunks of real head dim
+  int qk_chunks_valid;  // 16-byte chunks of real head dim: of q and k
+  int v_chunks_valid;   // of v and out
 
-  /// Issues the cp.async copies of K (or V) tile `tile` into ring stage `stage`.
+  /// Issues the cp.async copies of K (or V) tile `tile` into ring stage `stage`, of its
+  /// first `chunks_valid` 16-byte chunks (the rest zero-filled).
   /// page_id: paged caches only, the page of this thread's row of the tile.
   __device__ __forceinline__ void load_kv(DType* ring, const DType* gmem, const TokenHeadStrides& strides, int tile,
-                                          int stage, int32_t page_id) const {
+                                          int stage, int32_t page_id, int chunks_valid) const {
     const int key0 = tile * kBlockN;
     if constexpr (kPaged) {
       load_paged_tile_or_zero<KVTile, kThreads>(ring + stage * KVTile::kElems, gmem, PageTable{p, pages}, page_id,
@@ -262,11 +265,13 @@ struct PrefillCta {
         page_now = page_next;
         page_next = row_page_id(tile + 1, tile_end);
       }
-      load_kv(k_smem, k_gmem, p.k_strides, tile, stage, page_now);
+      load_kv(k_smem, k_gmem, p.k_strides, tile, stage, page_now, qk_chunks_valid);
     };
-    auto issue_v = [&](int tile, int stage) { load_kv(v_smem, v_gmem, p.v_strides, tile, stage, page_now); };
+    auto issue_v = [&](int tile, int stage) {
+      load_kv(v_smem, v_gmem, p.v_strides, tile, stage, page_now, v_chunks_valid);
+    };
 
-    load_tile_or_zero<QTile, kThreads>(q_smem, q_gmem, p.q_strides.token, rows_valid, chunks_valid);
+    load_tile_or_zero<QTile, kThreads>(q_smem, q_gmem, p.q_strides.token, rows_valid, qk_chunks_valid);
 #pragma unroll
     for (int stage = 0; stage < kStages; ++stage) {
       if (stage < num_tiles) issue_k(tile_begin + stage, stage);
@@ -326,7 +331,7 @@ struct PrefillCta {
     float lse[2 * kMFrags];
     softmax.finalize(o, p.logit_to_log2, lse);
     if (p.sinks != nullptr) OnlineSoftmax<kMFrags>::add_sink(o, lse, __ldg(p.sinks + w.qo_head));
-    store_warp_rows<QTile>(p, w, q_smem, warp_row0, lane, chunks_valid, o, lse);
+    store_warp_rows<QTile>(p, w, q_smem, warp_row0, lane, v_chunks_valid, o, lse);
   }
 };
 
@@ -355,7 +360,8 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
       kPaged ? work.block_table_row(params) : nullptr,
       lane,
       (static_cast<int>(threadIdx.x) / 32) * Traits::kMFrags * 16,
-      params.head_dim / 8}
+      params.head_dim_qk / 8,
+      params.head_dim_v / 8}
       .run();
 }
 

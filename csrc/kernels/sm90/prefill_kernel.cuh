@@ -104,7 +104,7 @@ struct PrefillSm90Cta {
   // One pointer for all of shared memory: every value the roles share stays live
   // across setmaxnreg, and the producer has only 32 or 40 registers.
   Sm90SharedStorage<Traits>& smem;
-  int chunks_valid;  // 16-byte chunks of real head dim
+  int out_chunks_valid;  // 16-byte chunks of real head dim of v and out (Q, K, V: the tensor maps')
 
   // Each role computes the tile range itself, after setmaxnreg: values computed
   // before the role split stay live across it, which cost a spill.
@@ -529,8 +529,8 @@ struct PrefillSm90Cta {
     // a tile of its own, whose rows are the warp's alone.
     if constexpr (Traits::kOutThroughQ) named_barrier_sync(1 + group, 128);
     if (stores) {
-      store_warp_rows<typename Traits::OutStageTile>(p, w, smem.out_stage(q_stage), warp_row0, lane, chunks_valid, o,
-                                                     lse);
+      store_warp_rows<typename Traits::OutStageTile>(p, w, smem.out_stage(q_stage), warp_row0, lane, out_chunks_valid,
+                                                     o, lse);
     }
     if constexpr (Traits::kOutThroughQ) {
       // The next item's Q may now overwrite these rows: through the copy engine (async
@@ -590,7 +590,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   constexpr int kItemSlots = Traits::kItemSlots;
   uint32_t tiles_done = 0;
   auto cta_of = [&](const WorkItem& work) {
-    return PrefillSm90Cta<Traits, kSoftCap, kPaged>{params, work, smem, params.head_dim / 8};
+    return PrefillSm90Cta<Traits, kSoftCap, kPaged>{params, work, smem, params.head_dim_v / 8};
   };
   // The V warp and the consumers: body(cta, k) for the CTA's k-th item, read from its
   // slot throughout. Every reading thread arrives on item_read itself: an arrival
