@@ -4,7 +4,8 @@
     model = AutoModelForCausalLM.from_config(cfg, attn_implementation="torch_attn")
 
 What the attention interface hands over, and how it maps onto the op:
-  - query [B, Hq, Sq, D], key / value [B, Hkv, Skv, D] (views; GQA as is), with Skv >= Sq
+  - query / key [B, Hq or Hkv, S, D], value [B, Hkv, Skv, Dv] (views; GQA as is; MLA's Dv != D
+    as is), with Skv >= Sq
     when a KV cache holds earlier tokens: the op's bottom-right causal alignment is
     exactly "the queries are the last Sq positions".
   - `scaling` -> sm_scale, `sliding_window` W -> window_left = W - 1 (key j visible
@@ -19,13 +20,18 @@ What the attention interface hands over, and how it maps onto the op:
     This assumes what left- and right-padded batches look like: one contiguous run of
     valid tokens per row, ending where the queries end (left padding; right padding
     when Sq == Skv).
+  - Chunked layers (Llama 4's attention_chunk_size): the mask interface finds the chunked
+    overlay in the mask function and hands over a ChunkedMask; the op's chunk_size then
+    counts positions from each row's first real key, transformers from the row's first
+    token. Where the cache dropped keys (kv_offset) by a shift that is not whole chunks,
+    the row's keys are cut where its first chunk ends, into two segments.
   - Packed sequences handed over as FlashAttention's `cu_seq_lens_q` / `cu_seq_lens_k`
     (batch 1, no padding mask) become the op's qo_indptr / kv_indptr.
 Nothing that changes the result is dropped: a keyword the interface passes that we do
-not implement (a `position_bias`, ...), a mask pattern beyond
-causal / bidirectional / left sliding window (chunked, packed by position ids, custom
-and/or masks), or value head dims that differ from the query's raise a ValueError that
-names it (UNSUPPORTED says why), instead of returning plausible but wrong numbers.
+not implement (a `position_bias`, ...) or a mask pattern beyond causal / bidirectional /
+left sliding window / chunks (packed by position ids, custom and/or masks) raises a
+ValueError that names it (UNSUPPORTED says why), instead of returning plausible but wrong
+numbers; so do head dims past the op's 256 (Gemma 4's global layers, 512).
 Inference only: call the model under torch.no_grad() / torch.inference_mode().
 """
 from __future__ import annotations
@@ -46,66 +52,86 @@ IGNORED_KWARGS = frozenset({
 # Keywords that change the result and that torch_attn does not implement yet, and why.
 UNSUPPORTED = {
     "position_bias": "an additive position bias (T5-style relative attention) is not supported",
-    "chunked_overlay": "chunked attention (Llama 4's attention_chunk_size) is not implemented yet",
     "packed_sequence_mask_function": "sequences packed by their position_ids: pass cu_seq_lens_q / cu_seq_lens_k "
                                      "(FlashAttention's packed format) or a padded batch instead",
     "blockwise_overlay": "block-wise bidirectional overlays are not supported",
     "sliding_window_bidirectional_overlay": "bidirectional sliding windows are not supported (only windows to the "
                                             "left of each query)",
     "or_mask": "a mask built with or_masks (a union of patterns) is not supported",
-    "head_dim_v": "value head dims that differ from the query's (MLA: DeepSeek-V3, Kimi-K2) are not implemented yet",
 }
-# Mask functions whose pattern the op computes from its own arguments (causal, window).
-UNDERSTOOD_MASKS = frozenset({"causal_mask_function", "bidirectional_mask_function", "sliding_window_overlay"})
+# Mask functions whose pattern the op computes from its own arguments (causal, window, chunks).
+UNDERSTOOD_MASKS = frozenset({"causal_mask_function", "bidirectional_mask_function", "sliding_window_overlay",
+                              "chunked_overlay"})
+
+
+class ChunkedMask:
+    """What the mask interface hands the attention function of a chunked layer (Llama 4): the
+    2-D padding mask of the keys (None: no padding), the chunk size, and where the chunks start:
+    transformers counts positions from each row's first real token (left_padding [B]) and the
+    keys the cache holds from absolute position kv_offset (a chunked layer's cache keeps only
+    the last chunk_size - 1 keys)."""
+
+    def __init__(self, padding, chunk_size: int, left_padding: torch.Tensor, kv_offset: int):
+        self.padding, self.chunk_size, self.left_padding, self.kv_offset = padding, chunk_size, left_padding, kv_offset
 
 
 def _unsupported(what: str) -> ValueError:
     return ValueError(f"torch_attn attention: {what!r}: {UNSUPPORTED[what]}")
 
 
-def _check_mask_function(mask_function) -> None:
+def _closure(function) -> dict:
+    return dict(zip(function.__code__.co_freevars, (cell.cell_contents for cell in function.__closure__ or ())))
+
+
+def _check_mask_function(mask_function) -> dict:
     """Walks transformers' composed mask function (and_masks of patterns) and refuses any
-    pattern the op would not reproduce from causal / sliding_window."""
+    pattern the op would not reproduce from causal / sliding_window / chunks. Returns the
+    chunked overlay's closure ({"chunk_size", "left_padding"}), or {} without one."""
     name = mask_function.__qualname__.split(".<locals>")[0]
     if name == "and_masks":
-        for cell in mask_function.__closure__ or ():
-            parts = cell.cell_contents
+        found = {}
+        for parts in _closure(mask_function).values():
             for part in parts if isinstance(parts, tuple) else ():
-                _check_mask_function(part)
-        return
+                found |= _check_mask_function(part)
+        return found
     if name == "or_masks":
         raise _unsupported("or_mask")
     if name in UNSUPPORTED:
         raise _unsupported(name)
     if name not in UNDERSTOOD_MASKS:
         raise ValueError(f"torch_attn attention: the mask function {mask_function.__qualname__!r} is not one torch_attn "
-                         "reproduces (causal, bidirectional, sliding window to the left)")
+                         "reproduces (causal, bidirectional, sliding window to the left, chunks)")
+    return _closure(mask_function) if name == "chunked_overlay" else {}
 
 
 def padding_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_function=None, attention_mask=None,
                  **kwargs):
     """The mask interface: the 2-D boolean padding mask sliced to the keys, or None, after
-    checking that the mask pattern is one the op reproduces."""
-    if mask_function is not None:
-        _check_mask_function(mask_function)
-    if attention_mask is None:
-        return None
-    return attention_mask[:, -kv_length:].bool()
+    checking that the mask pattern is one the op reproduces; a ChunkedMask for chunked layers."""
+    chunked = _check_mask_function(mask_function) if mask_function is not None else {}
+    padding = None if attention_mask is None else attention_mask[:, -kv_length:].bool()
+    if chunked:
+        return ChunkedMask(padding, int(chunked["chunk_size"]), chunked["left_padding"], int(kv_offset))
+    return padding
 
 
-def ragged_segments(padding: torch.Tensor, q_length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """padding [B, Skv] bool (True = a real token) -> (qo_indptr, kv_indptr), int32 [3B + 1]
-    on the mask's device: per row the segments (padding before, valid tokens, padding
-    after) of the flattened [B * Sq] queries and [B * Skv] keys. Device ops only."""
+def ragged_segments(padding: torch.Tensor, q_length: int, split: torch.Tensor | None = None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+    """padding [B, Skv] bool (True = a real token) -> (qo_indptr, kv_indptr), int32 on the
+    mask's device: per row the segments (padding before, valid tokens, padding after) of the
+    flattened [B * Sq] queries and [B * Skv] keys, 3B + 1 entries. With `split` [B] (a key
+    index per row), the valid tokens are cut there into two segments, 4B + 1 entries.
+    Device ops only."""
     batch, kv_length = padding.shape
     valid = padding.sum(-1)
     start = torch.where(valid > 0, padding.int().argmax(-1), torch.zeros_like(valid))  # first real token
     end = start + valid
     offset = kv_length - q_length  # the queries are the last q_length key positions
-    q_start = (start - offset).clamp(0, q_length)
-    q_end = (end - offset).clamp(0, q_length)
-    kv_lens = torch.stack([start, valid, kv_length - end], dim=-1).reshape(-1)
-    q_lens = torch.stack([q_start, q_end - q_start, q_length - q_end], dim=-1).reshape(-1)
+    bounds = [start, end] if split is None else [start, torch.minimum(torch.maximum(split, start), end), end]
+    kv_ends = torch.stack([*bounds, torch.full_like(start, kv_length)], dim=-1)
+    q_ends = (kv_ends - offset).clamp(0, q_length)
+    kv_lens = torch.diff(kv_ends, dim=-1, prepend=torch.zeros_like(start)[:, None]).reshape(-1)
+    q_lens = torch.diff(q_ends, dim=-1, prepend=torch.zeros_like(start)[:, None]).reshape(-1)
 
     def indptr(lens):
         return torch.nn.functional.pad(lens.cumsum(0), (1, 0)).to(torch.int32)
@@ -130,13 +156,26 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
     if dropout and module.training:
         raise ValueError("torch_attn attention is inference-only: dropout > 0 in training mode is not supported")
     _check_kwargs(kwargs)
-    if value.shape[-1] != query.shape[-1]:
-        raise _unsupported("head_dim_v")
     causal = getattr(module, "is_causal", True) if is_causal is None else is_causal
     options = dict(causal=bool(causal), sm_scale=scaling, window_left=sliding_window - 1 if sliding_window else -1,
                    logits_soft_cap=float(softcap or 0.0), sinks=s_aux)
     batch, num_qo_heads, q_length, head_dim = query.shape
-    kv_length, num_kv_heads = key.shape[2], key.shape[1]
+    kv_length, num_kv_heads, head_dim_v = key.shape[2], key.shape[1], value.shape[-1]  # MLA: head_dim_v differs
+    split = None
+    if isinstance(attention_mask, ChunkedMask):
+        # The op counts a row's key positions from its first real key in the cache; transformers
+        # from the row's first real token. Where those differ (the cache dropped keys: kv_offset >
+        # left_padding) by a shift that is not a whole number of chunks, the row is cut where its
+        # first chunk ends, so that each part's chunks start where the model's do.
+        chunk = attention_mask.chunk_size
+        options["chunk_size"] = chunk
+        padding = attention_mask.padding
+        if padding is None:
+            padding = torch.ones(batch, kv_length, dtype=torch.bool, device=query.device)
+        first_real = torch.where(padding.any(-1), padding.int().argmax(-1), 0)
+        shift = attention_mask.kv_offset + first_real - attention_mask.left_padding.to(first_real.device)
+        split = first_real + (chunk - shift.clamp(min=0) % chunk) % chunk
+        attention_mask = padding
     q, k, v = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # [B, S, H, D] views
     if cu_seq_lens_q is not None or cu_seq_lens_k is not None:
         # FlashAttention's packed format: one row of packed sequences, their boundaries given.
@@ -151,12 +190,12 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
     if attention_mask.dim() != 2:
         raise ValueError(f"torch_attn attention takes the 2-D padding mask of its own mask interface or None, got a "
                          f"{attention_mask.dim()}-D mask: load the model with attn_implementation='torch_attn'")
-    qo_indptr, kv_indptr = ragged_segments(attention_mask.bool(), q_length)
+    qo_indptr, kv_indptr = ragged_segments(attention_mask.bool(), q_length, split)
     out = torch_attn.prefill(q.reshape(batch * q_length, num_qo_heads, head_dim),
                              k.reshape(batch * kv_length, num_kv_heads, head_dim),
-                             v.reshape(batch * kv_length, num_kv_heads, head_dim),
+                             v.reshape(batch * kv_length, num_kv_heads, head_dim_v),
                              qo_indptr=qo_indptr, kv_indptr=kv_indptr, **options)
-    return out.view(batch, q_length, num_qo_heads, head_dim), None
+    return out.view(batch, q_length, num_qo_heads, head_dim_v), None
 
 
 def register() -> None:
