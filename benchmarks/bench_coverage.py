@@ -1,0 +1,99 @@
+"""MLA prefill (D_qk != D_v) and chunked attention against the peers that run them, in one run on one
+card (bench_prefill's method: implementations taking turns call by call, median of --repeats).
+
+TFLOP/s = 2 * visible pairs * H * (D_qk + D_v) / time (S = Q K^T and O = P V; 4 * pairs * H * D when
+the two dims are equal). FlashInfer (fa3, its head_dim_vo) runs where its wheel is carried.
+
+    python benchmarks/bench_coverage.py [--flashinfer fa3] [--repeats 30]
+"""
+from __future__ import annotations
+
+import argparse
+
+import torch
+import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+import torch_attn
+from bench_prefill import interleaved_median_ms
+
+DTYPE = torch.bfloat16
+
+
+def visible_pairs(seqlen: int, causal: bool, chunk: int) -> int:
+    i = torch.arange(seqlen).unsqueeze(1)
+    j = torch.arange(seqlen).unsqueeze(0)
+    seen = torch.ones(seqlen, seqlen, dtype=torch.bool)
+    if causal:
+        seen &= j <= i
+    if chunk:
+        seen &= (j // chunk) == (i // chunk)
+    return int(seen.sum())
+
+
+def peers(q, k, v, causal, chunk, flashinfer_backends):
+    """name -> zero-argument callable; q, k, v: [B, S, H, D]."""
+    fns = {"torch_attn": lambda: torch_attn.prefill(q, k, v, causal=causal, chunk_size=chunk)}
+    if chunk:
+        return fns  # no SDPA backend or FlashInfer wrapper here takes a chunked mask
+    qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+    gqa = q.shape[2] != k.shape[2]
+    for name, backend in (("sdpa-flash", SDPBackend.FLASH_ATTENTION), ("sdpa-efficient", SDPBackend.EFFICIENT_ATTENTION),
+                          ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION)):
+        def run(backend=backend):
+            with sdpa_kernel(backend):
+                return F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, enable_gqa=gqa)
+        fns[name] = run
+    if flashinfer_backends:
+        import flashinfer
+        b, s, hq, dqk = q.shape
+        hkv, dv = k.shape[2], v.shape[-1]
+        indptr = torch.arange(0, (b + 1) * s, s, dtype=torch.int32, device="cuda")
+        for backend in flashinfer_backends:
+            workspace = torch.empty(256 * 1024 * 1024, dtype=torch.uint8, device="cuda")
+            wrapper = flashinfer.BatchPrefillWithRaggedKVCacheWrapper(workspace, kv_layout="NHD", backend=backend)
+            wrapper.plan(indptr, indptr, hq, hkv, dqk, head_dim_vo=dv, causal=causal, q_data_type=DTYPE)
+            flat = [t.reshape(b * s, t.shape[2], t.shape[3]) for t in (q, k, v)]
+            fns[f"flashinfer-{backend}"] = lambda wrapper=wrapper, flat=flat: wrapper.run(*flat)
+    return fns
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--flashinfer", default="")
+    parser.add_argument("--repeats", type=int, default=30)
+    args = parser.parse_args()
+    fi = [b for b in args.flashinfer.split(",") if b]
+    # (name, batch, seqlen, q heads, kv heads, D_qk, D_v, causal, chunk): 16k tokens a case.
+    cases = []
+    for seqlen in (1024, 4096, 16384):
+        for causal in (False, True):
+            # DeepSeek-V3 / Kimi-K2 prefill per GPU at TP8: 16 heads of (192, 128), MHA.
+            cases.append((f"mla 192/128 {'causal' if causal else 'full'} S={seqlen}", 16384 // seqlen, seqlen, 16, 16,
+                          192, 128, causal, 0))
+            cases.append((f"same dims 192/192 {'causal' if causal else 'full'} S={seqlen}", 16384 // seqlen, seqlen,
+                          16, 16, 192, 192, causal, 0))
+    for seqlen in (16384, 32768):  # Llama 4 Scout/Maverick chunked layers: 40/8 heads, d128, chunks of 8192
+        cases.append((f"chunked 8192 causal S={seqlen}", 1, seqlen, 40, 8, 128, 128, True, 8192))
+        cases.append((f"unchunked causal S={seqlen}", 1, seqlen, 40, 8, 128, 128, True, 0))
+    print(f"{torch.cuda.get_device_name()}, bf16, TFLOP/s (median of {args.repeats}, taking turns)")
+    for name, batch, seqlen, hq, hkv, dqk, dv, causal, chunk in cases:
+        q = torch.randn(batch, seqlen, hq, dqk, device="cuda", dtype=DTYPE)
+        k = torch.randn(batch, seqlen, hkv, dqk, device="cuda", dtype=DTYPE)
+        v = torch.randn(batch, seqlen, hkv, dv, device="cuda", dtype=DTYPE)
+        flops = 2.0 * batch * visible_pairs(seqlen, causal, chunk) * hq * (dqk + dv)
+        fns = {}
+        for impl, fn in peers(q, k, v, causal, chunk, fi).items():
+            try:
+                fn()
+                torch.cuda.synchronize()
+                fns[impl] = fn
+            except (RuntimeError, ValueError, TypeError) as err:
+                print(f"  {impl}: skipped ({str(err).splitlines()[0][:90]})")
+        interleaved_median_ms(fns, 5)  # warm-up
+        ms = interleaved_median_ms(fns, args.repeats)
+        print(f"{name}: " + ", ".join(f"{impl} {flops / (t * 1e-3) / 1e12:.1f}" for impl, t in ms.items()), flush=True)
+
+
+if __name__ == "__main__":
+    main()
