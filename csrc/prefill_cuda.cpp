@@ -28,28 +28,31 @@ enum class Backend { kSm80, kSm90 };
 struct Launcher {
   Backend backend;
   ScalarKind kind;
-  int head_dim_tile;
+  int head_dim_tile;    // of Q and K
+  int head_dim_v_tile;  // of V and O (the mma.sync kernel's tiles: the same)
   LaunchFn launch;
 };
 
-#define TORCH_ATTN_LAUNCHERS(W) {Backend::kSm80, ScalarKind::kBFloat16, W, &launch_prefill<ScalarKind::kBFloat16, W>}, \
-                                {Backend::kSm80, ScalarKind::kFloat16, W, &launch_prefill<ScalarKind::kFloat16, W>},
-#define TORCH_ATTN_SM90_LAUNCHERS(W)                                                                  \
-  {Backend::kSm90, ScalarKind::kBFloat16, W, &launch_prefill_sm90<ScalarKind::kBFloat16, W>}, \
-      {Backend::kSm90, ScalarKind::kFloat16, W, &launch_prefill_sm90<ScalarKind::kFloat16, W>},
+#define TORCH_ATTN_LAUNCHERS(W)                                                                    \
+  {Backend::kSm80, ScalarKind::kBFloat16, W, W, &launch_prefill<ScalarKind::kBFloat16, W>}, \
+      {Backend::kSm80, ScalarKind::kFloat16, W, W, &launch_prefill<ScalarKind::kFloat16, W>},
+#define TORCH_ATTN_SM90_LAUNCHERS(W, WV)                                                                      \
+  {Backend::kSm90, ScalarKind::kBFloat16, W, WV, &launch_prefill_sm90<ScalarKind::kBFloat16, W, WV>}, \
+      {Backend::kSm90, ScalarKind::kFloat16, W, WV, &launch_prefill_sm90<ScalarKind::kFloat16, W, WV>},
 constexpr Launcher kLaunchers[] = {TORCH_ATTN_FOR_EACH_HEAD_DIM_TILE(TORCH_ATTN_LAUNCHERS)
                                        TORCH_ATTN_FOR_EACH_SM90_HEAD_DIM_TILE(TORCH_ATTN_SM90_LAUNCHERS)};
 #undef TORCH_ATTN_LAUNCHERS
 #undef TORCH_ATTN_SM90_LAUNCHERS
 
-/// The narrowest compiled tile width of `backend` that holds both head dims (the table is sorted).
+/// The narrowest compiled tile of `backend` that holds both head dims: the least q/k + v width
+/// (the work of a score and its P V), the first such in the table.
 const Launcher& pick_launcher(const char* op, Backend backend, ScalarKind kind, const PrefillShape& shape) {
-  const int64_t width = std::max(shape.head_dim_qk, shape.head_dim_v);
   const Launcher* found = nullptr;
   for (const Launcher& l : kLaunchers) {
-    if (l.backend == backend && l.kind == kind && l.head_dim_tile >= width) {
+    const bool fits = l.head_dim_tile >= shape.head_dim_qk && l.head_dim_v_tile >= shape.head_dim_v;
+    if (l.backend == backend && l.kind == kind && fits &&
+        (found == nullptr || l.head_dim_tile + l.head_dim_v_tile < found->head_dim_tile + found->head_dim_v_tile)) {
       found = &l;
-      break;
     }
   }
   TORCH_CHECK_VALUE(found != nullptr, op, ": no CUDA kernel for head dims (", shape.head_dim_qk, ", ",
@@ -59,7 +62,7 @@ const Launcher& pick_launcher(const char* op, Backend backend, ScalarKind kind, 
 
 /// Query rows per CTA of the launcher's kernel.
 int64_t block_m_of(const Launcher& launcher) {
-  return launcher.backend == Backend::kSm90 ? prefill_sm90_block_m(launcher.head_dim_tile)
+  return launcher.backend == Backend::kSm90 ? prefill_sm90_block_m(launcher.head_dim_tile, launcher.head_dim_v_tile)
                                             : prefill_block_m(launcher.head_dim_tile);
 }
 
@@ -188,7 +191,8 @@ const Launcher& checked_launcher(const char* op, Backend backend, const PrefillS
   const Launcher& launcher = pick_launcher(
       op, backend, q.scalar_type() == at::kBFloat16 ? ScalarKind::kBFloat16 : ScalarKind::kFloat16, shape);
   const bool sm90 = backend == Backend::kSm90;
-  const size_t smem = sm90 ? prefill_sm90_smem_bytes(launcher.head_dim_tile) : prefill_smem_bytes(launcher.head_dim_tile);
+  const size_t smem = sm90 ? prefill_sm90_smem_bytes(launcher.head_dim_tile, launcher.head_dim_v_tile)
+                           : prefill_smem_bytes(launcher.head_dim_tile);
   const int device_smem_limit = cached_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>(q.get_device());
   TORCH_CHECK(smem <= static_cast<size_t>(device_smem_limit), op, ": head dims (", shape.head_dim_qk, ", ",
               shape.head_dim_v, ") need ", smem, " bytes of shared memory per block; this GPU allows ",
@@ -262,7 +266,7 @@ cudaError_t launch_with(const Launcher& launcher, bool split_allowed, PrefillPar
   const int64_t items = slots * shape.num_qo_heads;
   p.split = no_tail_split(static_cast<int32_t>(items));
   if (sm90 && split_allowed && !shape.ragged && p.block_table == nullptr && !uneven_items) {
-    const int64_t block_n = prefill_sm90_block_n(launcher.head_dim_tile);
+    const int64_t block_n = prefill_sm90_block_n(launcher.head_dim_tile, launcher.head_dim_v_tile);
     p.split = plan_tail_split(items, sms, (shape.kv_len + block_n - 1) / block_n);
   }
   const int64_t tail_items = items - p.split.first_item;
@@ -280,9 +284,9 @@ cudaError_t launch_with(const Launcher& launcher, bool split_allowed, PrefillPar
     p.item_counter = p.split.claims > sms ? counters.data_ptr<int32_t>() : nullptr;
     p.split.arrivals = counters.data_ptr<int32_t>() + 1;
   }
-  if (tail_items > 0) {  // every piece's out (fp32, the tile's width) and lse, in its slot
+  if (tail_items > 0) {  // every piece's out (fp32, the tile's v width) and lse, in its slot
     const int64_t slots_total = tail_items * p.split.pieces;
-    const int64_t out_floats = slots_total * block_m * launcher.head_dim_tile;
+    const int64_t out_floats = slots_total * block_m * launcher.head_dim_v_tile;
     partials = at::empty({out_floats + slots_total * block_m}, q.options().dtype(at::kFloat));
     p.split.partial_out = partials.data_ptr<float>();
     p.split.partial_lse = p.split.partial_out + out_floats;

@@ -5,13 +5,14 @@ memory past each tensor's own head dim. CPU cases run in CI; the same cases run 
 from __future__ import annotations
 
 import math
+import re
 
 import pytest
 import torch
 
 import torch_attn
 from conftest import (HAS_GPU, check_against_reference, make_qkv, mask_kwargs, poison_cuda_allocator,
-                      poisoned_view, ragged_batch)
+                      poisoned_view, prefill_kernels_launched, ragged_batch)
 from test_paged import run_paged_case, wgmma_takes_page_size
 
 DEVICES = [pytest.param("cpu", id="cpu"),
@@ -101,3 +102,15 @@ def test_tail_split_with_a_narrower_v():
     q, k, v = make_qkv(1000, 4097, 8, 8, 192, torch.bfloat16, "cuda", head_dim_v=128)
     out, lse = run("cuda", q, k, v)
     check_against_reference(out, lse, q, k, v)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dims,tile", [((192, 128), "192, 128"), ((160, 96), "192, 128"), ((192, 192), "192, 192"),
+                                       ((128, 192), "192, 192"), ((128, 128), "128, 128")])
+def test_wgmma_kernel_picks_the_narrowest_tile(dims, tile, cuda_backend):
+    """MLA's (192, 128) runs on the wgmma tile whose P V is 128 wide, not on the 192-wide one."""
+    if cuda_backend != "sm90":
+        pytest.skip("the wgmma kernel's tiles")
+    q, k, v = make_qkv(300, 300, 4, 4, dims[0], torch.bfloat16, "cuda", head_dim_v=dims[1])
+    names = prefill_kernels_launched(lambda: torch_attn.prefill(q, k, v, causal=True))
+    assert names and all(re.search(rf"PrefillSm90Traits<[^,<>]+, {tile}>", name) for name in names), names

@@ -16,20 +16,20 @@ enum class ScalarKind { kFloat16, kBFloat16 };
 template <ScalarKind kKind, int kHeadDimTile>
 cudaError_t launch_prefill(const PrefillParams& params, cudaStream_t stream);
 
-/// The same for the Hopper kernel (kernels/sm90/prefill_kernel.cuh): compiled from every
-/// build, but with a body only for sm_90a; launch it only on compute capability 9.0
-/// from builds that include sm_90a code (TORCH_ATTN_HAS_SM90A).
-template <ScalarKind kKind, int kHeadDimTile>
+/// The same for the Hopper kernel (kernels/sm90/prefill_kernel.cuh), whose tiles may give V
+/// a narrower width: compiled from every build, but with a body only for sm_90a; launch it
+/// only on compute capability 9.0 from builds that include sm_90a code (TORCH_ATTN_HAS_SM90A).
+template <ScalarKind kKind, int kHeadDimTile, int kHeadDimVTile>
 cudaError_t launch_prefill_sm90(const PrefillParams& params, cudaStream_t stream);
 
 /// Query rows per CTA for a head-dim tile width (the host sizes the grid with it).
 int prefill_block_m(int head_dim_tile);
-int prefill_sm90_block_m(int head_dim_tile);
+int prefill_sm90_block_m(int head_dim_tile, int head_dim_v_tile);
 /// Keys per K/V tile of the wgmma kernel (the tail split counts tiles).
-int prefill_sm90_block_n(int head_dim_tile);
+int prefill_sm90_block_n(int head_dim_tile, int head_dim_v_tile);
 
 /// Shared memory one CTA needs, to check against the device's per-block limit.
 size_t prefill_smem_bytes(int head_dim_tile);
-size_t prefill_sm90_smem_bytes(int head_dim_tile);
+size_t prefill_sm90_smem_bytes(int head_dim_tile, int head_dim_v_tile);
 
 }  // namespace torch_attn

@@ -7,9 +7,9 @@
 
 namespace torch_attn {
 
-template <ScalarKind kKind, int kHeadDimTile>
+template <ScalarKind kKind, int kHeadDimTile, int kHeadDimVTile>
 cudaError_t launch_prefill_sm90(const PrefillParams& params, cudaStream_t stream) {
-  using Traits = PrefillSm90Traits<DTypeOf<kKind>, kHeadDimTile>;
+  using Traits = PrefillSm90Traits<DTypeOf<kKind>, kHeadDimTile, kHeadDimVTile>;
   // Tensor maps for the copy engine.
   Sm90TensorMaps maps{};
   constexpr bool kBf16 = kKind == ScalarKind::kBFloat16;
@@ -37,7 +37,7 @@ cudaError_t launch_prefill_sm90(const PrefillParams& params, cudaStream_t stream
     encoded = encoded && (params.kv_len == 0 || encode_kv(params.kv_len, batch, Traits::kBlockN));
   }
   if (!encoded) return cudaErrorNotSupported;  // the caller runs the mma.sync kernel instead
-  static std::atomic<uint64_t> smem_configured{0};  // one per (dtype, width) instantiation
+  static std::atomic<uint64_t> smem_configured{0};  // one per (dtype, widths) instantiation
   return launch_variant(smem_configured, Traits::kThreads, Traits::kSmemBytes, params, stream,
                         prefill_sm90_kernel<Traits, /*kSoftCap=*/true, /*kPaged=*/false>,
                         prefill_sm90_kernel<Traits, /*kSoftCap=*/false, /*kPaged=*/false>,
@@ -47,6 +47,6 @@ cudaError_t launch_prefill_sm90(const PrefillParams& params, cudaStream_t stream
 
 }  // namespace torch_attn
 
-#define TORCH_ATTN_INSTANTIATE_PREFILL_SM90(KIND, WIDTH)                                  \
-  template cudaError_t torch_attn::launch_prefill_sm90<torch_attn::ScalarKind::KIND, WIDTH>( \
+#define TORCH_ATTN_INSTANTIATE_PREFILL_SM90(KIND, WIDTH, V_WIDTH)                                  \
+  template cudaError_t torch_attn::launch_prefill_sm90<torch_attn::ScalarKind::KIND, WIDTH, V_WIDTH>( \
       const torch_attn::PrefillParams&, cudaStream_t);

@@ -68,8 +68,8 @@ template <class Traits, bool kOwnOutStage = !Traits::kOutThroughQ>
 struct Sm90Tiles {
   using DType = typename Traits::DType;
   DType q[Traits::kQStages][Traits::QTile::kElems];
-  DType k[Traits::kStages][Traits::KVTile::kElems];
-  DType v[Traits::kStages][Traits::KVTile::kElems];
+  DType k[Traits::kStages][Traits::KTile::kElems];
+  DType v[Traits::kStages][Traits::VTile::kElems];
   __device__ __forceinline__ DType* out_stage(int q_stage) { return q[q_stage]; }
 };
 template <class Traits>
@@ -90,7 +90,8 @@ template <class Traits, bool kSoftCap, bool kPaged>
 struct PrefillSm90Cta {
   using DType = typename Traits::DType;
   using QTile = typename Traits::QTile;
-  using KVTile = typename Traits::KVTile;
+  using KTile = typename Traits::KTile;
+  using VTile = typename Traits::VTile;
   using Barriers = Sm90Barriers<Traits::kStages, Traits::kQStages, Traits::kItemSlots>;
   static constexpr int kBlockN = Traits::kBlockN, kStages = Traits::kStages;
   static constexpr int kNFragsS = Traits::kNFragsS, kNFragsO = Traits::kNFragsO, kPFrags = Traits::kPFrags;
@@ -159,12 +160,12 @@ struct PrefillSm90Cta {
 
   // ---- producer (warpgroup 0, threads 0..127) ----
 
-  /// Writes zeros into rows [first_row, kBlockN) of a K/V tile (one warp, 16 bytes a lane).
+  /// Writes zeros into rows [first_row, kBlockN) of a V tile (one warp, 16 bytes a lane).
   __device__ __forceinline__ static void zero_rows_from(DType* tile, int first_row, int lane) {
-    const unsigned first = min(max(first_row, 0), kBlockN), chunks = (kBlockN - first) * KVTile::kChunksPerRow;
+    const unsigned first = min(max(first_row, 0), kBlockN), chunks = (kBlockN - first) * VTile::kChunksPerRow;
     for (unsigned i = lane; i < chunks; i += 32) {
-      const unsigned row = first + i / KVTile::kChunksPerRow, chunk = i % KVTile::kChunksPerRow;
-      *reinterpret_cast<uint4*>(tile + KVTile::offset(row, chunk * 8)) = make_uint4(0, 0, 0, 0);
+      const unsigned row = first + i / VTile::kChunksPerRow, chunk = i % VTile::kChunksPerRow;
+      *reinterpret_cast<uint4*>(tile + VTile::offset(row, chunk * 8)) = make_uint4(0, 0, 0, 0);
     }
   }
 
@@ -188,12 +189,13 @@ struct PrefillSm90Cta {
     const bool ragged = p.qo_indptr != nullptr;
     const int batch = ragged ? 0 : w.seq;
     const int kv_head = w.qo_head / p.group_size;
-    constexpr int kBlocks = Traits::kHeadDim / 64;
-    constexpr uint32_t kQBytes = QTile::kElems * sizeof(DType), kTileBytes = KVTile::kElems * sizeof(DType);
-    // Boxes of `rows` rows at tile row `row`, all column blocks.
-    auto load_rows = [&](DType* tile, int tile_block_elems, int row, const CUtensorMap& map, int head, int token,
-                         int box_batch, MBarrier& full) {
-      for (int b = 0; b < kBlocks; ++b) {
+    // This warp's tiles: K (and Q) for warp 0, V for warp 1.
+    using Tile = std::conditional_t<kLoadsV, VTile, KTile>;
+    constexpr uint32_t kQBytes = QTile::kElems * sizeof(DType), kTileBytes = Tile::kElems * sizeof(DType);
+    // Boxes of `rows` rows at tile row `row`, all `blocks` column blocks of 64.
+    auto load_rows = [&](DType* tile, int blocks, int tile_block_elems, int row, const CUtensorMap& map, int head,
+                         int token, int box_batch, MBarrier& full) {
+      for (int b = 0; b < blocks; ++b) {
         tma_load_box(tile + b * tile_block_elems + row * 64, map, b * 64, head, token, box_batch, full);
       }
     };
@@ -211,9 +213,12 @@ struct PrefillSm90Cta {
       if constexpr (kPaged) {
         __syncwarp();  // the byte count is posted before any box can complete
         const int row = lane * box_rows;
-        if (row < kBlockN) load_rows(tile, KVTile::kBlockElems, row, map, kv_head, (key0 + row) % p.page_size, page, full);
+        if (row < kBlockN) {
+          load_rows(tile, Tile::kHeadDim / 64, Tile::kBlockElems, row, map, kv_head, (key0 + row) % p.page_size, page,
+                    full);
+        }
       } else if (lane == 0) {
-        load_rows(tile, KVTile::kBlockElems, 0, map, kv_head, w.kv_start + key0, batch, full);
+        load_rows(tile, Tile::kHeadDim / 64, Tile::kBlockElems, 0, map, kv_head, w.kv_start + key0, batch, full);
       }
     };
     // Q waits for the consumers to be done with the Q stage's previous item (its last S,
@@ -224,8 +229,8 @@ struct PrefillSm90Cta {
       bar.q_empty[q_stage].wait(((items_done / Traits::kQStages) & 1) ^ 1);
       if (lane == 0) {
         arrive_expecting_bytes(bar.q_full[q_stage], kQBytes);
-        load_rows(smem.q[q_stage], QTile::kBlockElems, 0, maps.q, w.qo_head, w.q_start + w.q_row0, batch,
-                  bar.q_full[q_stage]);
+        load_rows(smem.q[q_stage], QTile::kHeadDim / 64, QTile::kBlockElems, 0, maps.q, w.qo_head,
+                  w.q_start + w.q_row0, batch, bar.q_full[q_stage]);
       }
     };
     const KvTileRange tiles = tile_range();
@@ -268,7 +273,7 @@ struct PrefillSm90Cta {
     for (int kk = 0; kk < Traits::kHeadDim / 16; ++kk) {
       // k-step kk: column block kk / 4, 32 bytes per 16 columns inside the 128-byte swizzled row
       const uint32_t q_step = (kk / 4) * QTile::kBlockBytes + (kk % 4) * 32;
-      const uint32_t k_step = (kk / 4) * KVTile::kBlockBytes + (kk % 4) * 32;
+      const uint32_t k_step = (kk / 4) * KTile::kBlockBytes + (kk % 4) * 32;
       wgmma_ss<kBlockN, DType>(s, advance_descriptor(q_desc, q_step), advance_descriptor(k_desc, k_step), kk > 0);
     }
   }
@@ -276,10 +281,10 @@ struct PrefillSm90Cta {
   /// O += P V for the V tile of `stage` (issued, not waited for).
   __device__ __forceinline__ void issue_pv(float (&o)[kNFragsO][4], const uint32_t (&pw)[kPFrags][4], int stage) const {
     // V is [keys][dims] with dims contiguous: MN-major for B = V (N = dims, K = keys).
-    const uint64_t v_desc = smem_descriptor(smem.v[stage], KVTile::kBlockBytes, 1024);
+    const uint64_t v_desc = smem_descriptor(smem.v[stage], VTile::kBlockBytes, 1024);
 #pragma unroll
     for (int kk = 0; kk < kPFrags; ++kk) {
-      wgmma_rs<Traits::kHeadDim, DType>(o, pw[kk], advance_descriptor(v_desc, kk * 16 * 128), 1);
+      wgmma_rs<Traits::kHeadDimV, DType>(o, pw[kk], advance_descriptor(v_desc, kk * 16 * 128), 1);
     }
   }
 

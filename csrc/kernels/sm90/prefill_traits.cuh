@@ -7,9 +7,10 @@
 
 namespace torch_attn {
 
-// Head-dim widths of the wgmma kernel; a head dim D runs on the smallest width >= D
-// (columns past D zero-filled), as on the mma.sync path.
-#define TORCH_ATTN_FOR_EACH_SM90_HEAD_DIM_TILE(X) X(64) X(128) X(192) X(256)
+// Head-dim tiles of the wgmma kernel as (q/k width, v width); a call runs on the narrowest
+// tile that holds both its head dims (columns past them zero-filled), as on the mma.sync path.
+// (192, 128): MLA prefill (DeepSeek-V3, Kimi-K2, GLM), whose P V is then 128 wide, not 192.
+#define TORCH_ATTN_FOR_EACH_SM90_HEAD_DIM_TILE(X) X(64, 64) X(128, 128) X(192, 128) X(192, 192) X(256, 256)
 
 /// One CTA: a producer warpgroup (two warps drive the copy engine) and kConsumerGroups
 /// consumer warpgroups of 64 query rows each (BM = 64 x groups). Per consumer thread,
@@ -47,11 +48,12 @@ template <> struct Sm90TileShape<192> { static constexpr int kBlockN = 64, kStag
 // fit) and 32 KB to stage out (see OutStageTile below).
 template <> struct Sm90TileShape<256> { static constexpr int kBlockN = 64, kStages = 2, kQStages = 1, kConsumerGroups = 2; static constexpr bool kPvWaitInNextStep = true, kWeightsAtCurrentMax = false; };
 
-template <typename DType_, int kHeadDimTile>
+template <typename DType_, int kHeadDimTile, int kHeadDimVTile = kHeadDimTile>
 struct PrefillSm90Traits {
   using DType = DType_;
-  using Shape = Sm90TileShape<kHeadDimTile>;
-  static constexpr int kHeadDim = kHeadDimTile;
+  using Shape = Sm90TileShape<kHeadDimTile>;  // (a narrower V only frees shared memory and registers)
+  static constexpr int kHeadDim = kHeadDimTile;    // of Q and K
+  static constexpr int kHeadDimV = kHeadDimVTile;  // of V and O
   static constexpr int kConsumerGroups = Shape::kConsumerGroups;
   static constexpr int kRowsPerGroup = 64;  // wgmma's M
   static constexpr int kBlockM = kRowsPerGroup * kConsumerGroups;
@@ -80,11 +82,12 @@ struct PrefillSm90Traits {
   static constexpr int kConsumerRegs = (kEntryRegs * kThreads - 128 * kProducerRegs) / (128 * kConsumerGroups) / 8 * 8;
 
   static constexpr int kNFragsS = kBlockN / 8;  // n8 key fragments of S per warp
-  static constexpr int kNFragsO = kHeadDim / 8;
+  static constexpr int kNFragsO = kHeadDimV / 8;
   static constexpr int kPFrags = kBlockN / 16;  // k16 steps of O += P V
 
   using QTile = SwizzledTile<kBlockM, kHeadDim>;
-  using KVTile = SwizzledTile<kBlockN, kHeadDim>;
+  using KTile = SwizzledTile<kBlockN, kHeadDim>;
+  using VTile = SwizzledTile<kBlockN, kHeadDimV>;
   // Where out is staged for its 16-byte stores (epilogue.cuh). With two Q tiles, through
   // the item's own Q tile: the next item's Q loads into the other. With one, through a
   // tile of its own, 128 columns at a time, so that the Q tile goes back to the producer
@@ -92,10 +95,12 @@ struct PrefillSm90Traits {
   // softmax, P V and the epilogue (through the Q tile, the next Q waited for all three:
   // its own tile made d256 S=1024 2.4% faster, causal 5.6%, S=4096 0.6%; H100, ncu at base clocks).
   static constexpr bool kOutThroughQ = kQStages > 1;
-  using OutStageTile = std::conditional_t<kOutThroughQ, QTile, SwizzledTile<kBlockM, (kHeadDim < 128 ? kHeadDim : 128)>>;
+  // (Through Q: out's kHeadDimV columns in the Q tile's memory, the QTile itself where the widths agree.)
+  using OutStageTile = SwizzledTile<kBlockM, (kOutThroughQ || kHeadDimV < 128 ? kHeadDimV : 128)>;
   static constexpr int kOutStageElems = kOutThroughQ ? 0 : OutStageTile::kElems;
+  static_assert(!kOutThroughQ || kHeadDimV <= kHeadDim, "out is staged in the Q tile");
   static constexpr size_t kTileBytes =
-      (kQStages * QTile::kElems + 2 * kStages * KVTile::kElems + kOutStageElems) * sizeof(DType);
+      (kQStages * QTile::kElems + kStages * (KTile::kElems + VTile::kElems) + kOutStageElems) * sizeof(DType);
   // 1024 bytes of slack: the swizzle atoms need 1024-byte-aligned tiles, and the
   // dynamic shared-memory base is only guaranteed 16-byte aligned.
   // The mbarriers after the tiles: Q full and empty, full / empty for the K and V of
@@ -108,7 +113,7 @@ struct PrefillSm90Traits {
   static constexpr size_t kSmemBytes = 1024 + kTileBytes + kBarrierBytes + kItemBytes * kItemSlots;
   static_assert(kSmemBytes <= 227 * 1024, "shared memory: at most 227 KB per CTA on sm_90");
 
-  static_assert(kConsumerRegs <= 256 && kConsumerRegs >= kHeadDim / 2 + kBlockN / 2 + kBlockN / 4,
+  static_assert(kConsumerRegs <= 256 && kConsumerRegs >= kHeadDimV / 2 + kBlockN / 2 + kBlockN / 4,
                 "register split: O, S and P fit the consumers' registers");
   static_assert(kBlockN % 16 == 0 && kBlockN <= 256, "wgmma N for S");
 };
