@@ -63,18 +63,20 @@ def spills_by_kernel(report: str) -> dict[str, int]:
 #     each, 32 for the producer): 20 bytes with the soft cap, 12 paged, 32 paged with the
 #     soft cap (the producer's per-item values, masked tiles), 4 with neither (the
 #     producer, on the ragged-batch path of finding an item);
+#   * wgmma, (192, 192) tile, paged: 8 bytes (the (192, 128) tile: none);
 #   * wgmma, head dim 256, paged: 4 bytes (a consumer's warp index, stored once and
 #     loaded once per item); with the soft cap 20 (the rescale factors that stay live from
 #     one tile step into the next, kPvWaitInNextStep, and the Q descriptor reloaded once
 #     per tile step; 48 in the commit whose soft-capped paged batch measured 313.0 against
 #     311.6 us without, H100, base clocks).
 # Mangled names: prefill_kernel / prefill_sm90_kernel<Traits, kSoftCap, kPaged> end in
-# "ELb<cap>ELb<paged>EEEv"; the traits name the head-dim tile ("Li64EEE").
+# "ELb<cap>ELb<paged>EEEv"; the traits name the head-dim tile ("Li64EEE"; the wgmma kernel's its q/k and v
+# widths, "Li192ELi128EEE": the q/k width keys the bounds).
 MMA_SYNC_PAGED_SPILL_BOUND = 128
 MMA_SYNC_DENSE_SPILL_BOUNDS = {128: 8}  # head-dim tile -> bytes; other dense mma.sync kernels: 0
 # (head-dim tile, soft cap, paged) -> bytes; other wgmma kernels: 0.
 WGMMA_SPILL_BOUNDS = {(64, False, False): 4, (64, True, False): 20, (64, False, True): 12, (64, True, True): 32,
-                      (256, False, True): 4, (256, True, True): 20}
+                      (192, False, True): 8, (192, True, True): 8, (256, False, True): 4, (256, True, True): 20}
 
 
 def soft_cap_and_paged(mangled: str) -> tuple[bool, bool]:
@@ -85,7 +87,7 @@ def soft_cap_and_paged(mangled: str) -> tuple[bool, bool]:
 
 def spill_bound(mangled: str) -> int:
     soft_cap, paged = soft_cap_and_paged(mangled)
-    tile = re.search(r"Li(\d+)EEE", mangled)
+    tile = re.search(r"Li(\d+)E(?:Li\d+E)?EE", mangled)
     assert tile, f"no head-dim tile in {mangled}"
     width = int(tile.group(1))
     if "PrefillSm90Traits" in mangled:

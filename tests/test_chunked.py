@@ -1,7 +1,8 @@
 """Chunked local attention (chunk_size, Llama 4): query i sees key j only if both lie in one chunk of
 chunk_size absolute key positions (bottom-right, as causal counts them), with causal, a window, a soft
-cap, sinks; dense, ragged and paged. Against the float64 reference on CPU (CI) and both CUDA kernels
-(marked); K/V tiles wholly outside every row's chunk are never read (poisoned with NaN)."""
+cap, sinks; dense, ragged and paged. Against the float64 reference on the CPU path (CI), where key blocks
+wholly outside every row's chunk are never read (poisoned with NaN). The CUDA kernels refuse chunk_size
+for now (a runtime branch for it made them spill; they need variants of their own)."""
 from __future__ import annotations
 
 import math
@@ -12,10 +13,9 @@ import torch
 import torch_attn
 from conftest import (HAS_GPU, check_against_reference, make_qkv, mask_kwargs, poison_cuda_allocator,
                       ragged_batch)
-from test_paged import run_paged_case, wgmma_takes_page_size
+from test_paged import run_paged_case
 
-DEVICES = [pytest.param("cpu", id="cpu"),
-           pytest.param("cuda", id="cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_GPU, reason="no GPU")])]
+DEVICES = [pytest.param("cpu", id="cpu")]
 MASKS = [dict(causal=True), dict(causal=False), dict(causal=True, window_left=90),
          dict(causal=True, logits_soft_cap=30.0)]
 CHUNKS = [1, 7, 64, 100, 128, 1000, 8192]
@@ -72,9 +72,7 @@ def test_ragged_batch(device):
 
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("page_size,layout", [(16, "NHD"), (64, "HND"), (48, "NHD")])
-def test_paged_cache(device, page_size, layout, cuda_backend):
-    if device == "cuda" and cuda_backend == "sm90" and not wgmma_takes_page_size(page_size):
-        pytest.skip("the wgmma kernel takes pages of 8, 16, 32, ... rows (test_paged covers the refusal)")
+def test_paged_cache(device, page_size, layout):
     run_paged_case(device, page_size, layout, [7, 65, 1, 300], [7, 300, 129, 1520], group=4, head_dim=128,
                    mask=dict(causal=True, chunk_size=256), dtype=torch.bfloat16)
 
@@ -91,3 +89,11 @@ def test_keys_outside_the_chunk_are_skipped(device, causal):
     ref_out, ref_lse = run(device, q[:], k[3072:].clone(), v[3072:].clone(), causal=causal)
     torch.testing.assert_close(out, ref_out, atol=2e-2, rtol=0)
     torch.testing.assert_close(lse, ref_lse, atol=2e-3, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not HAS_GPU, reason="no GPU")
+def test_cuda_refuses_chunks_by_name():
+    q, k, v = make_qkv(65, 65, 4, 2, 64, torch.bfloat16, "cuda")
+    with pytest.raises(ValueError, match="chunk_size > 0 \\(chunked attention\\) runs on CPU only"):
+        torch_attn.prefill(q, k, v, causal=True, chunk_size=16)

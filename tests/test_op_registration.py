@@ -56,7 +56,7 @@ def test_fake_tensors_on_cuda_device():
         out, lse = torch.ops.attn.prefill(q, k, k, causal=True)
         assert out.shape == q.shape and out.dtype == q.dtype and out.device.type == "cuda"
         assert lse.shape == (3, 100, 32) and lse.dtype == torch.float32
-        out, _ = torch.ops.attn.prefill(q, k, k[..., :64], causal=True, chunk_size=64)
+        out, _ = torch.ops.attn.prefill(q, k, k[..., :64], causal=True)
         assert out.shape == (3, 100, 32, 64)
         with pytest.raises(TypeError, match="float16 or bfloat16"):
             torch.ops.attn.prefill(q.float(), k.float(), k.float())

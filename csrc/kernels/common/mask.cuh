@@ -5,9 +5,6 @@
 //     j < kv_len                               (the sequence's keys)
 //     causal      -> j <= i + diag             (no key after the query's position)
 //     window >= 0 -> j >= i + diag - window    (sliding window of window_left keys)
-//     chunk > 0   -> floor(j / chunk) == floor((i + diag) / chunk)
-//                                              (chunked local attention, Llama 4: the
-//                                               query's chunk of absolute key positions)
 // For one query the visible keys are a single interval [begin, end), so the kernel
 // computes it once per row and masks each score by a select on a bit of the row's
 // seen scores (logits.cuh; only the end counts where the tile lies past every row's
@@ -28,20 +25,12 @@ struct VisibleKeys {
   int diag;  // kv_len - qo_len
   bool causal;
   int window_left;  // < 0: no window
-  int chunk_size;   // 0: no chunks
 
   /// The keys query `i` sees. int64 inside: i + diag - window_left may overflow int32.
-  /// Every bound grows with i (a chunk's start too), which KvTileRange relies on.
   __device__ __forceinline__ KeyInterval of_query(int i) const {
     const int64_t last = static_cast<int64_t>(i) + diag;  // the query's own position among the keys
     int64_t end = causal ? last + 1 : kv_len;
     int64_t begin = window_left >= 0 ? last - window_left : 0;
-    if (chunk_size > 0) {
-      // Floor division: with more queries than keys, the first queries' positions are negative.
-      const int64_t chunk_begin = (last >= 0 ? last / chunk_size : (last + 1) / chunk_size - 1) * chunk_size;
-      begin = begin > chunk_begin ? begin : chunk_begin;
-      end = end < chunk_begin + chunk_size ? end : chunk_begin + chunk_size;
-    }
     end = end < kv_len ? end : kv_len;
     begin = begin > 0 ? begin : 0;
     return {static_cast<int>(begin), static_cast<int>(end)};

@@ -54,11 +54,9 @@ struct PrefillParams {
   int32_t num_pages;
   int32_t max_pages;   // block_table columns
 
-  // Masks: bottom-right causal, sliding window (window_left < 0: none), chunked local
-  // attention (chunk_size 0: none; mask.cuh).
+  // Masks: bottom-right causal, sliding window (window_left < 0: none).
   bool causal;
   int32_t window_left;
-  int32_t chunk_size;
 
   // Logits: logit = cap > 0 ? cap * tanh(qk * pre_cap_scale) : qk, and the
   // softmax weight is exp2((logit - max) * logit_to_log2). Without a cap,

@@ -53,7 +53,7 @@ struct WorkItem {
 
   /// Which keys this item's queries see.
   __device__ __forceinline__ VisibleKeys visible_keys(const PrefillParams& p) const {
-    return {kv_len, kv_len - qo_len, p.causal, p.window_left, p.chunk_size};
+    return {kv_len, kv_len - qo_len, p.causal, p.window_left};
   }
 };
 
