@@ -56,9 +56,9 @@ def spills_by_kernel(report: str) -> dict[str, int]:
 # spill on sm_90a, except these, each bounded so that it cannot grow unnoticed (their
 # measured speed is in docs/perf-log.md):
 #   * mma.sync, paged: registers for page lookups; 68-84 bytes at head dim 128;
-#   * mma.sync, head dim 128 (on sm_90a; on sm_80, its target, it spills 12 bytes, 16-24
-#     before V had a head dim of its own): 12 bytes (8 before), per-item values stored once
-#     and reloaded between the loops over masked and unmasked tiles, never inside one;
+#   * mma.sync, head dim 128 (on sm_90a; on sm_80, its target, it spills 16-24 bytes, and
+#     did before): 8 bytes, per-item values stored once and reloaded between the loops
+#     over masked and unmasked tiles, never inside one;
 #   * wgmma, head dim 64: three consumer groups share the register file (160 registers
 #     each, 32 for the producer): 20 bytes with the soft cap, 12 paged, 32 paged with the
 #     soft cap (the producer's per-item values, masked tiles), 4 with neither (the
@@ -73,7 +73,7 @@ def spills_by_kernel(report: str) -> dict[str, int]:
 # "ELb<cap>ELb<paged>EEEv"; the traits name the head-dim tile ("Li64EEE"; the wgmma kernel's its q/k and v
 # widths, "Li192ELi128EEE": the q/k width keys the bounds).
 MMA_SYNC_PAGED_SPILL_BOUND = 128
-MMA_SYNC_DENSE_SPILL_BOUNDS = {128: 12}  # head-dim tile -> bytes; other dense mma.sync kernels: 0
+MMA_SYNC_DENSE_SPILL_BOUNDS = {128: 8}  # head-dim tile -> bytes; other dense mma.sync kernels: 0
 # (head-dim tile, soft cap, paged) -> bytes; other wgmma kernels: 0.
 WGMMA_SPILL_BOUNDS = {(64, False, False): 4, (64, True, False): 20, (64, False, True): 12, (64, True, True): 32,
                       (192, False, True): 8, (192, True, True): 8, (256, False, True): 4, (256, True, True): 20}

@@ -153,8 +153,11 @@ struct PrefillCta {
   const DType* v_gmem;
   const int32_t* pages;  // paged caches only: this sequence's block-table row
   int lane, warp_row0;  // warp_row0: the warp's first row in the query tile
-  int qk_chunks_valid;  // 16-byte chunks of real head dim: of q and k
-  int v_chunks_valid;   // of v and out
+
+  // 16-byte chunks of real head dim, of q and k and of v and out: read from the kernel's
+  // parameters at each use (kept in registers, the second count made ptxas spill more).
+  __device__ __forceinline__ int qk_chunks_valid() const { return p.head_dim_qk / 8; }
+  __device__ __forceinline__ int v_chunks_valid() const { return p.head_dim_v / 8; }
 
   /// Issues the cp.async copies of K (or V) tile `tile` into ring stage `stage`, of its
   /// first `chunks_valid` 16-byte chunks (the rest zero-filled).
@@ -265,13 +268,13 @@ struct PrefillCta {
         page_now = page_next;
         page_next = row_page_id(tile + 1, tile_end);
       }
-      load_kv(k_smem, k_gmem, p.k_strides, tile, stage, page_now, qk_chunks_valid);
+      load_kv(k_smem, k_gmem, p.k_strides, tile, stage, page_now, qk_chunks_valid());
     };
     auto issue_v = [&](int tile, int stage) {
-      load_kv(v_smem, v_gmem, p.v_strides, tile, stage, page_now, v_chunks_valid);
+      load_kv(v_smem, v_gmem, p.v_strides, tile, stage, page_now, v_chunks_valid());
     };
 
-    load_tile_or_zero<QTile, kThreads>(q_smem, q_gmem, p.q_strides.token, rows_valid, qk_chunks_valid);
+    load_tile_or_zero<QTile, kThreads>(q_smem, q_gmem, p.q_strides.token, rows_valid, qk_chunks_valid());
 #pragma unroll
     for (int stage = 0; stage < kStages; ++stage) {
       if (stage < num_tiles) issue_k(tile_begin + stage, stage);
@@ -331,7 +334,7 @@ struct PrefillCta {
     float lse[2 * kMFrags];
     softmax.finalize(o, p.logit_to_log2, lse);
     if (p.sinks != nullptr) OnlineSoftmax<kMFrags>::add_sink(o, lse, __ldg(p.sinks + w.qo_head));
-    store_warp_rows<QTile>(p, w, q_smem, warp_row0, lane, v_chunks_valid, o, lse);
+    store_warp_rows<QTile>(p, w, q_smem, warp_row0, lane, v_chunks_valid(), o, lse);
   }
 };
 
@@ -359,9 +362,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
       static_cast<const DType*>(params.v) + v_offset + kv_head * params.v_strides.head,
       kPaged ? work.block_table_row(params) : nullptr,
       lane,
-      (static_cast<int>(threadIdx.x) / 32) * Traits::kMFrags * 16,
-      params.head_dim_qk / 8,
-      params.head_dim_v / 8}
+      (static_cast<int>(threadIdx.x) / 32) * Traits::kMFrags * 16}
       .run();
 }
 
