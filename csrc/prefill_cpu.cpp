@@ -4,6 +4,7 @@
 #include <ATen/ATen.h>
 #include <algorithm>
 #include <limits>
+#include <tuple>
 #include <utility>
 #include "prefill.h"
 
@@ -90,16 +91,13 @@ void attend_sequence(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
     } else {
       logits = logits * scores.sm_scale;
     }
-    // Query i sees key j iff j <= i + diag (causal), j >= i + diag - window_left (window) and
-    // j lies in the chunk of i + diag (chunks, floor division).
-    const at::Tensor last = at::arange(row0, row0 + rows, keys.options()).unsqueeze(1) + diag;  // [rows, 1]
-    const at::Tensor block_keys = keys.narrow(0, key0, cols).unsqueeze(0);                      // [1, cols]
-    at::Tensor visible = at::ones({rows, cols}, keys.options().dtype(at::kBool));
-    if (scores.causal) visible = visible & (block_keys <= last);
-    if (scores.window_left >= 0) visible = visible & (block_keys >= last - scores.window_left);
-    if (scores.chunk_size > 0) {
-      visible = visible & (at::div(block_keys, scores.chunk_size, "floor") == at::div(last, scores.chunk_size, "floor"));
+    // Each row sees one interval of keys (visible_keys, the masks' one definition here).
+    at::Tensor begin = at::empty({rows, 1}, keys.options()), end = at::empty({rows, 1}, keys.options());
+    for (int64_t r = 0; r < rows; ++r) {
+      std::tie(begin.data_ptr<int64_t>()[r], end.data_ptr<int64_t>()[r]) = scores.visible_keys(row0 + r, diag, kv_len);
     }
+    const at::Tensor block_keys = keys.narrow(0, key0, cols).unsqueeze(0);  // [1, cols]
+    const at::Tensor visible = (block_keys >= begin) & (block_keys < end);
     logits = at::where(visible, logits, -std::numeric_limits<float>::infinity());  // select, never add
 
     const at::Tensor row_max = std::get<0>(logits.max(-1, /*keepdim=*/true));
