@@ -24,10 +24,12 @@ def test_ragged_segments_from_padding():
     assert qo.tolist() == [0, 0, 2, 2, 2, 4, 4, 4, 4, 6]
 
 
-def test_ragged_segments_cut_at_a_split():
-    """The valid tokens of each row in two segments, cut at split (clamped into them)."""
+def test_ragged_segments_cut_at_a_chunk_end():
+    """The valid tokens of each row in two segments, cut where the row's first chunk ends (clamped into
+    them): chunks of 8, row 0's first real key at position 5 + 2 (cut after 1 key), row 1's at 1 (the cut,
+    7 keys on, lies past its 5 tokens)."""
     padding = torch.tensor([[0, 0, 1, 1, 1], [1, 1, 1, 1, 1]], dtype=torch.bool)
-    qo, kv = integration.ragged_segments(padding, q_length=3, split=torch.tensor([3, 9]))
+    qo, kv = integration.ragged_segments(padding, q_length=3, chunk_size=8, key_positions=torch.tensor([5, 1]))
     assert kv.tolist() == [0, 2, 3, 5, 5, 5, 10, 10, 10]
     assert qo.tolist() == [0, 0, 1, 3, 3, 3, 6, 6, 6]
 

@@ -116,19 +116,23 @@ def padding_mask(batch_size, q_length, kv_length, q_offset=0, kv_offset=0, mask_
     return padding
 
 
-def ragged_segments(padding: torch.Tensor, q_length: int, split: torch.Tensor | None = None
-                    ) -> tuple[torch.Tensor, torch.Tensor]:
+def ragged_segments(padding: torch.Tensor, q_length: int, chunk_size: int = 0,
+                    key_positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """padding [B, Skv] bool (True = a real token) -> (qo_indptr, kv_indptr), int32 on the
     mask's device: per row the segments (padding before, valid tokens, padding after) of the
-    flattened [B * Sq] queries and [B * Skv] keys, 3B + 1 entries. With `split` [B] (a key
-    index per row), the valid tokens are cut there into two segments, 4B + 1 entries.
-    Device ops only."""
+    flattened [B * Sq] queries and [B * Skv] keys, 3B + 1 entries. With chunk_size > 0 and
+    key_positions [B] (the model's position of each row's key 0), the valid tokens are cut
+    where their first chunk ends, 4B + 1 entries: the op counts a segment's chunks from its
+    first key, so each part's chunks then start where the model's do. Device ops only."""
     batch, kv_length = padding.shape
     valid = padding.sum(-1)
     start = torch.where(valid > 0, padding.int().argmax(-1), torch.zeros_like(valid))  # first real token
     end = start + valid
     offset = kv_length - q_length  # the queries are the last q_length key positions
-    bounds = [start, end] if split is None else [start, torch.minimum(torch.maximum(split, start), end), end]
+    bounds = [start, end]
+    if chunk_size > 0:
+        split = start + (chunk_size - (key_positions.to(start.device) + start) % chunk_size) % chunk_size
+        bounds = [start, torch.minimum(split, end), end]
     kv_ends = torch.stack([*bounds, torch.full_like(start, kv_length)], dim=-1)
     q_ends = (kv_ends - offset).clamp(0, q_length)
     kv_lens = torch.diff(kv_ends, dim=-1, prepend=torch.zeros_like(start)[:, None]).reshape(-1)
@@ -162,21 +166,16 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
                    logits_soft_cap=float(softcap or 0.0), sinks=s_aux)
     batch, num_qo_heads, q_length, head_dim = query.shape
     kv_length, num_kv_heads, head_dim_v = key.shape[2], key.shape[1], value.shape[-1]  # MLA: head_dim_v differs
-    split = None
+    segment_options = {}
     if isinstance(attention_mask, ChunkedMask):
-        # The op counts a row's key positions from its first real key in the cache; transformers
-        # from the row's first real token. Where those differ (the cache dropped keys: kv_offset >
-        # left_padding) by a shift that is not a whole number of chunks, the row is cut where its
-        # first chunk ends, so that each part's chunks start where the model's do.
-        chunk = attention_mask.chunk_size
-        options["chunk_size"] = chunk
-        padding = attention_mask.padding
-        if padding is None:
-            padding = torch.ones(batch, kv_length, dtype=torch.bool, device=query.device)
-        first_real = torch.where(padding.any(-1), padding.int().argmax(-1), 0)
-        shift = attention_mask.kv_offset + first_real - attention_mask.left_padding.to(first_real.device)
-        split = first_real + (chunk - shift.clamp(min=0) % chunk) % chunk
-        attention_mask = padding
+        # transformers counts positions from each row's first real token, and the cache holds
+        # keys from kv_offset on (ragged_segments aligns the op's chunks to that).
+        options["chunk_size"] = attention_mask.chunk_size
+        segment_options = dict(chunk_size=attention_mask.chunk_size,
+                               key_positions=attention_mask.kv_offset - attention_mask.left_padding)
+        attention_mask = attention_mask.padding
+        if attention_mask is None:
+            attention_mask = torch.ones(batch, kv_length, dtype=torch.bool, device=query.device)
     q, k, v = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)  # [B, S, H, D] views
     if cu_seq_lens_q is not None or cu_seq_lens_k is not None:
         # FlashAttention's packed format: one row of packed sequences, their boundaries given.
@@ -191,7 +190,7 @@ def attention_forward(module, query, key, value, attention_mask, scaling=None, d
     if attention_mask.dim() != 2:
         raise ValueError(f"torch_attn attention takes the 2-D padding mask of its own mask interface or None, got a "
                          f"{attention_mask.dim()}-D mask: load the model with attn_implementation='torch_attn'")
-    qo_indptr, kv_indptr = ragged_segments(attention_mask.bool(), q_length, split)
+    qo_indptr, kv_indptr = ragged_segments(attention_mask.bool(), q_length, **segment_options)
     out = torch_attn.prefill(q.reshape(batch * q_length, num_qo_heads, head_dim),
                              k.reshape(batch * kv_length, num_kv_heads, head_dim),
                              v.reshape(batch * kv_length, num_kv_heads, head_dim_v),
