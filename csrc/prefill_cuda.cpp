@@ -147,8 +147,8 @@ TokenHeadStrides lse_strides_of(const at::Tensor& lse, bool batched) {
 
 /// The parameters both ops share: q, outputs, heads, scale and mask.
 PrefillParams common_params(const at::Tensor& q, const at::Tensor& out, const at::Tensor& lse,
-                            const PrefillShape& shape, bool causal, int64_t window_left, double logits_soft_cap,
-                            const at::Tensor& sinks) {
+                            const PrefillShape& shape, bool causal, int64_t window_left, int64_t chunk_size,
+                            double logits_soft_cap, const at::Tensor& sinks) {
   const bool batched = q.dim() == 4;
   PrefillParams p{};
   p.q = q.data_ptr();
@@ -167,6 +167,8 @@ PrefillParams common_params(const at::Tensor& q, const at::Tensor& out, const at
   p.causal = causal;
   // Past qo_len + kv_len a window hides nothing; clamping keeps the kernel's int math small.
   p.window_left = static_cast<int32_t>(std::min<int64_t>(window_left, int64_t{1} << 30));
+  p.chunk_size = static_cast<int32_t>(chunk_size);
+  p.chunk_rcp = chunk_size > 0 ? static_cast<float>(1.0 / static_cast<double>(chunk_size)) : 0.f;
   const double log2e = 1.4426950408889634;
   p.soft_cap = static_cast<float>(logits_soft_cap);
   p.pre_cap_scale = logits_soft_cap > 0 ? static_cast<float>(shape.sm_scale / logits_soft_cap) : 0.f;
@@ -249,7 +251,9 @@ cudaError_t launch_with(const Launcher& launcher, bool split_allowed, PrefillPar
       1, shape.kv_len * (shape.head_dim_qk + shape.head_dim_v) * 2 * shape.num_kv_heads / shape.num_qo_heads);
   const int64_t l2_budget = cached_attribute<cudaDevAttrL2CacheSize>(q.get_device()) / 4;
   const int sms = cached_attribute<cudaDevAttrMultiProcessorCount>(q.get_device());
-  const bool uneven_items = p.causal || (p.window_left >= 0 && p.window_left < shape.kv_len);
+  // Chunks hide nothing only where every query lies at or after key 0 and one chunk holds every key.
+  const bool chunks_hide = p.chunk_size > 0 && (shape.qo_len > shape.kv_len || p.chunk_size < shape.kv_len);
+  const bool uneven_items = p.causal || (p.window_left >= 0 && p.window_left < shape.kv_len) || chunks_hide;
   const int64_t min_pairs = uneven_items ? sms / 8 : 1;
   const int64_t grouped = std::clamp<int64_t>(std::max(l2_budget / kv_bytes_per_pair, min_pairs), 1, pairs);
   p.pairs_per_group = static_cast<int32_t>(sm90 ? grouped : pairs);
@@ -310,16 +314,16 @@ void launch(const LaunchPlan& plan, PrefillParams& p, const PrefillShape& shape,
 /// backend shares), then the launch plan: all of it before anything is allocated or queued.
 LaunchPlan checked_cuda_plan(const char* op, const PrefillShape& shape, const at::Tensor& q,
                              std::initializer_list<std::pair<const char*, const at::Tensor&>> key_values,
-                             int64_t chunk_size) {
+                             int64_t chunk_size, double logits_soft_cap) {
   TORCH_CHECK_TYPE(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16, op,
                    ": on CUDA, q, k and v must be float16 or bfloat16 (float32 runs on CPU only), got ",
                    dtype_name(q.scalar_type()));
   check_cuda_layout(op, "q", q);
   for (const auto& [name, t] : key_values) check_cuda_layout(op, name, t);
-  // A runtime chunk branch in the kernels' mask code made ptxas spill in both kernels (up to 172
-  // bytes, where they spilled 0-32): chunks need kernel variants of their own first.
-  TORCH_CHECK_VALUE(chunk_size == 0, op, ": chunk_size > 0 (chunked attention) runs on CPU only for now; the CUDA "
-                    "kernels do not take it yet, got chunk_size ", chunk_size);
+  // The kernels build chunked variants without the cap (launch_utils.cuh): no model has both.
+  TORCH_CHECK_VALUE(chunk_size == 0 || logits_soft_cap == 0, op, ": on CUDA, chunk_size and logits_soft_cap do not "
+                    "combine (the kernels have no variant with both; the CPU path runs it), got chunk_size ",
+                    chunk_size, " and logits_soft_cap ", logits_soft_cap);
   return plan_launch(op, shape, q);
 }
 
@@ -331,7 +335,7 @@ PrefillResult prefill_cuda(const at::Tensor& q, const at::Tensor& k, const at::T
                            double logits_soft_cap, const c10::optional<at::Tensor>& sinks) {
   const PrefillShape shape =
       check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chunk_size, logits_soft_cap);
-  const LaunchPlan plan = checked_cuda_plan("attn.prefill", shape, q, {{"k", k}, {"v", v}}, chunk_size);
+  const LaunchPlan plan = checked_cuda_plan("attn.prefill", shape, q, {{"k", k}, {"v", v}}, chunk_size, logits_soft_cap);
   // Last: for bf16/fp16 sinks this queues a cast.
   const at::Tensor sink_logits = checked_sinks("attn.prefill", sinks, q, shape.num_qo_heads);
 
@@ -339,7 +343,7 @@ PrefillResult prefill_cuda(const at::Tensor& q, const at::Tensor& k, const at::T
   auto [out, lse] = allocate_prefill_outputs(q, shape.head_dim_v);
   if (out.numel() == 0 || shape.num_seqs == 0) return {out, lse};
 
-  PrefillParams p = common_params(q, out, lse, shape, causal, window_left, logits_soft_cap, sink_logits);
+  PrefillParams p = common_params(q, out, lse, shape, causal, window_left, chunk_size, logits_soft_cap, sink_logits);
   const bool batched = q.dim() == 4;
   p.k = k.data_ptr();
   p.v = v.data_ptr();
@@ -360,14 +364,15 @@ PrefillResult prefill_paged_cuda(const at::Tensor& q, const at::Tensor& k_cache,
                                                     sm_scale, window_left, chunk_size, logits_soft_cap);
   const LaunchPlan plan =
       checked_cuda_plan("attn.prefill_paged", paged.common, q, {{"k_cache", k_cache}, {"v_cache", v_cache}},
-                        chunk_size);
+                        chunk_size, logits_soft_cap);
   const at::Tensor sink_logits = checked_sinks("attn.prefill_paged", sinks, q, paged.common.num_qo_heads);
 
   const c10::cuda::CUDAGuard device_guard(q.device());
   auto [out, lse] = allocate_prefill_outputs(q, paged.common.head_dim_v);
   if (out.numel() == 0 || paged.common.num_seqs == 0) return {out, lse};
 
-  PrefillParams p = common_params(q, out, lse, paged.common, causal, window_left, logits_soft_cap, sink_logits);
+  PrefillParams p = common_params(q, out, lse, paged.common, causal, window_left, chunk_size, logits_soft_cap,
+                                  sink_logits);
   p.k = k_cache.data_ptr();
   p.v = v_cache.data_ptr();
   // A page plays the part of a batch entry and a slot that of a token; NHD and HND differ only here.

@@ -65,10 +65,6 @@ ZOO = {
                                                     attention_chunk_size=8, num_local_experts=2),
 }
 
-# What runs on the CPU path only, and the words of the CUDA path's refusal.
-CPU_ONLY = {"llama4": "chunk_size > 0 \\(chunked attention\\) runs on CPU only"}
-
-
 def model_pair(name, device):
     torch.manual_seed(0)
     ours = transformers.AutoModelForCausalLM.from_config(ZOO[name](), attn_implementation=integration.NAME)
@@ -104,22 +100,10 @@ def counting_attention(monkeypatch):
     return calls
 
 
-def refused_on_cuda(name, device) -> bool:
-    """Whether the model is one the CUDA path refuses (CPU_ONLY); if so, checks that it does, by name."""
-    if name not in CPU_ONLY or device != "cuda":
-        return False
-    ours, _ = model_pair(name, device)
-    with torch.no_grad(), pytest.raises(ValueError, match=CPU_ONLY[name]):
-        ours(input_ids=batch(device, padded=False)[0])
-    return True
-
-
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("padded", [False, True], ids=["unpadded", "left-padded"])
 @pytest.mark.parametrize("name", list(ZOO))
 def test_logits_match_eager(name, padded, device, monkeypatch):
-    if refused_on_cuda(name, device):
-        return
     calls = counting_attention(monkeypatch)
     ours, ref = model_pair(name, device)
     ids, mask = batch(device, padded)
@@ -148,8 +132,6 @@ def test_generate_matches_eager(name, device):
     drop keys) over a left-padded batch. In float32 (CPU) the tokens equal eager's. In bf16 a tiny
     random model's top logits lie within rounding of each other, so there each token ours picks must
     be a top choice of eager in float32 on the same sequence, within twice eager bf16's own error."""
-    if refused_on_cuda(name, device):
-        return
     ours, ref = model_pair(name, device)
     ids, mask = batch(device, padded=True)
     new_tokens = 6

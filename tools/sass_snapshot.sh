@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # SASS of every instantiation (sm_90a and sm_80) into DIR (tools/sass_snapshot.sh DIR): the proof that a
-# mechanical change changes no machine code (diff two snapshots).
+# mechanical change changes no machine code (tools/sass_compare.py BEFORE AFTER).
 set -euo pipefail
 out=$1; mkdir -p $out; cd "$(dirname "$0")/.."
 nvcc=${CUDA_HOME:-/usr/local/cuda}/bin/nvcc

@@ -57,8 +57,8 @@ def _check_head_dims(op: str, v_name: str, head_dim_qk, head_dim_v) -> None:
                                f"got {head_dim_v}")
 
 
-def check_cuda_args(op: str, q: torch.Tensor, tensors: dict[str, torch.Tensor], chunk_size) -> None:
-    """The CUDA kernels' own demands: half-precision inputs, rows starting 16-byte aligned
+def check_cuda_args(op: str, q: torch.Tensor, tensors: dict[str, torch.Tensor], chunk_size, logits_soft_cap) -> None:
+    """The CUDA kernels' own demands: half-precision inputs, rows starting 16-byte aligned, chunks without a soft cap
     (a fake tensor has no address: its storage is taken to start aligned, as the caching
     allocator's blocks do)."""
     if q.device.type != "cuda":
@@ -73,8 +73,10 @@ def check_cuda_args(op: str, q: torch.Tensor, tensors: dict[str, torch.Tensor], 
         torch._check_value(aligned, lambda: f"{op}: on CUDA, {name} must start 16-byte aligned and have strides that "
                                             f"are multiples of 8 elements (every row 16-byte aligned), got strides "
                                             f"{list(t.stride())} and storage offset {t.storage_offset()}")
-    torch._check_value(chunk_size == 0, lambda: f"{op}: chunk_size > 0 (chunked attention) runs on CPU only for now; "
-                                                f"the CUDA kernels do not take it yet, got chunk_size {chunk_size}")
+    torch._check_value(chunk_size == 0 or logits_soft_cap == 0,
+                       lambda: f"{op}: on CUDA, chunk_size and logits_soft_cap do not combine (the kernels have no "
+                               f"variant with both; the CPU path runs it), got chunk_size {chunk_size} and "
+                               f"logits_soft_cap {_num(logits_soft_cap)}")
 
 
 def _check_indptr(name: str, indptr: torch.Tensor, q: torch.Tensor) -> None:
@@ -141,7 +143,7 @@ def check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chu
                        and num_seqs < _INT32_LIMIT,
                        lambda: f"{op}: at most 2^31 - 1 tokens, heads and sequences in q and in k/v, got q shape "
                                f"{_shape(q)} and k shape {_shape(k)}")
-    check_cuda_args(op, q, {"q": q, "k": k, "v": v}, chunk_size)
+    check_cuda_args(op, q, {"q": q, "k": k, "v": v}, chunk_size, logits_soft_cap)
     check_sinks(op, sinks, q, num_qo_heads)
 
 
@@ -222,7 +224,7 @@ def check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_len
                                f"heads, sequences and pages, got q shape {_shape(q)}, k_cache shape {_shape(k_cache)} "
                                f"and block_table shape {_shape(block_table)}")
     check_mask_args(op, head_dim, sm_scale, window_left, chunk_size, logits_soft_cap)
-    check_cuda_args(op, q, {"q": q, "k_cache": k_cache, "v_cache": v_cache}, chunk_size)
+    check_cuda_args(op, q, {"q": q, "k_cache": k_cache, "v_cache": v_cache}, chunk_size, logits_soft_cap)
     check_sinks(op, sinks, q, q.shape[1])
 
 

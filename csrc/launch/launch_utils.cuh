@@ -33,20 +33,29 @@ cudaError_t allow_smem_once(std::atomic<uint64_t>& configured, size_t bytes, Ker
   return cudaSuccess;
 }
 
-/// Launches the variant of a kernel that `params` needs: soft cap or not (a tanh
-/// per score), paged cache or not (addresses). One CTA per query-tile slot and head
+/// Launches the variant of a kernel that `params` needs: soft cap or not (a tanh per
+/// score), paged cache or not (addresses), chunks or not (per-row chunk bounds, which
+/// made the other variants spill). kernel_of(soft_cap, paged, chunked), each a
+/// std::bool_constant, names a variant; chunks come without a soft cap (the host
+/// refuses the pair), so six are built. One CTA per query-tile slot and head
 /// (params.split.claims: the wgmma kernel may split some of them into pieces).
 /// params.max_ctas > 0: a persistent grid of at most that many CTAs. `extra`: further
 /// kernel arguments after the parameters.
-template <class Kernel, class... Extra>
+template <class KernelOf, class... Extra>
 cudaError_t launch_variant(std::atomic<uint64_t>& smem_configured, int threads, size_t smem_bytes,
-                           const PrefillParams& params, cudaStream_t stream, Kernel with_cap, Kernel without_cap,
-                           Kernel paged_with_cap, Kernel paged_without_cap, const Extra&... extra) {
-  const cudaError_t err =
-      allow_smem_once(smem_configured, smem_bytes, with_cap, without_cap, paged_with_cap, paged_without_cap);
+                           const PrefillParams& params, cudaStream_t stream, KernelOf kernel_of, const Extra&... extra) {
+  using Yes = std::true_type;
+  using No = std::false_type;
+  const auto with_cap = kernel_of(Yes{}, No{}, No{}), without_cap = kernel_of(No{}, No{}, No{});
+  const auto paged_with_cap = kernel_of(Yes{}, Yes{}, No{}), paged_without_cap = kernel_of(No{}, Yes{}, No{});
+  const auto chunked = kernel_of(No{}, No{}, Yes{}), paged_chunked = kernel_of(No{}, Yes{}, Yes{});
+  const cudaError_t err = allow_smem_once(smem_configured, smem_bytes, with_cap, without_cap, paged_with_cap,
+                                          paged_without_cap, chunked, paged_chunked);
   if (err != cudaSuccess) return err;
   const bool soft_cap = params.soft_cap > 0.f, paged = params.block_table != nullptr;
-  const Kernel kernel = paged ? (soft_cap ? paged_with_cap : paged_without_cap) : (soft_cap ? with_cap : without_cap);
+  const auto kernel = params.chunk_size > 0 ? (paged ? paged_chunked : chunked)
+                      : paged               ? (soft_cap ? paged_with_cap : paged_without_cap)
+                                            : (soft_cap ? with_cap : without_cap);
   // A CTA per claim (a work item, or a piece of the wgmma kernel's tail: tail_split.h).
   const unsigned claims = static_cast<unsigned>(params.split.claims);
   const unsigned max_ctas = static_cast<unsigned>(params.max_ctas);

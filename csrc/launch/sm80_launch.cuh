@@ -11,10 +11,10 @@ cudaError_t launch_prefill(const PrefillParams& params, cudaStream_t stream) {
   using Traits = PrefillTraits<DTypeOf<kKind>, kHeadDimTile>;
   static std::atomic<uint64_t> smem_configured{0};  // one per (dtype, width) instantiation
   return launch_variant(smem_configured, Traits::kThreads, Traits::kSmemBytes, params, stream,
-                        prefill_kernel<Traits, /*kSoftCap=*/true, /*kPaged=*/false>,
-                        prefill_kernel<Traits, /*kSoftCap=*/false, /*kPaged=*/false>,
-                        prefill_kernel<Traits, /*kSoftCap=*/true, /*kPaged=*/true>,
-                        prefill_kernel<Traits, /*kSoftCap=*/false, /*kPaged=*/true>);
+                        [](auto soft_cap, auto paged, auto chunked) {
+                          return prefill_kernel<Traits, decltype(soft_cap)::value, decltype(paged)::value,
+                                                decltype(chunked)::value>;
+                        });
 }
 
 }  // namespace torch_attn

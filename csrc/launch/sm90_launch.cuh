@@ -38,11 +38,12 @@ cudaError_t launch_prefill_sm90(const PrefillParams& params, cudaStream_t stream
   }
   if (!encoded) return cudaErrorNotSupported;  // the caller runs the mma.sync kernel instead
   static std::atomic<uint64_t> smem_configured{0};  // one per (dtype, widths) instantiation
-  return launch_variant(smem_configured, Traits::kThreads, Traits::kSmemBytes, params, stream,
-                        prefill_sm90_kernel<Traits, /*kSoftCap=*/true, /*kPaged=*/false>,
-                        prefill_sm90_kernel<Traits, /*kSoftCap=*/false, /*kPaged=*/false>,
-                        prefill_sm90_kernel<Traits, /*kSoftCap=*/true, /*kPaged=*/true>,
-                        prefill_sm90_kernel<Traits, /*kSoftCap=*/false, /*kPaged=*/true>, maps);
+  return launch_variant(
+      smem_configured, Traits::kThreads, Traits::kSmemBytes, params, stream,
+      [](auto soft_cap, auto paged, auto chunked) {
+        return prefill_sm90_kernel<Traits, decltype(soft_cap)::value, decltype(paged)::value, decltype(chunked)::value>;
+      },
+      maps);
 }
 
 }  // namespace torch_attn

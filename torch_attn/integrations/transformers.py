@@ -20,8 +20,7 @@ What the attention interface hands over, and how it maps onto the op:
     This assumes what left- and right-padded batches look like: one contiguous run of
     valid tokens per row, ending where the queries end (left padding; right padding
     when Sq == Skv).
-  - Chunked layers (Llama 4's attention_chunk_size; the op takes chunks on its CPU path only
-    for now, and CUDA refuses them by name): the mask interface finds the chunked
+  - Chunked layers (Llama 4's attention_chunk_size): the mask interface finds the chunked
     overlay in the mask function and hands over a ChunkedMask; the op's chunk_size then
     counts positions from each row's first real key, transformers from the row's first
     token. Where the cache dropped keys (kv_offset) by a shift that is not whole chunks,

@@ -5,6 +5,8 @@
 //     j < kv_len                               (the sequence's keys)
 //     causal      -> j <= i + diag             (no key after the query's position)
 //     window >= 0 -> j >= i + diag - window    (sliding window of window_left keys)
+//     chunk > 0   -> j / chunk == (i + diag) / chunk  (chunked attention, floor division:
+//                    a query before key 0 sees nothing)
 // For one query the visible keys are a single interval [begin, end), so the kernel
 // computes it once per row and masks each score by a select on a bit of the row's
 // seen scores (logits.cuh; only the end counts where the tile lies past every row's
@@ -25,12 +27,39 @@ struct VisibleKeys {
   int diag;  // kv_len - qo_len
   bool causal;
   int window_left;  // < 0: no window
+  // Chunks (chunk_size 0: none). chunk_base is the first key of the chunk holding the work
+  // item's first query (position 0 where that lies before key 0): every row the item asks
+  // about lies at most chunk_size + 256 positions past it, so a float quotient of the
+  // distance is off by at most one, and one integer step makes it exact — a handful of
+  // instructions per row where an integer division is some twenty (and registers).
+  int chunk_size;
+  int chunk_base;
+  float chunk_rcp;  // 1 / chunk_size
+
+  /// The first key of the chunk holding the key `distance` positions past chunk_base.
+  __host__ __device__ __forceinline__ uint32_t chunk_start(uint32_t distance) const {
+    const uint32_t size = static_cast<uint32_t>(chunk_size);
+    const uint32_t quotient = static_cast<uint32_t>(static_cast<float>(distance) * chunk_rcp);
+    uint32_t start = quotient * size;  // <= distance + size < 2^32
+    if (start > distance) start -= size;
+    else if (distance - start >= size) start += size;
+    return static_cast<uint32_t>(chunk_base) + start;  // <= the query's position < 2^31 + 256
+  }
 
   /// The keys query `i` sees. int64 inside: i + diag - window_left may overflow int32.
-  __device__ __forceinline__ KeyInterval of_query(int i) const {
+  __host__ __device__ __forceinline__ KeyInterval of_query(int i) const {
     const int64_t last = static_cast<int64_t>(i) + diag;  // the query's own position among the keys
     int64_t end = causal ? last + 1 : kv_len;
     int64_t begin = window_left >= 0 ? last - window_left : 0;
+    if (chunk_size > 0) {
+      // Every position >= 0 the item asks about lies at or after chunk_base; a query before
+      // key 0 is taken at key 0 (within reach of chunk_base) and sees nothing.
+      const uint32_t position = static_cast<uint32_t>(last > 0 ? last : 0);
+      const uint32_t chunk_begin = chunk_start(position - static_cast<uint32_t>(chunk_base));
+      const int64_t chunk_end = last >= 0 ? static_cast<int64_t>(chunk_begin) + chunk_size : 0;
+      begin = begin > chunk_begin ? begin : chunk_begin;
+      end = end < chunk_end ? end : chunk_end;
+    }
     end = end < kv_len ? end : kv_len;
     begin = begin > 0 ? begin : 0;
     return {static_cast<int>(begin), static_cast<int>(end)};

@@ -54,9 +54,12 @@ struct PrefillParams {
   int32_t num_pages;
   int32_t max_pages;   // block_table columns
 
-  // Masks: bottom-right causal, sliding window (window_left < 0: none).
+  // Masks: bottom-right causal, sliding window (window_left < 0: none), chunks of
+  // chunk_size key positions (0: none; chunk_rcp = 1 / chunk_size, mask.cuh).
   bool causal;
   int32_t window_left;
+  int32_t chunk_size;
+  float chunk_rcp;
 
   // Logits: logit = cap > 0 ? cap * tanh(qk * pre_cap_scale) : qk, and the
   // softmax weight is exp2((logit - max) * logit_to_log2). Without a cap,

@@ -51,9 +51,20 @@ struct WorkItem {
     return p.block_table + seq * p.block_table_stride;
   }
 
-  /// Which keys this item's queries see.
+  /// Which keys this item's queries see. Chunks only in the kernels' chunked variants: the
+  /// chunk arithmetic per row in every variant made ptxas spill (hoisted 64-bit positions).
+  template <bool kChunked>
   __device__ __forceinline__ VisibleKeys visible_keys(const PrefillParams& p) const {
-    return {kv_len, kv_len - qo_len, p.causal, p.window_left};
+    VisibleKeys keys{kv_len, kv_len - qo_len, p.causal, p.window_left, 0, 0, 0.f};
+    if constexpr (kChunked) {  // chunk_size > 0 here (launch_variant)
+      keys.chunk_size = p.chunk_size;
+      keys.chunk_rcp = p.chunk_rcp;
+      // The chunk of the first row's position, clamped to [0, 2^31).
+      const int64_t first = static_cast<int64_t>(q_row0) + kv_len - qo_len;
+      const uint32_t position = static_cast<uint32_t>(first < 0 ? 0 : (first > INT_MAX ? INT_MAX : first));
+      keys.chunk_base = static_cast<int>(position - position % static_cast<uint32_t>(p.chunk_size));
+    }
+    return keys;
   }
 };
 

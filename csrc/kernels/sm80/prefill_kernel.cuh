@@ -135,7 +135,7 @@ __device__ __forceinline__ void load_paged_tile_or_zero(DType* smem, const DType
   }
 }
 
-template <class Traits, bool kSoftCap, bool kPaged>
+template <class Traits, bool kSoftCap, bool kPaged, bool kChunked>
 struct PrefillCta {
   using DType = typename Traits::DType;
   using QTile = typename Traits::QTile;
@@ -249,7 +249,7 @@ struct PrefillCta {
                           static_cast<int64_t>(w.q_start + w.q_row0) * p.q_strides.token + w.qo_head * p.q_strides.head;
 
     // The tiles the whole CTA needs.
-    const VisibleKeys visibility = w.visible_keys(p);
+    const VisibleKeys visibility = w.visible_keys<kChunked>(p);
     const KvTileRange tiles = KvTileRange::of<kBlockN>(visibility, w.q_row0, rows_valid);
     const int tile_begin = tiles.begin, tile_end = tiles.begin + tiles.count, num_tiles = tiles.count;
 
@@ -338,7 +338,7 @@ struct PrefillCta {
   }
 };
 
-template <class Traits, bool kSoftCap, bool kPaged>
+template <class Traits, bool kSoftCap, bool kPaged, bool kChunked>
 __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
     prefill_kernel(const __grid_constant__ PrefillParams params) {
   using DType = typename Traits::DType;
@@ -352,7 +352,7 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
   const int64_t v_offset = kPaged ? 0 : work.seq * params.v_strides.batch + work.kv_start * params.v_strides.token;
   DType* q_smem = reinterpret_cast<DType*>(smem);
   DType* k_smem = q_smem + Traits::QTile::kElems;
-  PrefillCta<Traits, kSoftCap, kPaged>{
+  PrefillCta<Traits, kSoftCap, kPaged, kChunked>{
       params,
       work,
       q_smem,

@@ -86,7 +86,7 @@ struct Sm90SharedStorage : Sm90Tiles<Traits> {
   static_assert(sizeof(WorkItem) <= Traits::kItemBytes, "the traits reserve the work items");
 };
 
-template <class Traits, bool kSoftCap, bool kPaged>
+template <class Traits, bool kSoftCap, bool kPaged, bool kChunked>
 struct PrefillSm90Cta {
   using DType = typename Traits::DType;
   using QTile = typename Traits::QTile;
@@ -111,7 +111,7 @@ struct PrefillSm90Cta {
   // before the role split stay live across it, which cost a spill.
   // A tail piece: its part of the item's tiles.
   __device__ __forceinline__ KvTileRange tile_range() const {
-    const KvTileRange item = KvTileRange::of<kBlockN>(w.visible_keys(p), w.row_begin(),
+    const KvTileRange item = KvTileRange::of<kBlockN>(w.visible_keys<kChunked>(p), w.row_begin(),
                                                       w.row_end<Traits::kBlockM>() - w.row_begin());
     return !kPaged && w.is_tail_piece() ? item.part(w.kv_tile0, w.kv_tiles) : item;
   }
@@ -139,7 +139,8 @@ struct PrefillSm90Cta {
     const int first = max(w.q_row0 + group * Traits::kRowsPerGroup, w.row_begin());
     const int end = min(w.q_row0 + (group + 1) * Traits::kRowsPerGroup, w.row_end<Traits::kBlockM>());
     if (end <= first) return kSeesNoTile;
-    const KvTileRange cta = tile_range(), mine = KvTileRange::of<kBlockN>(w.visible_keys(p), first, end - first);
+    const KvTileRange cta = tile_range();
+    const KvTileRange mine = KvTileRange::of<kBlockN>(w.visible_keys<kChunked>(p), first, end - first);
     if (mine.count == 0) return kSeesNoTile;
     const int before = mine.begin - cta.begin, after = cta.begin + cta.count - (mine.begin + mine.count);
     return before >= 0 && after >= 0 && before < 15 && after < 15 ? before | after << 4 : 0;
@@ -320,7 +321,7 @@ struct PrefillSm90Cta {
     // outside the loop over work items, and kept (spilled) throughout: opaque copies
     // make the compiler derive them per item, where they are needed.
     asm volatile("" : "+r"(group), "+r"(warp_in_group), "+r"(lane));
-    const VisibleKeys visibility = w.visible_keys(p);
+    const VisibleKeys visibility = w.visible_keys<kChunked>(p);
     const KvTileRange tiles = group_tile_range(group);
     Barriers& bar = smem.bar;
     const int warp_row0 = group * Traits::kRowsPerGroup + warp_in_group * 16;  // first Q-tile row of this warp
@@ -547,7 +548,7 @@ struct PrefillSm90Cta {
   }
 };
 
-template <class Traits, bool kSoftCap, bool kPaged>
+template <class Traits, bool kSoftCap, bool kPaged, bool kChunked>
 __global__ void __launch_bounds__(Traits::kThreads, 1)
     prefill_sm90_kernel(const __grid_constant__ PrefillParams params, const __grid_constant__ Sm90TensorMaps maps) {
 #if defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -595,7 +596,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
   constexpr int kItemSlots = Traits::kItemSlots;
   uint32_t tiles_done = 0;
   auto cta_of = [&](const WorkItem& work) {
-    return PrefillSm90Cta<Traits, kSoftCap, kPaged>{params, work, smem, params.head_dim_v / 8};
+    return PrefillSm90Cta<Traits, kSoftCap, kPaged, kChunked>{params, work, smem, params.head_dim_v / 8};
   };
   // The V warp and the consumers: body(cta, k) for the CTA's k-th item, read from its
   // slot throughout. Every reading thread arrives on item_read itself: an arrival
