@@ -1,5 +1,6 @@
 """MLA prefill (D_qk != D_v) and chunked attention against the peers that run them, in one run on one
-card (bench_prefill's method: implementations taking turns call by call, median of --repeats).
+card (bench_prefill's method: implementations taking turns call by call, median of --repeats). Peers run a
+chunked case as its chunks, each a sequence of its own.
 
 TFLOP/s = 2 * visible pairs * H * (D_qk + D_v) / time (S = Q K^T and O = P V; 4 * pairs * H * D when
 the two dims are equal). FlashInfer (fa3, its head_dim_vo) runs where its wheel is carried.
@@ -32,12 +33,17 @@ def visible_pairs(seqlen: int, causal: bool, chunk: int) -> int:
 
 
 def peers(q, k, v, causal, chunk, flashinfer_backends):
+    """name -> zero-argument callable; q, k, v: [B, S, H, D]."""
     if q.shape[-1] == v.shape[-1] == 192:
         flashinfer_backends = []  # FlashInfer 0.2.14's fa3 builds v head dims 64, 128 and 256 only
-    """name -> zero-argument callable; q, k, v: [B, S, H, D]."""
-    fns = {"torch_attn": lambda: torch_attn.prefill(q, k, v, causal=causal, chunk_size=chunk)}
+    fns = {"torch_attn": lambda q=q, k=k, v=v: torch_attn.prefill(q, k, v, causal=causal, chunk_size=chunk)}
     if chunk:
-        return fns  # no SDPA backend or FlashInfer wrapper here takes a chunked mask
+        # No SDPA backend or FlashInfer wrapper here takes a chunked mask; over fresh sequences it is the
+        # plain mask over each chunk as a sequence of its own, which the peers then run (the same pairs).
+        b, s = q.shape[:2]
+        assert s % chunk == 0, "the peers' stand-in needs whole chunks"
+        q, k, v = (t.reshape(b * s // chunk, chunk, *t.shape[2:]) for t in (q, k, v))
+        fns["torch_attn (as chunks)"] = lambda: torch_attn.prefill(q, k, v, causal=causal)
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     gqa = q.shape[2] != k.shape[2]
     for name, backend in (("sdpa-flash", SDPBackend.FLASH_ATTENTION), ("sdpa-efficient", SDPBackend.EFFICIENT_ATTENTION),
@@ -68,6 +74,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--flashinfer", default="")
     parser.add_argument("--repeats", type=int, default=30)
+    parser.add_argument("--only", default="", help="run cases whose name contains one of these (comma list)")
     args = parser.parse_args()
     fi = [b for b in args.flashinfer.split(",") if b]
     # (name, batch, seqlen, q heads, kv heads, D_qk, D_v, causal, chunk): 16k tokens a case.
@@ -82,6 +89,10 @@ def main() -> None:
     for seqlen in (16384, 32768):  # Llama 4 Scout/Maverick chunked layers: 40/8 heads, d128, chunks of 8192
         cases.append((f"chunked 8192 causal S={seqlen}", 1, seqlen, 40, 8, 128, 128, True, 8192))
         cases.append((f"unchunked causal S={seqlen}", 1, seqlen, 40, 8, 128, 128, True, 0))
+    for chunk in (1024, 2048):  # smaller chunks, many per sequence (the mask's own cost shows)
+        cases.append((f"chunked {chunk} causal S=16384", 1, 16384, 40, 8, 128, 128, True, chunk))
+    only = [o for o in args.only.split(",") if o]
+    cases = [c for c in cases if not only or any(o in c[0] for o in only)]
     print(f"{torch.cuda.get_device_name()}, bf16, TFLOP/s (median of {args.repeats}, taking turns)")
     for name, batch, seqlen, hq, hkv, dqk, dv, causal, chunk in cases:
         q = torch.randn(batch, seqlen, hq, dqk, device="cuda", dtype=DTYPE)
