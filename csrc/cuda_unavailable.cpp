@@ -27,4 +27,17 @@ PrefillResult prefill_paged_cuda(const at::Tensor&, const at::Tensor&, const at:
   no_cuda_kernels("attn.prefill_paged");
 }
 
+void prefill_out_cuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
+                      const c10::optional<at::Tensor>&, bool, c10::optional<double>, int64_t, int64_t, double,
+                      const c10::optional<at::Tensor>&, const at::Tensor&, const c10::optional<at::Tensor>&) {
+  no_cuda_kernels("attn.prefill");
+}
+
+void prefill_paged_out_cuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
+                            const at::Tensor&, const at::Tensor&, c10::string_view, bool, c10::optional<double>,
+                            int64_t, int64_t, double, const c10::optional<at::Tensor>&, const at::Tensor&,
+                            const c10::optional<at::Tensor>&) {
+  no_cuda_kernels("attn.prefill_paged");
+}
+
 }  // namespace torch_attn

@@ -18,7 +18,7 @@ void reject_inputs_that_require_grad(const c10::OperatorHandle& op, c10::Dispatc
     for (size_t i = 0; i < arguments.size(); ++i) {
       const bool requires_grad = inputs[i].isTensor() && inputs[i].toTensor().requires_grad();
       if (!requires_grad) continue;
-      std::string name = op.schema().name();  // "attn::prefill" -> "attn.prefill"
+      std::string name = op.schema().name();  // "attn::prefill" -> "attn.prefill" (overloads too)
       name.replace(name.find("::"), 2, ".");
       TORCH_CHECK(false, name, ": ", arguments[i].name(), " requires grad, but torch_attn is inference-only (its ops "
                   "have no backward): call it under torch.no_grad() or torch.inference_mode(), or pass detached "
@@ -32,7 +32,7 @@ void reject_inputs_that_require_grad(const c10::OperatorHandle& op, c10::Dispatc
 }  // namespace torch_attn
 
 TORCH_LIBRARY_IMPL(attn, Autograd, m) {
-  for (const char* op : {"prefill", "prefill_paged", "merge_states"}) {
+  for (const char* op : {"prefill", "prefill_paged", "prefill.out", "prefill_paged.out", "merge_states"}) {
     m.impl(op, torch::CppFunction::makeFromBoxedFunction<&torch_attn::reject_inputs_that_require_grad>());
   }
 }

@@ -3,6 +3,7 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
+#include <initializer_list>
 #include <string>
 #include <tuple>
 
@@ -70,6 +71,31 @@ PrefillResult prefill_paged_cuda(const at::Tensor& q, const at::Tensor& k_cache,
                                  int64_t window_left, int64_t chunk_size, double logits_soft_cap,
                                  const c10::optional<at::Tensor>& sinks);
 
+/// The out= overloads (attn::prefill.out, attn::prefill_paged.out): the same results written into the
+/// caller's out (a view with any row strides) and, if given, lse. The CUDA ones allocate nothing.
+void prefill_out_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                     const c10::optional<at::Tensor>& qo_indptr, const c10::optional<at::Tensor>& kv_indptr,
+                     bool causal, c10::optional<double> sm_scale, int64_t window_left, int64_t chunk_size,
+                     double logits_soft_cap, const c10::optional<at::Tensor>& sinks, const at::Tensor& out,
+                     const c10::optional<at::Tensor>& lse);
+void prefill_out_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                      const c10::optional<at::Tensor>& qo_indptr, const c10::optional<at::Tensor>& kv_indptr,
+                      bool causal, c10::optional<double> sm_scale, int64_t window_left, int64_t chunk_size,
+                      double logits_soft_cap, const c10::optional<at::Tensor>& sinks, const at::Tensor& out,
+                      const c10::optional<at::Tensor>& lse);
+void prefill_paged_out_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                           const at::Tensor& qo_indptr, const at::Tensor& block_table, const at::Tensor& kv_lens,
+                           c10::string_view kv_layout, bool causal, c10::optional<double> sm_scale,
+                           int64_t window_left, int64_t chunk_size, double logits_soft_cap,
+                           const c10::optional<at::Tensor>& sinks, const at::Tensor& out,
+                           const c10::optional<at::Tensor>& lse);
+void prefill_paged_out_cuda(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                            const at::Tensor& qo_indptr, const at::Tensor& block_table, const at::Tensor& kv_lens,
+                            c10::string_view kv_layout, bool causal, c10::optional<double> sm_scale,
+                            int64_t window_left, int64_t chunk_size, double logits_soft_cap,
+                            const c10::optional<at::Tensor>& sinks, const at::Tensor& out,
+                            const c10::optional<at::Tensor>& lse);
+
 /// attn::merge_states: combines two partial attention results over disjoint key sets
 /// (any device; ATen ops, no host sync).
 PrefillResult merge_states(const at::Tensor& out_a, const at::Tensor& lse_a, const at::Tensor& out_b,
@@ -82,6 +108,15 @@ at::Tensor checked_sinks(const char* op, const c10::optional<at::Tensor>& sinks,
 
 /// A dtype as Python spells it ("torch.bfloat16"), for error messages.
 std::string dtype_name(at::ScalarType type);
+
+/// The out= overloads' buffers against what the op writes: out [q's shape with head_dim_v] in q's dtype,
+/// lse (optional) [q's shape without head_dim] float32, on q's device, out's last dim contiguous, sharing
+/// memory with each other, themselves or `inputs` (null or undefined ones skipped).
+void check_out_args(const char* op, const at::Tensor& q, int64_t head_dim_v, const at::Tensor& out,
+                    const c10::optional<at::Tensor>& lse, std::initializer_list<const at::Tensor*> inputs);
+
+/// The tensor of an optional argument, or null.
+inline const at::Tensor* tensor_or_null(const c10::optional<at::Tensor>& t) { return t.has_value() ? &*t : nullptr; }
 
 /// Output buffers of the op: out has q's shape with v's head dim (contiguous), lse q's shape without
 /// head_dim, float32.

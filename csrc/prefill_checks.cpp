@@ -1,12 +1,16 @@
 // Argument checks of attn::prefill, shared by the CPU and CUDA backends.
 // torch_attn/_fake.py mirrors the shape checks for fake tensors, with the same
 // messages (tests/test_bad_input.py runs both on every malformed call).
+#include <ATen/MemoryOverlap.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/empty.h>
 #include <c10/util/Exception.h>
 #include <cmath>
+#include <initializer_list>
 #include <limits>
 #include <string>
+#include <utility>
+#include <vector>
 #include "prefill.h"
 
 namespace torch_attn {
@@ -234,6 +238,62 @@ at::Tensor checked_sinks(const char* op, const c10::optional<at::Tensor>& sinks,
                     "], got shape ", s.sizes());
   TORCH_CHECK_VALUE(s.device() == q.device(), op, ": sinks must be on q's device (", q.device(), "), got ", s.device());
   return s.to(at::kFloat).contiguous();
+}
+
+namespace {
+
+/// Whether two tensors may share an element: their address spans meet, and ATen cannot rule it
+/// out (it can for dense tensors only; strided views in one buffer, e.g. an engine's slices, are
+/// told apart by their spans).
+bool may_overlap(const at::Tensor& a, const at::Tensor& b) {
+  if (!a.defined() || !b.defined() || a.numel() == 0 || b.numel() == 0 || a.device() != b.device()) return false;
+  auto span = [](const at::Tensor& t) {
+    int64_t last = 0;
+    for (int64_t d = 0; d < t.dim(); ++d) last += (t.size(d) - 1) * t.stride(d);
+    const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
+    return std::make_pair(begin, begin + static_cast<uintptr_t>((last + 1) * t.element_size()));
+  };
+  const auto [a_begin, a_end] = span(a);
+  const auto [b_begin, b_end] = span(b);
+  return a_begin < b_end && b_begin < a_end && at::get_overlap_status(a, b) != at::MemOverlapStatus::No;
+}
+
+}  // namespace
+
+void check_out_args(const char* op, const at::Tensor& q, int64_t head_dim_v, const at::Tensor& out,
+                    const c10::optional<at::Tensor>& lse, std::initializer_list<const at::Tensor*> inputs) {
+  auto out_shape = q.sizes().vec();
+  out_shape.back() = head_dim_v;
+  TORCH_CHECK_TYPE(out.scalar_type() == q.scalar_type(), op, ": out must have q's dtype (",
+                   dtype_name(q.scalar_type()), "), got ", dtype_name(out.scalar_type()));
+  TORCH_CHECK_VALUE(out.sizes() == at::IntArrayRef(out_shape), op, ": out must be q's shape with v's head_dim ",
+                    at::IntArrayRef(out_shape), ", got ", out.sizes());
+  TORCH_CHECK_VALUE(out.device() == q.device(), op, ": out must be on q's device (", q.device(), "), got ",
+                    out.device());
+  TORCH_CHECK_VALUE(out.stride(-1) == 1, op, ": out must have a contiguous last dimension (stride 1), got stride ",
+                    out.stride(-1));
+  std::vector<const at::Tensor*> written{&out};
+  if (lse.has_value()) {
+    const auto lse_shape = q.sizes().slice(0, q.dim() - 1);
+    TORCH_CHECK_TYPE(lse->scalar_type() == at::kFloat, op, ": lse must be float32, got ",
+                     dtype_name(lse->scalar_type()));
+    TORCH_CHECK_VALUE(lse->sizes() == lse_shape, op, ": lse must be q's shape without head_dim ", lse_shape,
+                      ", got ", lse->sizes());
+    TORCH_CHECK_VALUE(lse->device() == q.device(), op, ": lse must be on q's device (", q.device(), "), got ",
+                      lse->device());
+    written.push_back(&*lse);
+  }
+  // Written rows that alias each other or an input would make the result depend on the order of the writes.
+  for (const at::Tensor* t : written) {
+    const char* name = t == &out ? "out" : "lse";
+    TORCH_CHECK_VALUE(at::has_internal_overlap(*t) != at::MemOverlap::Yes, op, ": ", name,
+                      " must not have elements that share memory (an expanded view), got strides ", t->strides());
+    for (const at::Tensor* other : inputs) {
+      TORCH_CHECK_VALUE(other == nullptr || !may_overlap(*t, *other), op, ": ", name,
+                        " must not share memory with the op's inputs");
+    }
+  }
+  TORCH_CHECK_VALUE(!lse.has_value() || !may_overlap(out, *lse), op, ": out and lse must not share memory");
 }
 
 PrefillResult allocate_prefill_outputs(const at::Tensor& q, int64_t head_dim_v) {

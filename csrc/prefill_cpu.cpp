@@ -137,15 +137,13 @@ at::Tensor gather_pages(const at::Tensor& cache, const at::Tensor& pages, bool h
 
 }  // namespace
 
-PrefillResult prefill_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                          const c10::optional<at::Tensor>& qo_indptr, const c10::optional<at::Tensor>& kv_indptr,
-                          bool causal, c10::optional<double> sm_scale, int64_t window_left, int64_t chunk_size,
-                          double logits_soft_cap, const c10::optional<at::Tensor>& sinks) {
-  const PrefillShape shape =
-      check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chunk_size, logits_soft_cap);
-  const CpuScores scores{causal, window_left, chunk_size, logits_soft_cap, shape.sm_scale,
-                         checked_sinks("attn.prefill", sinks, q, shape.num_qo_heads)};
-  auto [out, lse] = allocate_prefill_outputs(q, shape.head_dim_v);
+namespace {
+
+/// attn::prefill on the CPU into out / lse (checked, or allocated here).
+void prefill_cpu_into(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                      const c10::optional<at::Tensor>& qo_indptr, const c10::optional<at::Tensor>& kv_indptr,
+                      const PrefillShape& shape, const CpuScores& scores, const at::Tensor& out,
+                      const at::Tensor& lse) {
   if (shape.ragged) {
     check_indptr_values("qo_indptr", *qo_indptr, shape.qo_len);
     check_indptr_values("kv_indptr", *kv_indptr, shape.kv_len);
@@ -161,23 +159,49 @@ PrefillResult prefill_cpu(const at::Tensor& q, const at::Tensor& k, const at::Te
   } else {
     attend_sequence(q, k, v, out, lse, scores);
   }
+}
+
+}  // namespace
+
+PrefillResult prefill_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                          const c10::optional<at::Tensor>& qo_indptr, const c10::optional<at::Tensor>& kv_indptr,
+                          bool causal, c10::optional<double> sm_scale, int64_t window_left, int64_t chunk_size,
+                          double logits_soft_cap, const c10::optional<at::Tensor>& sinks) {
+  const PrefillShape shape =
+      check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chunk_size, logits_soft_cap);
+  const CpuScores scores{causal, window_left, chunk_size, logits_soft_cap, shape.sm_scale,
+                         checked_sinks("attn.prefill", sinks, q, shape.num_qo_heads)};
+  auto [out, lse] = allocate_prefill_outputs(q, shape.head_dim_v);
+  prefill_cpu_into(q, k, v, qo_indptr, kv_indptr, shape, scores, out, lse);
   return {out, lse};
+}
+
+void prefill_out_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                     const c10::optional<at::Tensor>& qo_indptr, const c10::optional<at::Tensor>& kv_indptr,
+                     bool causal, c10::optional<double> sm_scale, int64_t window_left, int64_t chunk_size,
+                     double logits_soft_cap, const c10::optional<at::Tensor>& sinks, const at::Tensor& out,
+                     const c10::optional<at::Tensor>& lse) {
+  const PrefillShape shape =
+      check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chunk_size, logits_soft_cap);
+  check_out_args("attn.prefill", q, shape.head_dim_v, out, lse,
+                 {&q, &k, &v, tensor_or_null(qo_indptr), tensor_or_null(kv_indptr), tensor_or_null(sinks)});
+  const CpuScores scores{causal, window_left, chunk_size, logits_soft_cap, shape.sm_scale,
+                         checked_sinks("attn.prefill", sinks, q, shape.num_qo_heads)};
+  const at::Tensor lse_rows = lse.has_value() ? *lse : std::get<1>(allocate_prefill_outputs(q, shape.head_dim_v));
+  prefill_cpu_into(q, k, v, qo_indptr, kv_indptr, shape, scores, out, lse_rows);
 }
 
 }  // namespace torch_attn
 
 namespace torch_attn {
 
-PrefillResult prefill_paged_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
-                                const at::Tensor& qo_indptr, const at::Tensor& block_table, const at::Tensor& kv_lens,
-                                c10::string_view kv_layout, bool causal, c10::optional<double> sm_scale,
-                                int64_t window_left, int64_t chunk_size, double logits_soft_cap,
-                                const c10::optional<at::Tensor>& sinks) {
-  const PagedShape shape = check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout,
-                                                    sm_scale, window_left, chunk_size, logits_soft_cap);
-  const CpuScores scores{causal, window_left, chunk_size, logits_soft_cap, shape.common.sm_scale,
-                         checked_sinks("attn.prefill_paged", sinks, q, shape.common.num_qo_heads)};
-  auto [out, lse] = allocate_prefill_outputs(q, shape.common.head_dim_v);
+namespace {
+
+/// attn::prefill_paged on the CPU into out / lse.
+void prefill_paged_cpu_into(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                            const at::Tensor& qo_indptr, const at::Tensor& block_table, const at::Tensor& kv_lens,
+                            const PagedShape& shape, const CpuScores& scores, const at::Tensor& out,
+                            const at::Tensor& lse) {
   check_indptr_values("qo_indptr", qo_indptr, shape.common.qo_len);
   const int32_t* qo = qo_indptr.data_ptr<int32_t>();
   const auto lens = kv_lens.accessor<int32_t, 1>();
@@ -195,7 +219,39 @@ PrefillResult prefill_paged_cpu(const at::Tensor& q, const at::Tensor& k_cache, 
                     gather_pages(v_cache, pages, shape.hnd, kv_len), out.narrow(0, q0, q_len), lse.narrow(0, q0, q_len),
                     scores);
   }
+}
+
+}  // namespace
+
+PrefillResult prefill_paged_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                const at::Tensor& qo_indptr, const at::Tensor& block_table, const at::Tensor& kv_lens,
+                                c10::string_view kv_layout, bool causal, c10::optional<double> sm_scale,
+                                int64_t window_left, int64_t chunk_size, double logits_soft_cap,
+                                const c10::optional<at::Tensor>& sinks) {
+  const PagedShape shape = check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout,
+                                                    sm_scale, window_left, chunk_size, logits_soft_cap);
+  const CpuScores scores{causal, window_left, chunk_size, logits_soft_cap, shape.common.sm_scale,
+                         checked_sinks("attn.prefill_paged", sinks, q, shape.common.num_qo_heads)};
+  auto [out, lse] = allocate_prefill_outputs(q, shape.common.head_dim_v);
+  prefill_paged_cpu_into(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, shape, scores, out, lse);
   return {out, lse};
+}
+
+void prefill_paged_out_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                           const at::Tensor& qo_indptr, const at::Tensor& block_table, const at::Tensor& kv_lens,
+                           c10::string_view kv_layout, bool causal, c10::optional<double> sm_scale,
+                           int64_t window_left, int64_t chunk_size, double logits_soft_cap,
+                           const c10::optional<at::Tensor>& sinks, const at::Tensor& out,
+                           const c10::optional<at::Tensor>& lse) {
+  const PagedShape shape = check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout,
+                                                    sm_scale, window_left, chunk_size, logits_soft_cap);
+  check_out_args("attn.prefill_paged", q, shape.common.head_dim_v, out, lse,
+                 {&q, &k_cache, &v_cache, &qo_indptr, &block_table, &kv_lens, tensor_or_null(sinks)});
+  const CpuScores scores{causal, window_left, chunk_size, logits_soft_cap, shape.common.sm_scale,
+                         checked_sinks("attn.prefill_paged", sinks, q, shape.common.num_qo_heads)};
+  const at::Tensor lse_rows =
+      lse.has_value() ? *lse : std::get<1>(allocate_prefill_outputs(q, shape.common.head_dim_v));
+  prefill_paged_cpu_into(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, shape, scores, out, lse_rows);
 }
 
 }  // namespace torch_attn

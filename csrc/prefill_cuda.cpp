@@ -2,7 +2,6 @@
 // (dtype, head-dim tile), launch on the current stream. Never synchronises and
 // never reads device data, so the op can be captured in a CUDA graph.
 #include <ATen/core/Tensor.h>
-#include <ATen/ops/empty.h>
 #include <c10/cuda/CUDAException.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -14,6 +13,7 @@
 #include <cstring>
 #include <initializer_list>
 #include <utility>
+#include "cuda_scratch.h"
 #include "launch/prefill_launch.h"
 #include "prefill.h"
 
@@ -145,18 +145,15 @@ TokenHeadStrides lse_strides_of(const at::Tensor& lse, bool batched) {
                  : TokenHeadStrides{0, lse.stride(0), lse.stride(1)};
 }
 
-/// The parameters both ops share: q, outputs, heads, scale and mask.
-PrefillParams common_params(const at::Tensor& q, const at::Tensor& out, const at::Tensor& lse,
-                            const PrefillShape& shape, bool causal, int64_t window_left, int64_t chunk_size,
-                            double logits_soft_cap, const at::Tensor& sinks) {
+/// The parameters both ops share: q, out, heads, scale and mask (lse: launch_with).
+PrefillParams common_params(const at::Tensor& q, const at::Tensor& out, const PrefillShape& shape, bool causal,
+                            int64_t window_left, int64_t chunk_size, double logits_soft_cap, const at::Tensor& sinks) {
   const bool batched = q.dim() == 4;
   PrefillParams p{};
   p.q = q.data_ptr();
   p.out = out.data_ptr();
-  p.lse = lse.data_ptr<float>();
   p.q_strides = strides_of(q, batched);
   p.out_strides = strides_of(out, batched);
-  p.lse_strides = lse_strides_of(lse, batched);
   p.num_seqs = static_cast<int32_t>(shape.num_seqs);
   p.qo_len = static_cast<int32_t>(shape.qo_len);
   p.kv_len = static_cast<int32_t>(shape.kv_len);
@@ -226,11 +223,14 @@ LaunchPlan plan_launch(const char* op, const PrefillShape& shape, const at::Tens
   return plan;
 }
 
-/// Sizes the grid for the launcher's kernel and launches it on the current stream.
+/// Sizes the grid for the launcher's kernel and launches it on the current stream, writing lse
+/// (undefined: into scratch).
 cudaError_t launch_with(const Launcher& launcher, bool split_allowed, PrefillParams& p, const PrefillShape& shape,
-                        const at::Tensor& q) {
+                        const at::Tensor& q, const at::Tensor& lse) {
   const bool sm90 = launcher.backend == Backend::kSm90;
   p.item_counter = nullptr;  // (a declined wgmma launch may have set it)
+  p.lse = lse.defined() ? lse.data_ptr<float>() : nullptr;
+  if (lse.defined()) p.lse_strides = lse_strides_of(lse, q.dim() == 4);
   const int64_t block_m = block_m_of(launcher);
   const int64_t slots = query_tile_slots(launcher, shape);
   p.num_q_tile_slots = static_cast<int32_t>(slots);
@@ -275,37 +275,51 @@ cudaError_t launch_with(const Launcher& launcher, bool split_allowed, PrefillPar
   const int64_t tail_items = items - p.split.first_item;
   const int64_t consumer_warps = block_m / 16;
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream(q.get_device()).stream();
-  // Freed after the launch is queued: the allocator is stream-ordered.
-  at::Tensor counters, partials;
-  if (sm90 && (p.split.claims > sms || tail_items > 0)) {
-    // The claim counter (used with more claims than CTAs), then each tail item's
-    // arrivals per consumer warp.
-    const int64_t count = 1 + tail_items * consumer_warps;
-    counters = at::empty({count}, q.options().dtype(at::kInt));
-    const cudaError_t err = cudaMemsetAsync(counters.data_ptr<int32_t>(), 0, count * sizeof(int32_t), stream);
+  // Scratch (cuda_scratch.h), each part 256-byte aligned: the claim counter (used with more
+  // claims than CTAs) and each tail item's arrivals per consumer warp; every piece's out (fp32,
+  // the tile's v width) and lse, in its slot; an lse where the caller asked for none.
+  const bool counted = sm90 && (p.split.claims > sms || tail_items > 0);
+  const int64_t counter_count = counted ? 1 + tail_items * consumer_warps : 0;
+  const int64_t partial_slots = tail_items * p.split.pieces;
+  const int64_t partial_out_floats = partial_slots * block_m * launcher.head_dim_v_tile;
+  const int64_t lse_floats = p.lse == nullptr ? q.numel() / shape.head_dim_qk : 0;
+  auto aligned = [](int64_t bytes) { return (bytes + 255) / 256 * 256; };
+  const int64_t partials_at = aligned(counter_count * 4);
+  const int64_t lse_at = partials_at + aligned((partial_out_floats + partial_slots * block_m) * 4);
+  // Held until the launch is queued: the stream orders the next call's use after it.
+  at::Tensor scratch;
+  if (lse_at + lse_floats > 0) scratch = launch_scratch(lse_at + lse_floats * 4, q, stream);
+  uint8_t* base = scratch.defined() ? scratch.data_ptr<uint8_t>() : nullptr;
+  if (counted) {
+    int32_t* counters = reinterpret_cast<int32_t*>(base);
+    const cudaError_t err = cudaMemsetAsync(counters, 0, counter_count * sizeof(int32_t), stream);
     if (err != cudaSuccess) return err;
-    p.item_counter = p.split.claims > sms ? counters.data_ptr<int32_t>() : nullptr;
-    p.split.arrivals = counters.data_ptr<int32_t>() + 1;
+    p.item_counter = p.split.claims > sms ? counters : nullptr;
+    p.split.arrivals = counters + 1;
   }
-  if (tail_items > 0) {  // every piece's out (fp32, the tile's v width) and lse, in its slot
-    const int64_t slots_total = tail_items * p.split.pieces;
-    const int64_t out_floats = slots_total * block_m * launcher.head_dim_v_tile;
-    partials = at::empty({out_floats + slots_total * block_m}, q.options().dtype(at::kFloat));
-    p.split.partial_out = partials.data_ptr<float>();
-    p.split.partial_lse = p.split.partial_out + out_floats;
+  if (tail_items > 0) {
+    p.split.partial_out = reinterpret_cast<float*>(base + partials_at);
+    p.split.partial_lse = p.split.partial_out + partial_out_floats;
+  }
+  if (lse_floats > 0) {  // [rows, heads] (batched: [B, S, H]), contiguous
+    p.lse = reinterpret_cast<float*>(base + lse_at);
+    const int64_t heads = shape.num_qo_heads;
+    p.lse_strides = q.dim() == 4 ? TokenHeadStrides{q.size(1) * heads, heads, 1} : TokenHeadStrides{0, heads, 1};
   }
   return launcher.launch(p, stream);
 }
 
 /// Launches the planned kernel, or the mma.sync kernel where the wgmma kernel declines
 /// (before launching anything; its counter's memset may be queued already, harmless).
-void launch(const LaunchPlan& plan, PrefillParams& p, const PrefillShape& shape, const at::Tensor& q) {
-  cudaError_t err = launch_with(*plan.launcher, plan.tail_split_allowed, p, shape, q);
+/// lse undefined: the caller wants none.
+void launch(const LaunchPlan& plan, PrefillParams& p, const PrefillShape& shape, const at::Tensor& q,
+            const at::Tensor& lse) {
+  cudaError_t err = launch_with(*plan.launcher, plan.tail_split_allowed, p, shape, q, lse);
   if (err == cudaErrorNotSupported && plan.launcher->backend == Backend::kSm90) {
     TORCH_CHECK_VALUE(plan.fallback != nullptr,
                       "TORCH_ATTN_BACKEND=sm90: the wgmma kernel takes paged caches with pages of 8, 16, 32, ... "
                       "rows and q/k/v that the copy engine can describe; these run on sm80");
-    err = launch_with(*plan.fallback, plan.tail_split_allowed, p, shape, q);
+    err = launch_with(*plan.fallback, plan.tail_split_allowed, p, shape, q, lse);
   }
   C10_CUDA_CHECK(err);
 }
@@ -329,21 +343,16 @@ LaunchPlan checked_cuda_plan(const char* op, const PrefillShape& shape, const at
 
 }  // namespace
 
-PrefillResult prefill_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
-                           const c10::optional<at::Tensor>& qo_indptr, const c10::optional<at::Tensor>& kv_indptr,
-                           bool causal, c10::optional<double> sm_scale, int64_t window_left, int64_t chunk_size,
-                           double logits_soft_cap, const c10::optional<at::Tensor>& sinks) {
-  const PrefillShape shape =
-      check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chunk_size, logits_soft_cap);
-  const LaunchPlan plan = checked_cuda_plan("attn.prefill", shape, q, {{"k", k}, {"v", v}}, chunk_size, logits_soft_cap);
-  // Last: for bf16/fp16 sinks this queues a cast.
-  const at::Tensor sink_logits = checked_sinks("attn.prefill", sinks, q, shape.num_qo_heads);
+namespace {
 
-  const c10::cuda::CUDAGuard device_guard(q.device());
-  auto [out, lse] = allocate_prefill_outputs(q, shape.head_dim_v);
-  if (out.numel() == 0 || shape.num_seqs == 0) return {out, lse};
-
-  PrefillParams p = common_params(q, out, lse, shape, causal, window_left, chunk_size, logits_soft_cap, sink_logits);
+/// attn::prefill's launch into checked (or freshly allocated) out and lse (undefined: none wanted).
+void prefill_cuda_into(const LaunchPlan& plan, const PrefillShape& shape, const at::Tensor& q, const at::Tensor& k,
+                       const at::Tensor& v, const c10::optional<at::Tensor>& qo_indptr,
+                       const c10::optional<at::Tensor>& kv_indptr, bool causal, int64_t window_left,
+                       int64_t chunk_size, double logits_soft_cap, const at::Tensor& sink_logits,
+                       const at::Tensor& out, const at::Tensor& lse) {
+  if (out.numel() == 0 || shape.num_seqs == 0) return;
+  PrefillParams p = common_params(q, out, shape, causal, window_left, chunk_size, logits_soft_cap, sink_logits);
   const bool batched = q.dim() == 4;
   p.k = k.data_ptr();
   p.v = v.data_ptr();
@@ -351,28 +360,18 @@ PrefillResult prefill_cuda(const at::Tensor& q, const at::Tensor& k, const at::T
   p.v_strides = strides_of(v, batched);
   p.qo_indptr = shape.ragged ? qo_indptr->data_ptr<int32_t>() : nullptr;
   p.kv_indptr = shape.ragged ? kv_indptr->data_ptr<int32_t>() : nullptr;
-  launch(plan, p, shape, q);
-  return {out, lse};
+  launch(plan, p, shape, q, lse);
 }
 
-PrefillResult prefill_paged_cuda(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
-                                 const at::Tensor& qo_indptr, const at::Tensor& block_table, const at::Tensor& kv_lens,
-                                 c10::string_view kv_layout, bool causal, c10::optional<double> sm_scale,
-                                 int64_t window_left, int64_t chunk_size, double logits_soft_cap,
-                                 const c10::optional<at::Tensor>& sinks) {
-  const PagedShape paged = check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout,
-                                                    sm_scale, window_left, chunk_size, logits_soft_cap);
-  const LaunchPlan plan =
-      checked_cuda_plan("attn.prefill_paged", paged.common, q, {{"k_cache", k_cache}, {"v_cache", v_cache}},
-                        chunk_size, logits_soft_cap);
-  const at::Tensor sink_logits = checked_sinks("attn.prefill_paged", sinks, q, paged.common.num_qo_heads);
-
-  const c10::cuda::CUDAGuard device_guard(q.device());
-  auto [out, lse] = allocate_prefill_outputs(q, paged.common.head_dim_v);
-  if (out.numel() == 0 || paged.common.num_seqs == 0) return {out, lse};
-
-  PrefillParams p = common_params(q, out, lse, paged.common, causal, window_left, chunk_size, logits_soft_cap,
-                                  sink_logits);
+/// attn::prefill_paged's launch, as above.
+void prefill_paged_cuda_into(const LaunchPlan& plan, const PagedShape& paged, const at::Tensor& q,
+                             const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& qo_indptr,
+                             const at::Tensor& block_table, const at::Tensor& kv_lens, bool causal,
+                             int64_t window_left, int64_t chunk_size, double logits_soft_cap,
+                             const at::Tensor& sink_logits, const at::Tensor& out, const at::Tensor& lse) {
+  if (out.numel() == 0 || paged.common.num_seqs == 0) return;
+  PrefillParams p =
+      common_params(q, out, paged.common, causal, window_left, chunk_size, logits_soft_cap, sink_logits);
   p.k = k_cache.data_ptr();
   p.v = v_cache.data_ptr();
   // A page plays the part of a batch entry and a slot that of a token; NHD and HND differ only here.
@@ -388,8 +387,85 @@ PrefillResult prefill_paged_cuda(const at::Tensor& q, const at::Tensor& k_cache,
   p.page_shift = power_of_two ? __builtin_ctzll(static_cast<unsigned long long>(paged.page_size)) : -1;
   p.num_pages = static_cast<int32_t>(paged.num_pages);
   p.max_pages = static_cast<int32_t>(paged.max_pages);
-  launch(plan, p, paged.common, q);
+  launch(plan, p, paged.common, q, lse);
+}
+
+/// out (and lse) of an out= call: the checks every backend makes, then the kernels' row alignment.
+void check_cuda_out_args(const char* op, const at::Tensor& q, int64_t head_dim_v, const at::Tensor& out,
+                         const c10::optional<at::Tensor>& lse, std::initializer_list<const at::Tensor*> inputs) {
+  check_out_args(op, q, head_dim_v, out, lse, inputs);
+  check_cuda_layout(op, "out", out);  // 16-byte stores
+}
+
+}  // namespace
+
+PrefillResult prefill_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                           const c10::optional<at::Tensor>& qo_indptr, const c10::optional<at::Tensor>& kv_indptr,
+                           bool causal, c10::optional<double> sm_scale, int64_t window_left, int64_t chunk_size,
+                           double logits_soft_cap, const c10::optional<at::Tensor>& sinks) {
+  const PrefillShape shape =
+      check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chunk_size, logits_soft_cap);
+  const LaunchPlan plan = checked_cuda_plan("attn.prefill", shape, q, {{"k", k}, {"v", v}}, chunk_size, logits_soft_cap);
+  // Last: for bf16/fp16 sinks this queues a cast.
+  const at::Tensor sink_logits = checked_sinks("attn.prefill", sinks, q, shape.num_qo_heads);
+  const c10::cuda::CUDAGuard device_guard(q.device());
+  auto [out, lse] = allocate_prefill_outputs(q, shape.head_dim_v);
+  prefill_cuda_into(plan, shape, q, k, v, qo_indptr, kv_indptr, causal, window_left, chunk_size, logits_soft_cap,
+                    sink_logits, out, lse);
   return {out, lse};
+}
+
+void prefill_out_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                      const c10::optional<at::Tensor>& qo_indptr, const c10::optional<at::Tensor>& kv_indptr,
+                      bool causal, c10::optional<double> sm_scale, int64_t window_left, int64_t chunk_size,
+                      double logits_soft_cap, const c10::optional<at::Tensor>& sinks, const at::Tensor& out,
+                      const c10::optional<at::Tensor>& lse) {
+  const PrefillShape shape =
+      check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chunk_size, logits_soft_cap);
+  check_cuda_out_args("attn.prefill", q, shape.head_dim_v, out, lse,
+                      {&q, &k, &v, tensor_or_null(qo_indptr), tensor_or_null(kv_indptr), tensor_or_null(sinks)});
+  const LaunchPlan plan = checked_cuda_plan("attn.prefill", shape, q, {{"k", k}, {"v", v}}, chunk_size, logits_soft_cap);
+  const at::Tensor sink_logits = checked_sinks("attn.prefill", sinks, q, shape.num_qo_heads);
+  const c10::cuda::CUDAGuard device_guard(q.device());
+  prefill_cuda_into(plan, shape, q, k, v, qo_indptr, kv_indptr, causal, window_left, chunk_size, logits_soft_cap,
+                    sink_logits, out, lse.has_value() ? *lse : at::Tensor());
+}
+
+PrefillResult prefill_paged_cuda(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                 const at::Tensor& qo_indptr, const at::Tensor& block_table, const at::Tensor& kv_lens,
+                                 c10::string_view kv_layout, bool causal, c10::optional<double> sm_scale,
+                                 int64_t window_left, int64_t chunk_size, double logits_soft_cap,
+                                 const c10::optional<at::Tensor>& sinks) {
+  const PagedShape paged = check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout,
+                                                    sm_scale, window_left, chunk_size, logits_soft_cap);
+  const LaunchPlan plan =
+      checked_cuda_plan("attn.prefill_paged", paged.common, q, {{"k_cache", k_cache}, {"v_cache", v_cache}},
+                        chunk_size, logits_soft_cap);
+  const at::Tensor sink_logits = checked_sinks("attn.prefill_paged", sinks, q, paged.common.num_qo_heads);
+  const c10::cuda::CUDAGuard device_guard(q.device());
+  auto [out, lse] = allocate_prefill_outputs(q, paged.common.head_dim_v);
+  prefill_paged_cuda_into(plan, paged, q, k_cache, v_cache, qo_indptr, block_table, kv_lens, causal, window_left,
+                          chunk_size, logits_soft_cap, sink_logits, out, lse);
+  return {out, lse};
+}
+
+void prefill_paged_out_cuda(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                            const at::Tensor& qo_indptr, const at::Tensor& block_table, const at::Tensor& kv_lens,
+                            c10::string_view kv_layout, bool causal, c10::optional<double> sm_scale,
+                            int64_t window_left, int64_t chunk_size, double logits_soft_cap,
+                            const c10::optional<at::Tensor>& sinks, const at::Tensor& out,
+                            const c10::optional<at::Tensor>& lse) {
+  const PagedShape paged = check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout,
+                                                    sm_scale, window_left, chunk_size, logits_soft_cap);
+  check_cuda_out_args("attn.prefill_paged", q, paged.common.head_dim_v, out, lse,
+                      {&q, &k_cache, &v_cache, &qo_indptr, &block_table, &kv_lens, tensor_or_null(sinks)});
+  const LaunchPlan plan =
+      checked_cuda_plan("attn.prefill_paged", paged.common, q, {{"k_cache", k_cache}, {"v_cache", v_cache}},
+                        chunk_size, logits_soft_cap);
+  const at::Tensor sink_logits = checked_sinks("attn.prefill_paged", sinks, q, paged.common.num_qo_heads);
+  const c10::cuda::CUDAGuard device_guard(q.device());
+  prefill_paged_cuda_into(plan, paged, q, k_cache, v_cache, qo_indptr, block_table, kv_lens, causal, window_left,
+                          chunk_size, logits_soft_cap, sink_logits, out, lse.has_value() ? *lse : at::Tensor());
 }
 
 }  // namespace torch_attn

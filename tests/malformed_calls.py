@@ -76,6 +76,31 @@ def paged(dev, q=None, k_cache=None, v_cache=None, qo_indptr=None, block_table=N
     return "prefill_paged", args, kwargs
 
 
+# ---- the out= overloads: the calls above with their buffers (q [8, 4, 64] / [12, 4, 64]) ----
+
+def prefill_out(dev, out=None, lse=None, rows=8, **kwargs):
+    _, args, kwargs = prefill(dev, **kwargs)
+    out = torch.empty(rows, 4, 64, device=dev, dtype=BF16) if out is None else out
+    return "prefill.out", args, {**kwargs, "out": out, "lse": lse}
+
+
+def paged_out(dev, out=None, lse=None, **kwargs):
+    _, args, kwargs = paged(dev, **kwargs)
+    out = torch.empty(12, 4, 64, device=dev, dtype=BF16) if out is None else out
+    return "prefill_paged.out", args, {**kwargs, "out": out, "lse": lse}
+
+
+def out_sharing_lse(dev):
+    """out [8, 4, 64] bf16 and lse [8, 4] float32 over the same bytes."""
+    buf = torch.empty(8 * 4 * 64, device=dev, dtype=BF16)
+    return prefill_out(dev, out=buf.view(8, 4, 64), lse=buf.view(torch.float32)[:32].view(8, 4))
+
+
+def out_is_q(dev):
+    q = qkv(dev)[0]
+    return prefill_out(dev, q=q, out=q)
+
+
 # ---- merge_states: out [5, 4, 64], lse [5, 4] ----
 
 def merge(dev, out_a=None, lse_a=None, out_b=None, lse_b=None):
@@ -102,7 +127,8 @@ class Bad:
     devices: tuple[str, ...] = ("cpu", "cuda")  # where the call is malformed
     needs_gpus: int = 0  # for CUDA: GPUs the case needs (a second device)
     # Whether the fake kernel can see it: a bound that depends on the kernel's tile (picked
-    # per call on the device) is checked at run time only.
+    # per call on the device) is checked at run time only, and fake tensors have no addresses
+    # (buffers that share memory).
     fake_sees_it: bool = True
 
 
@@ -299,6 +325,35 @@ BAD: list[Bad] = [
         R, "k_cache requires grad"),
 
     # ---- merge_states ----
+    # out= overloads
+    Bad("out_wrong_shape", lambda d: prefill_out(d, out=torch.empty(8, 4, 32, device=d, dtype=BF16)), V,
+        "out must be q's shape with v's head_dim [8, 4, 64]"),
+    Bad("out_wrong_dtype", lambda d: prefill_out(d, out=torch.empty(8, 4, 64, device=d)), T,
+        "out must have q's dtype (torch.bfloat16)"),
+    Bad("out_other_device", lambda d: prefill_out(d, out=torch.empty(8, 4, 64, device=other_device(d), dtype=BF16)),
+        V, "out must be on q's device"),
+    Bad("out_last_dim_strided", lambda d: prefill_out(d, out=torch.empty(8, 4, 128, device=d, dtype=BF16)[..., ::2]),
+        V, "out must have a contiguous last dimension"),
+    Bad("out_expanded", lambda d: prefill_out(d, out=torch.empty(1, 1, 64, device=d, dtype=BF16).expand(8, 4, 64)), V,
+        "out must not have elements that share memory"),
+    Bad("out_is_q", out_is_q, V, "out must not share memory with the op's inputs", fake_sees_it=False),
+    Bad("out_shares_lse", out_sharing_lse, V, "out and lse must not share memory", fake_sees_it=False),
+    Bad("out_misaligned", lambda d: prefill_out(d, out=misaligned(torch.empty(8, 4, 64, device=d, dtype=BF16))), V,
+        "out must start 16-byte aligned", CUDA_ONLY),
+    Bad("out_requires_grad", lambda d: prefill_out(d, out=grad(torch.empty(8, 4, 64, device=d, dtype=BF16))), R,
+        "out requires grad"),
+    Bad("lse_wrong_dtype", lambda d: prefill_out(d, lse=torch.empty(8, 4, device=d, dtype=torch.float64)), T,
+        "lse must be float32"),
+    Bad("lse_wrong_shape", lambda d: prefill_out(d, lse=torch.empty(8, 4, 1, device=d)), V,
+        "lse must be q's shape without head_dim [8, 4]"),
+    Bad("lse_other_device", lambda d: prefill_out(d, lse=torch.empty(8, 4, device=other_device(d))), V,
+        "lse must be on q's device"),
+    Bad("paged_out_wrong_shape", lambda d: paged_out(d, out=torch.empty(8, 4, 64, device=d, dtype=BF16)), V,
+        "out must be q's shape with v's head_dim [12, 4, 64]"),
+    Bad("paged_lse_wrong_dtype", lambda d: paged_out(d, lse=torch.empty(12, 4, device=d, dtype=BF16)), T,
+        "lse must be float32"),
+    Bad("paged_out_bad_q", lambda d: paged_out(d, q=torch.randn(12, 4, 60, device=d).to(BF16)), V,
+        "head_dim (q.size(-1)) must be a multiple of 8"),
     Bad("merge_out_rank_1", lambda d: merge(d, out_a=torch.randn(5, device=d), out_b=torch.randn(5, device=d)), V,
         "out_a must be [..., heads, head_dim]"),
     Bad("merge_out_b_shape", lambda d: merge(d, out_b=torch.randn(4, 4, 64, device=d).to(BF16)), V,
@@ -351,7 +406,9 @@ assert len(BAD_BY_ID) == len(BAD) and len(CLAMPED_BY_ID) == len(CLAMPED)
 
 
 def op_of(name: str):
-    return getattr(torch.ops.attn, name).default
+    """"prefill" -> attn::prefill.default, "prefill.out" -> attn::prefill.out."""
+    packet, _, overload = name.partition(".")
+    return getattr(getattr(torch.ops.attn, packet), overload or "default")
 
 
 def call(case_build, dev: str, extra_kwargs: dict | None = None):

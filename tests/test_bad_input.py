@@ -16,7 +16,7 @@ CUDA_FAKE_CASES = [c for c in BAD if "cuda" in c.devices and c.fake_sees_it]
 
 def test_the_table_covers_every_op():
     ops = {c.build("cpu")[0] for c in CPU_CASES}
-    assert ops == {"prefill", "prefill_paged", "merge_states"}
+    assert ops == {"prefill", "prefill_paged", "prefill.out", "prefill_paged.out", "merge_states"}
     assert len(BAD) + len(CLAMPED) >= 60
 
 
@@ -25,7 +25,8 @@ def test_real_op_on_cpu_and_fake_raise_the_same(case):
     exc, message = raised(lambda: call(case.build, "cpu"))
     assert exc == case.exc.__name__, message
     assert case.names in message and message.startswith("attn.")
-    assert fake_message(case, "cpu") == (exc, message)
+    if case.fake_sees_it:
+        assert fake_message(case, "cpu") == (exc, message)
 
 
 @pytest.mark.parametrize("case", CUDA_FAKE_CASES, ids=[c.id for c in CUDA_FAKE_CASES])

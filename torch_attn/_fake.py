@@ -57,6 +57,40 @@ def _check_head_dims(op: str, v_name: str, head_dim_qk, head_dim_v) -> None:
                                f"got {head_dim_v}")
 
 
+def _check_cuda_rows(op: str, name: str, t: torch.Tensor) -> None:
+    """The kernels move rows 16 bytes at a time: every row of t starts 16-byte aligned."""
+    aligned = t.storage_offset() * t.element_size() % 16 == 0
+    for d in range(t.dim() - 1):
+        aligned = aligned and (t.shape[d] <= 1 or t.stride(d) % 8 == 0)
+    torch._check_value(aligned, lambda: f"{op}: on CUDA, {name} must start 16-byte aligned and have strides that "
+                                        f"are multiples of 8 elements (every row 16-byte aligned), got strides "
+                                        f"{list(t.stride())} and storage offset {t.storage_offset()}")
+
+
+def check_out_args(op: str, q: torch.Tensor, head_dim_v, out: torch.Tensor, lse) -> None:
+    """The out= overloads' buffers (csrc/prefill_checks.cpp; the fakes cannot see shared memory)."""
+    out_shape = [*q.shape[:-1], head_dim_v]
+    torch._check_type(out.dtype == q.dtype, lambda: f"{op}: out must have q's dtype ({q.dtype}), got {out.dtype}")
+    torch._check_value(list(out.shape) == out_shape,
+                       lambda: f"{op}: out must be q's shape with v's head_dim {out_shape}, got {_shape(out)}")
+    torch._check_value(out.device == q.device, lambda: f"{op}: out must be on q's device ({q.device}), got {out.device}")
+    torch._check_value(out.stride(-1) == 1, lambda: f"{op}: out must have a contiguous last dimension (stride 1), got "
+                                                    f"stride {out.stride(-1)}")
+    if lse is not None:
+        lse_shape = list(q.shape[:-1])
+        torch._check_type(lse.dtype == torch.float32, lambda: f"{op}: lse must be float32, got {lse.dtype}")
+        torch._check_value(list(lse.shape) == lse_shape,
+                           lambda: f"{op}: lse must be q's shape without head_dim {lse_shape}, got {_shape(lse)}")
+        torch._check_value(lse.device == q.device,
+                           lambda: f"{op}: lse must be on q's device ({q.device}), got {lse.device}")
+    for name, t in (("out", out), ("lse", lse)):
+        expanded = t is not None and any(size > 1 and stride == 0 for size, stride in zip(t.shape, t.stride()))
+        torch._check_value(not expanded, lambda: f"{op}: {name} must not have elements that share memory (an expanded "
+                                                 f"view), got strides {list(t.stride())}")
+    if q.device.type == "cuda":
+        _check_cuda_rows(op, "out", out)
+
+
 def check_cuda_args(op: str, q: torch.Tensor, tensors: dict[str, torch.Tensor], chunk_size, logits_soft_cap) -> None:
     """The CUDA kernels' own demands: half-precision inputs, rows starting 16-byte aligned, chunks without a soft cap
     (a fake tensor has no address: its storage is taken to start aligned, as the caching
@@ -67,12 +101,7 @@ def check_cuda_args(op: str, q: torch.Tensor, tensors: dict[str, torch.Tensor], 
                       lambda: f"{op}: on CUDA, q, k and v must be float16 or bfloat16 (float32 runs on CPU only), got "
                               f"{q.dtype}")
     for name, t in tensors.items():
-        aligned = t.storage_offset() * t.element_size() % 16 == 0
-        for d in range(t.dim() - 1):
-            aligned = aligned and (t.shape[d] <= 1 or t.stride(d) % 8 == 0)
-        torch._check_value(aligned, lambda: f"{op}: on CUDA, {name} must start 16-byte aligned and have strides that "
-                                            f"are multiples of 8 elements (every row 16-byte aligned), got strides "
-                                            f"{list(t.stride())} and storage offset {t.storage_offset()}")
+        _check_cuda_rows(op, name, t)
     torch._check_value(chunk_size == 0 or logits_soft_cap == 0,
                        lambda: f"{op}: on CUDA, chunk_size and logits_soft_cap do not combine (the kernels have no "
                                f"variant with both; the CPU path runs it), got chunk_size {chunk_size} and "
@@ -167,6 +196,13 @@ def _prefill_fake(q, k, v, qo_indptr=None, kv_indptr=None, *, causal=False, sm_s
     return out, lse
 
 
+@torch.library.register_fake("attn::prefill.out")
+def _prefill_out_fake(q, k, v, qo_indptr=None, kv_indptr=None, *, causal=False, sm_scale=None, window_left=-1,
+                      chunk_size=0, logits_soft_cap=0.0, sinks=None, out, lse=None):
+    check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chunk_size, logits_soft_cap, sinks)
+    check_out_args("attn.prefill", q, v.shape[-1], out, lse)
+
+
 def _check_int_vector(name: str, t: torch.Tensor, dim: int, q: torch.Tensor) -> None:
     op = "attn.prefill_paged"
     torch._check_type(t.dtype == torch.int32, lambda: f"{op}: {name} must be int32, got {t.dtype}")
@@ -235,6 +271,15 @@ def _prefill_paged_fake(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, *,
                              chunk_size, logits_soft_cap, sinks)
     out = q.new_empty((*q.shape[:-1], v_cache.shape[3]))
     return out, q.new_empty(q.shape[:-1], dtype=torch.float32)
+
+
+@torch.library.register_fake("attn::prefill_paged.out")
+def _prefill_paged_out_fake(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, *, kv_layout="NHD", causal=False,
+                            sm_scale=None, window_left=-1, chunk_size=0, logits_soft_cap=0.0, sinks=None, out,
+                            lse=None):
+    check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout, sm_scale, window_left,
+                             chunk_size, logits_soft_cap, sinks)
+    check_out_args("attn.prefill_paged", q, v_cache.shape[3], out, lse)
 
 
 def check_merge_states_args(out_a, lse_a, out_b, lse_b) -> None:

@@ -6,6 +6,8 @@ import torch
 
 _prefill_op = torch.ops.attn.prefill.default
 _prefill_paged_op = torch.ops.attn.prefill_paged.default
+_prefill_out_op = torch.ops.attn.prefill.out
+_prefill_paged_out_op = torch.ops.attn.prefill_paged.out
 _merge_states_op = torch.ops.attn.merge_states.default
 
 
@@ -23,6 +25,8 @@ def prefill(
     kv_indptr: torch.Tensor | None = None,
     sinks: torch.Tensor | None = None,
     return_lse: bool = False,
+    out: torch.Tensor | None = None,
+    lse: torch.Tensor | None = None,
 ):
     """Attention of q over k/v for prefill.
 
@@ -49,11 +53,27 @@ def prefill(
 
     Returns out (q's shape with Dv, q's dtype), and with return_lse also lse (float32,
     natural log, q's shape without D).
+
+    out= (and optionally lse=): write the results into these buffers instead (the op
+    attn::prefill.out; on CUDA it allocates nothing, CUDA-graph safe). out may be a view with
+    any row strides (its last dim contiguous; on CUDA, rows 16-byte aligned); they are
+    returned as given, and return_lse needs lse=.
     """
-    out, lse = _prefill_op(q, k, v, qo_indptr, kv_indptr, causal=causal, sm_scale=sm_scale,
-                           window_left=window_left, chunk_size=chunk_size, logits_soft_cap=logits_soft_cap,
-                           sinks=sinks)
+    kwargs = dict(causal=causal, sm_scale=sm_scale, window_left=window_left, chunk_size=chunk_size,
+                  logits_soft_cap=logits_soft_cap, sinks=sinks)
+    if out is None and lse is None:
+        out, lse = _prefill_op(q, k, v, qo_indptr, kv_indptr, **kwargs)
+    else:
+        _check_out_kwargs("prefill", out, lse, return_lse)
+        _prefill_out_op(q, k, v, qo_indptr, kv_indptr, **kwargs, out=out, lse=lse)
     return (out, lse) if return_lse else out
+
+
+def _check_out_kwargs(fn: str, out, lse, return_lse: bool) -> None:
+    if out is None:
+        raise ValueError(f"torch_attn.{fn}: lse= is a buffer of the out= form: pass out= as well")
+    if return_lse and lse is None:
+        raise ValueError(f"torch_attn.{fn}: return_lse=True with out= needs lse= (the buffer to return)")
 
 
 def prefill_paged(
@@ -72,6 +92,8 @@ def prefill_paged(
     logits_soft_cap: float = 0.0,
     sinks: torch.Tensor | None = None,
     return_lse: bool = False,
+    out: torch.Tensor | None = None,
+    lse: torch.Tensor | None = None,
 ):
     """Prefill against a paged KV cache.
 
@@ -84,11 +106,15 @@ def prefill_paged(
     Semantics as prefill(): query i of sequence b sees key j iff j <= i + kv_lens[b] - qo_len_b
     (causal), so the queries are the last tokens of their sequence's keys. Cache slots past
     kv_lens[b] and pages the block table does not name are never read. chunk_size and sinks
-    as in prefill().
+    as in prefill(), and so are out= and lse= (the op attn::prefill_paged.out).
     """
-    out, lse = _prefill_paged_op(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout=kv_layout,
-                                 causal=causal, sm_scale=sm_scale, window_left=window_left, chunk_size=chunk_size,
-                                 logits_soft_cap=logits_soft_cap, sinks=sinks)
+    kwargs = dict(kv_layout=kv_layout, causal=causal, sm_scale=sm_scale, window_left=window_left,
+                  chunk_size=chunk_size, logits_soft_cap=logits_soft_cap, sinks=sinks)
+    if out is None and lse is None:
+        out, lse = _prefill_paged_op(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, **kwargs)
+    else:
+        _check_out_kwargs("prefill_paged", out, lse, return_lse)
+        _prefill_paged_out_op(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, **kwargs, out=out, lse=lse)
     return (out, lse) if return_lse else out
 
 
