@@ -36,6 +36,14 @@ struct VisibleKeys {
   int chunk_base;
   float chunk_rcp;  // 1 / chunk_size
 
+  /// chunk_base for a work item whose first row lies at `first_position` among the keys
+  /// (negative: before key 0; clamped to [0, 2^31)).
+  __host__ __device__ __forceinline__ static int chunk_base_of(int64_t first_position, int chunk_size) {
+    const uint32_t position =
+        static_cast<uint32_t>(first_position < 0 ? 0 : (first_position > INT32_MAX ? INT32_MAX : first_position));
+    return static_cast<int>(position - position % static_cast<uint32_t>(chunk_size));
+  }
+
   /// The first key of the chunk holding the key `distance` positions past chunk_base.
   __host__ __device__ __forceinline__ uint32_t chunk_start(uint32_t distance) const {
     const uint32_t size = static_cast<uint32_t>(chunk_size);

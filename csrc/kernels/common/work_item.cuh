@@ -59,10 +59,7 @@ struct WorkItem {
     if constexpr (kChunked) {  // chunk_size > 0 here (launch_variant)
       keys.chunk_size = p.chunk_size;
       keys.chunk_rcp = p.chunk_rcp;
-      // The chunk of the first row's position, clamped to [0, 2^31).
-      const int64_t first = static_cast<int64_t>(q_row0) + kv_len - qo_len;
-      const uint32_t position = static_cast<uint32_t>(first < 0 ? 0 : (first > INT_MAX ? INT_MAX : first));
-      keys.chunk_base = static_cast<int>(position - position % static_cast<uint32_t>(p.chunk_size));
+      keys.chunk_base = VisibleKeys::chunk_base_of(static_cast<int64_t>(q_row0) + kv_len - qo_len, p.chunk_size);
     }
     return keys;
   }
