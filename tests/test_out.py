@@ -154,7 +154,8 @@ def test_cuda_graph_and_no_allocation(cuda_backend):
         q, k, v = make_qkv(seq, seq, hq, hkv, 128, torch.bfloat16, "cuda", batch=batch)
         out, lse = torch.empty_like(q), torch.empty(q.shape[:-1], device="cuda")
         for causal in (False, True):
-            torch_attn.prefill(q, k, v, causal=causal, out=out, lse=lse)  # warm-up: the scratch buffer grows
+            for lse_given in (lse, None):  # warm-up: the scratch buffer grows to what each form needs
+                torch_attn.prefill(q, k, v, causal=causal, out=out, lse=lse_given)
             torch.cuda.synchronize()
             before = torch.cuda.memory_stats()["allocation.all.allocated"]
             torch_attn.prefill(q, k, v, causal=causal, out=out, lse=lse)
