@@ -1,17 +1,25 @@
-// CPU implementation of attn::prefill: the same semantics as the CUDA kernel,
-// computed in float32 with ATen matrix products, a block of query rows at a time
-// so memory stays bounded on long sequences.
+// CPU implementation of attn::prefill: the same semantics as the CUDA kernels, computed in
+// float32 with ATen matrix products, blocked like them (query rows x key steps, an online
+// softmax) and spread over ATen's threads.
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 #include <algorithm>
 #include <limits>
 #include <tuple>
 #include <utility>
+#include <vector>
 #include "prefill.h"
 
 namespace torch_attn {
 namespace {
 
-constexpr int64_t kQueryBlock = 256;  // query rows per block: 256 x kv_len scores per head
+// A task is kRowBlock query rows of all the query heads of one KV head (GQA: the group's heads
+// stacked into one matrix, so K and V are read once for them); it walks the keys its rows see in
+// steps of kKeyBlock with an online softmax. A step's scores ([group * rows, keys] floats, a few
+// hundred KB) stay in cache through its handful of passes, where scores of whole key ranges
+// went through memory on every pass.
+constexpr int64_t kRowBlock = 128;
+constexpr int64_t kKeyBlock = 256;
 
 /// What turns q . k into softmax weights: the masks, the scale, the cap and the sinks.
 struct CpuScores {
@@ -37,85 +45,104 @@ struct CpuScores {
   }
 };
 
-/// Rows that see no key: out = 0, lse = -inf (the sink's logit with sinks). out [rows, Hq, Dv], lse [rows, Hq].
-void write_rows_without_keys(at::Tensor out, at::Tensor lse, const CpuScores& scores) {
-  out.zero_();
-  if (scores.sinks.defined()) {
-    lse.copy_(scores.sinks.unsqueeze(0).expand_as(lse));
-  } else {
-    lse.fill_(-std::numeric_limits<float>::infinity());
+/// One sequence in float32: q [qo_len, Hq, Dqk], and k [Hkv, kv_len, Dqk], v [Hkv, kv_len, Dv] each head's
+/// keys contiguous (the matrix products read them at full speed); and where its out [qo_len, Hq, Dv] and
+/// lse [qo_len, Hq] go.
+struct CpuSequence {
+  at::Tensor q, k, v, out, lse;
+};
+
+/// Query rows [row0, row0 + rows) of the query heads of KV head h.
+void attend_rows(const CpuSequence& seq, int64_t h, int64_t row0, int64_t rows, const CpuScores& scores) {
+  const int64_t qo_len = seq.q.size(0), kv_len = seq.k.size(1), diag = kv_len - qo_len;
+  const int64_t group = seq.q.size(1) / seq.k.size(0), head_dim_v = seq.v.size(2), stacked = group * rows;
+  const auto f32 = at::TensorOptions().dtype(at::kFloat);
+  constexpr float kInf = std::numeric_limits<float>::infinity();
+  at::Tensor out = seq.out.narrow(0, row0, rows).narrow(1, h * group, group);  // [rows, group, Dv]
+  at::Tensor lse = seq.lse.narrow(0, row0, rows).narrow(1, h * group, group);  // [rows, group]
+  const at::Tensor sinks = scores.sinks.defined() ? scores.sinks.narrow(0, h * group, group) : at::Tensor();
+
+  // Each row sees one interval of keys (visible_keys, the masks' one definition here); the block the union.
+  std::vector<int64_t> begins(rows), ends(rows);
+  for (int64_t r = 0; r < rows; ++r) std::tie(begins[r], ends[r]) = scores.visible_keys(row0 + r, diag, kv_len);
+  const int64_t key0 = begins.front(), key_end = std::min(ends.back(), kv_len);
+  if (key_end <= key0) {  // no key: out = 0, lse = -inf (the sink's logit with sinks)
+    out.zero_();
+    lse.copy_(sinks.defined() ? sinks.unsqueeze(0).expand_as(lse) : at::full_like(lse, -kInf));
+    return;
   }
+  const int64_t max_begin = *std::max_element(begins.begin(), begins.end());
+  const int64_t min_end = *std::min_element(ends.begin(), ends.end());
+  const at::Tensor begin_col = at::tensor(begins).view({rows, 1}), end_col = at::tensor(ends).view({rows, 1});
+
+  // [group * rows, D]: the group's heads stacked; the scale folded into q where no cap follows.
+  const at::Tensor q_rows = seq.q.narrow(0, row0, rows).narrow(1, h * group, group).permute({1, 0, 2})
+                                .reshape({stacked, seq.q.size(2)});
+  const at::Tensor qb = scores.soft_cap > 0 ? q_rows : q_rows.mul(scores.sm_scale);
+  const at::Tensor keys = seq.k[h], values = seq.v[h];  // [kv_len, D]
+  at::Tensor score_buffer = at::empty({stacked * kKeyBlock}, f32);
+  at::Tensor acc = at::zeros({stacked, head_dim_v}, f32);
+  at::Tensor row_max = at::full({stacked, 1}, -kInf, f32), row_sum = at::zeros({stacked, 1}, f32), safe_max;
+  for (int64_t t0 = key0; t0 < key_end; t0 += kKeyBlock) {
+    const int64_t n = std::min(kKeyBlock, key_end - t0);
+    at::Tensor s = score_buffer.narrow(0, 0, stacked * n).view({stacked, n});
+    at::mm_out(s, qb, keys.narrow(0, t0, n).t());
+    if (scores.soft_cap > 0) s.mul_(scores.sm_scale / scores.soft_cap).tanh_().mul_(scores.soft_cap);
+    if (max_begin > t0 || min_end < t0 + n) {  // some row does not see all of these keys: select, never add
+      const at::Tensor key_index = at::arange(t0, t0 + n, at::TensorOptions().dtype(at::kLong)).unsqueeze(0);
+      const at::Tensor hidden = (key_index < begin_col).logical_or_(key_index >= end_col);
+      s.view({group, rows, n}).masked_fill_(hidden.unsqueeze(0), -kInf);
+    }
+    const at::Tensor new_max = at::maximum(row_max, s.amax(1, /*keepdim=*/true));
+    // -inf guard: a row that has seen no key yet would compute exp(-inf - -inf) = NaN.
+    safe_max = new_max.masked_fill(new_max.isneginf(), 0.f);
+    const at::Tensor rescale = (row_max - safe_max).exp_();
+    s.sub_(safe_max).exp_();
+    row_sum.mul_(rescale).add_(s.sum(1, /*keepdim=*/true));
+    acc.mul_(rescale).addmm_(s, values.narrow(0, t0, n));
+    row_max = new_max;
+  }
+  const at::Tensor saw_keys = row_sum > 0;
+  acc.div_(at::where(saw_keys, row_sum, at::ones_like(row_sum)));  // rows without keys: acc is 0
+  at::Tensor lse_rows = at::where(saw_keys, safe_max + row_sum.log(), at::full_like(row_sum, -kInf));
+  if (sinks.defined()) {
+    // One more key per row with the head's sink as logit and value 0: it enters only the denominator.
+    const at::Tensor sink = sinks.view({group, 1}).expand({group, rows}).reshape({stacked, 1});
+    const at::Tensor with_sink = at::logaddexp(lse_rows, sink);
+    // Neither a key nor the sink (a sink of -inf): out stays 0 and lse -inf, never NaN.
+    acc.mul_(at::where(with_sink.isneginf(), at::zeros_like(lse_rows), (lse_rows - with_sink).exp()));
+    lse_rows = with_sink;
+  }
+  out.copy_(acc.view({group, rows, head_dim_v}).permute({1, 0, 2}));
+  lse.copy_(lse_rows.view({group, rows}).t());
 }
 
-/// Attention sinks: one more key per row whose logit is the head's sink and whose value is 0,
-/// so it enters only the softmax's denominator: lse' = logaddexp(lse, sink), out *= e^(lse - lse').
-/// lse, out: [Hkv, group, rows, 1 / D].
-void add_sinks(const at::Tensor& sinks, at::Tensor& out, at::Tensor& lse) {
-  const at::Tensor sink = sinks.view({lse.size(0), lse.size(1), 1, 1});
-  const at::Tensor with_sink = at::logaddexp(lse, sink);
-  // Neither a key nor the sink (a sink of -inf): out stays 0 and lse -inf, never NaN.
-  out = out * at::where(at::isneginf(with_sink), at::zeros_like(lse), at::exp(lse - with_sink));
-  lse = with_sink;
+/// Every sequence's tasks (query-row blocks x KV heads), spread over ATen's threads: tasks write
+/// disjoint rows and heads of out and lse.
+void attend_sequences(const std::vector<CpuSequence>& seqs, const CpuScores& scores) {
+  struct Task {
+    int64_t seq, kv_head, row0;
+  };
+  std::vector<Task> tasks;
+  for (int64_t b = 0; b < static_cast<int64_t>(seqs.size()); ++b) {
+    for (int64_t h = 0; h < seqs[b].k.size(0); ++h) {
+      for (int64_t row0 = 0; row0 < seqs[b].q.size(0); row0 += kRowBlock) tasks.push_back({b, h, row0});
+    }
+  }
+  at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t first, int64_t last) {
+    for (int64_t i = first; i < last; ++i) {
+      const Task& t = tasks[i];
+      const CpuSequence& seq = seqs[t.seq];
+      attend_rows(seq, t.kv_head, t.row0, std::min(kRowBlock, seq.q.size(0) - t.row0), scores);
+    }
+  });
 }
 
-/// One sequence: q [qo_len, Hq, Dqk], k [kv_len, Hkv, Dqk], v [kv_len, Hkv, Dv] -> out [qo_len, Hq, Dv],
-/// lse [qo_len, Hq].
-void attend_sequence(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, at::Tensor out, at::Tensor lse,
-                     const CpuScores& scores) {
-  const int64_t qo_len = q.size(0), kv_len = k.size(0);
-  const int64_t num_qo_heads = q.size(1), num_kv_heads = k.size(1), head_dim_qk = q.size(2), head_dim_v = v.size(2);
-  const int64_t group = num_qo_heads / num_kv_heads;
-  if (qo_len == 0) return;
-  const auto f32 = at::kFloat;
-  // Query heads of one KV head stacked along rows: [Hkv, group, rows, D], no copy of K/V per group.
-  const at::Tensor kf = k.to(f32).permute({1, 2, 0});  // [Hkv, D, kv_len]
-  const at::Tensor vf = v.to(f32).permute({1, 0, 2});  // [Hkv, kv_len, D]
-  const at::Tensor keys = at::arange(kv_len, at::TensorOptions().dtype(at::kLong));
-  const int64_t diag = kv_len - qo_len;  // bottom-right alignment
-
-  for (int64_t row0 = 0; row0 < qo_len; row0 += kQueryBlock) {
-    const int64_t rows = std::min(kQueryBlock, qo_len - row0);
-    // Only the keys some row of the block sees: the rest are skipped, not masked.
-    const int64_t key0 = scores.visible_keys(row0, diag, kv_len).first;
-    const int64_t key_end = scores.visible_keys(row0 + rows - 1, diag, kv_len).second;
-    if (key_end <= key0) {
-      write_rows_without_keys(out.narrow(0, row0, rows), lse.narrow(0, row0, rows), scores);
-      continue;
-    }
-    const int64_t cols = key_end - key0;
-    const at::Tensor qb = q.narrow(0, row0, rows).to(f32).view({rows, num_kv_heads, group, head_dim_qk})
-                              .permute({1, 2, 0, 3}).reshape({num_kv_heads, group * rows, head_dim_qk});
-    at::Tensor logits = at::bmm(qb, kf.narrow(2, key0, cols)).view({num_kv_heads, group, rows, cols});
-    if (scores.soft_cap > 0) {
-      logits = at::tanh(logits * (scores.sm_scale / scores.soft_cap)) * scores.soft_cap;
-    } else {
-      logits = logits * scores.sm_scale;
-    }
-    // Each row sees one interval of keys (visible_keys, the masks' one definition here).
-    at::Tensor begin = at::empty({rows, 1}, keys.options()), end = at::empty({rows, 1}, keys.options());
-    for (int64_t r = 0; r < rows; ++r) {
-      std::tie(begin.data_ptr<int64_t>()[r], end.data_ptr<int64_t>()[r]) = scores.visible_keys(row0 + r, diag, kv_len);
-    }
-    const at::Tensor block_keys = keys.narrow(0, key0, cols).unsqueeze(0);  // [1, cols]
-    const at::Tensor visible = (block_keys >= begin) & (block_keys < end);
-    logits = at::where(visible, logits, -std::numeric_limits<float>::infinity());  // select, never add
-
-    const at::Tensor row_max = std::get<0>(logits.max(-1, /*keepdim=*/true));
-    // -inf guard: a row that sees no key would compute exp(-inf - -inf) = NaN.
-    const at::Tensor safe_max = at::where(at::isinf(row_max), at::zeros_like(row_max), row_max);
-    const at::Tensor weights = at::exp(logits - safe_max);
-    const at::Tensor row_sum = weights.sum(-1, /*keepdim=*/true);
-    at::Tensor ob = at::bmm(weights.view({num_kv_heads, group * rows, cols}), vf.narrow(1, key0, cols))
-                        .view({num_kv_heads, group, rows, head_dim_v});
-    const at::Tensor saw_keys = row_sum > 0;
-    ob = at::where(saw_keys, ob / at::where(saw_keys, row_sum, at::ones_like(row_sum)), at::zeros_like(ob));
-    at::Tensor lb = at::where(saw_keys, safe_max + at::log(row_sum),
-                              at::full_like(row_sum, -std::numeric_limits<float>::infinity()));
-    if (scores.sinks.defined()) add_sinks(scores.sinks, ob, lb);
-    // [Hkv, group, rows, *] -> [rows, Hq, *]
-    out.narrow(0, row0, rows).copy_(ob.permute({2, 0, 1, 3}).reshape({rows, num_qo_heads, head_dim_v}));
-    lse.narrow(0, row0, rows).copy_(lb.squeeze(-1).permute({2, 0, 1}).reshape({rows, num_qo_heads}));
-  }
+/// A sequence's tensors as attend_rows reads them.
+CpuSequence sequence_of(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
+                        const at::Tensor& lse) {
+  auto heads_first = [](const at::Tensor& t) { return t.to(at::kFloat).transpose(0, 1).contiguous(); };
+  return {q.to(at::kFloat), heads_first(k), heads_first(v), out, lse};
 }
 
 /// Host-side check of ragged indptr values (possible on CPU, where reading them costs no sync).
@@ -144,6 +171,7 @@ void prefill_cpu_into(const at::Tensor& q, const at::Tensor& k, const at::Tensor
                       const c10::optional<at::Tensor>& qo_indptr, const c10::optional<at::Tensor>& kv_indptr,
                       const PrefillShape& shape, const CpuScores& scores, const at::Tensor& out,
                       const at::Tensor& lse) {
+  std::vector<CpuSequence> seqs;
   if (shape.ragged) {
     check_indptr_values("qo_indptr", *qo_indptr, shape.qo_len);
     check_indptr_values("kv_indptr", *kv_indptr, shape.kv_len);
@@ -151,14 +179,15 @@ void prefill_cpu_into(const at::Tensor& q, const at::Tensor& k, const at::Tensor
     const int32_t* kv = kv_indptr->data_ptr<int32_t>();
     for (int64_t b = 0; b < shape.num_seqs; ++b) {
       const int64_t q0 = qo[b], q_len = qo[b + 1] - qo[b], k0 = kv[b], k_len = kv[b + 1] - kv[b];
-      attend_sequence(q.narrow(0, q0, q_len), k.narrow(0, k0, k_len), v.narrow(0, k0, k_len), out.narrow(0, q0, q_len),
-                      lse.narrow(0, q0, q_len), scores);
+      seqs.push_back(sequence_of(q.narrow(0, q0, q_len), k.narrow(0, k0, k_len), v.narrow(0, k0, k_len),
+                                 out.narrow(0, q0, q_len), lse.narrow(0, q0, q_len)));
     }
   } else if (q.dim() == 4) {
-    for (int64_t b = 0; b < shape.num_seqs; ++b) attend_sequence(q[b], k[b], v[b], out[b], lse[b], scores);
+    for (int64_t b = 0; b < shape.num_seqs; ++b) seqs.push_back(sequence_of(q[b], k[b], v[b], out[b], lse[b]));
   } else {
-    attend_sequence(q, k, v, out, lse, scores);
+    seqs.push_back(sequence_of(q, k, v, out, lse));
   }
+  attend_sequences(seqs, scores);
 }
 
 }  // namespace
@@ -203,6 +232,7 @@ void prefill_paged_cpu_into(const at::Tensor& q, const at::Tensor& k_cache, cons
                             const PagedShape& shape, const CpuScores& scores, const at::Tensor& out,
                             const at::Tensor& lse) {
   check_indptr_values("qo_indptr", qo_indptr, shape.common.qo_len);
+  std::vector<CpuSequence> seqs;
   const int32_t* qo = qo_indptr.data_ptr<int32_t>();
   const auto lens = kv_lens.accessor<int32_t, 1>();
   for (int64_t b = 0; b < shape.common.num_seqs; ++b) {
@@ -215,10 +245,11 @@ void prefill_paged_cpu_into(const at::Tensor& q, const at::Tensor& k_cache, cons
                                              pages.max().item<int32_t>() < shape.num_pages),
                       "attn.prefill_paged: block_table[", b, "] names pages outside [0, ", shape.num_pages, ")");
     const int64_t q0 = qo[b], q_len = qo[b + 1] - qo[b];
-    attend_sequence(q.narrow(0, q0, q_len), gather_pages(k_cache, pages, shape.hnd, kv_len),
-                    gather_pages(v_cache, pages, shape.hnd, kv_len), out.narrow(0, q0, q_len), lse.narrow(0, q0, q_len),
-                    scores);
+    seqs.push_back(sequence_of(q.narrow(0, q0, q_len), gather_pages(k_cache, pages, shape.hnd, kv_len),
+                               gather_pages(v_cache, pages, shape.hnd, kv_len), out.narrow(0, q0, q_len),
+                               lse.narrow(0, q0, q_len)));
   }
+  attend_sequences(seqs, scores);
 }
 
 }  // namespace
