@@ -174,13 +174,21 @@ PrefillParams common_params(const at::Tensor& q, const at::Tensor& out, const Pr
   return p;
 }
 
-/// Whether the wgmma kernel may split its last round of items (tail_split.h):
-/// TORCH_ATTN_TAIL_SPLIT=0 turns it off, for comparisons; read on every call.
+/// A 0/1 switch from the environment, read on every call (a process may flip it between calls).
+bool env_switch(const char* name, bool unset) {
+  const char* env = std::getenv(name);
+  if (env == nullptr || *env == '\0') return unset;
+  TORCH_CHECK_VALUE(std::strcmp(env, "0") == 0 || std::strcmp(env, "1") == 0, name, ": expected 0 or 1, got '", env,
+                    "'");
+  return std::strcmp(env, "1") == 0;
+}
+
+/// Whether the wgmma kernel may split its last round of items (tail_split.h). The split depends on
+/// how many items the whole batch has, so it changes a sequence's rounding with its neighbours:
+/// TORCH_ATTN_BATCH_INVARIANT=1 (serving engines' batch-invariant mode) turns it off, as does
+/// TORCH_ATTN_TAIL_SPLIT=0 (comparisons). Nothing else the kernels do depends on the batch.
 bool tail_split_allowed() {
-  const char* env = std::getenv("TORCH_ATTN_TAIL_SPLIT");
-  if (env == nullptr || *env == '\0' || std::strcmp(env, "1") == 0) return true;
-  TORCH_CHECK_VALUE(std::strcmp(env, "0") == 0, "TORCH_ATTN_TAIL_SPLIT: expected 0 or 1, got '", env, "'");
-  return false;
+  return env_switch("TORCH_ATTN_TAIL_SPLIT", true) && !env_switch("TORCH_ATTN_BATCH_INVARIANT", false);
 }
 
 /// A kernel for the call, checked against the GPU's limits: its shared memory, and a grid
