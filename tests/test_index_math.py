@@ -9,6 +9,7 @@ import random
 import subprocess
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from torch_attn import _build_spec
@@ -19,26 +20,37 @@ INT32_MAX = 2**31 - 1
 ROWS = 192  # the widest work item (the wgmma kernel's d64 tile)
 
 
-@pytest.fixture(scope="module")
-def visible_keys_exe(tmp_path_factory):
+def host_program(tmp_path_factory, name):
+    """tests/host/NAME.cu built for the host with nvcc."""
     if CUDA_HOME is None:
         pytest.skip("nvcc not found")
-    exe = tmp_path_factory.mktemp("host") / "visible_keys"
+    exe = tmp_path_factory.mktemp("host") / name
     subprocess.run([str(Path(CUDA_HOME) / "bin" / "nvcc"), "-std=c++17", "-O2", "-I", str(ROOT / "csrc"),
-                    str(ROOT / "tests" / "host" / "visible_keys.cu"), "-o", str(exe)], check=True, capture_output=True)
+                    str(ROOT / "tests" / "host" / f"{name}.cu"), "-o", str(exe)], check=True, capture_output=True)
     return exe
 
 
-def expected(kv_len, qo_len, causal, window_left, chunk_size, row):
-    """mask.cuh's definition in exact integers: the interval, clamped as the kernel clamps it."""
-    last = row + kv_len - qo_len
-    end = last + 1 if causal else kv_len
-    begin = last - window_left if window_left >= 0 else 0
+@pytest.fixture(scope="module")
+def visible_keys_exe(tmp_path_factory):
+    return host_program(tmp_path_factory, "visible_keys")
+
+
+@pytest.fixture(scope="module")
+def kv_tile_range_exe(tmp_path_factory):
+    return host_program(tmp_path_factory, "kv_tile_range")
+
+
+def expected(kv_len, qo_len, causal, window_left, chunk_size, rows):
+    """mask.cuh's definition in exact (int64) integers for the rows (an array): (begin, end) arrays,
+    clamped as the kernel clamps them."""
+    last = rows.astype(np.int64) + (kv_len - qo_len)
+    end = last + 1 if causal else np.full_like(last, kv_len)
+    begin = last - window_left if window_left >= 0 else np.zeros_like(last)
     if chunk_size > 0:
-        chunk_begin = max(last, 0) // chunk_size * chunk_size
-        begin = max(begin, chunk_begin)
-        end = min(end, chunk_begin + chunk_size if last >= 0 else 0)
-    return max(begin, 0), min(end, kv_len)
+        chunk_begin = np.maximum(last, 0) // chunk_size * chunk_size
+        begin = np.maximum(begin, chunk_begin)
+        end = np.minimum(end, np.where(last >= 0, chunk_begin + chunk_size, 0))
+    return np.maximum(begin, 0), np.minimum(end, kv_len)
 
 
 def items():
@@ -68,16 +80,45 @@ def test_visible_keys_match_exact_math(visible_keys_exe):
     cases = items()
     text = "".join(f"{kv} {qo} {int(c)} {w} {ch} {r0} {ROWS}\n" for kv, qo, c, w, ch, r0 in cases)
     done = subprocess.run([str(visible_keys_exe)], input=text, capture_output=True, text=True, check=True)
-    got = [tuple(map(int, line.split())) for line in done.stdout.splitlines()]
-    assert len(got) == len(cases) * ROWS
+    got = np.array(done.stdout.split(), dtype=np.int64).reshape(len(cases), ROWS, 2)
     bad = []
     for n, (kv, qo, causal, window, chunk, q_row0) in enumerate(cases):
-        for r in range(ROWS):
-            if not 0 <= q_row0 + r < qo:
-                continue  # a row outside the sequence: computed by the item's warps, never stored
-            want = expected(kv, qo, causal, window, chunk, q_row0 + r)
-            have = got[n * ROWS + r]
-            same = have == want or (want[1] <= want[0] and have[1] <= have[0])  # both empty
-            if not same:
-                bad.append(((kv, qo, causal, window, chunk, q_row0 + r), want, have))
+        rows = np.arange(q_row0, q_row0 + ROWS)
+        inside = (rows >= 0) & (rows < qo)  # rows outside the sequence: computed by the item's warps, never stored
+        want_begin, want_end = expected(kv, qo, causal, window, chunk, rows)
+        have_begin, have_end = got[n, :, 0], got[n, :, 1]
+        same = ((have_begin == want_begin) & (have_end == want_end)) | ((want_end <= want_begin) & (have_end <= have_begin))
+        for r in np.nonzero(inside & ~same)[0][:3]:
+            bad.append(((kv, qo, causal, window, chunk, int(rows[r])), (int(want_begin[r]), int(want_end[r])),
+                        (int(have_begin[r]), int(have_end[r]))))
     assert not bad, f"{len(bad)} rows differ, e.g. {bad[:5]}"
+
+
+def test_kv_tile_ranges_hold_every_rows_keys(kv_tile_range_exe):
+    """KvTileRange::of over a work item's rows inside its sequence (as both kernels call it), tiles of 64
+    and 128 keys: every row's keys lie in the range; the unmasked run's tiles are whole for every row;
+    past the run every row's first key is at or before the tile (only the end is tested there)."""
+    jobs = []
+    for kv, qo, causal, window, chunk, q_row0 in items():
+        for block_m, block_n in ((128, 128), (192, 64)):
+            first, last = max(q_row0, 0), min(q_row0 + block_m, qo)
+            if last > first:
+                jobs.append((kv, qo, causal, window, chunk, first, last - first, block_n))
+    text = "".join(" ".join(str(int(x)) for x in job) + "\n" for job in jobs)
+    done = subprocess.run([str(kv_tile_range_exe)], input=text, capture_output=True, text=True, check=True)
+    bad = []
+    for job, line in zip(jobs, done.stdout.splitlines(), strict=True):
+        kv, qo, causal, window, chunk, first, rows, bn = job
+        begin, count, full_begin, full_end = map(int, line.split())
+        b, e = expected(kv, qo, causal, window, chunk, np.arange(first, first + rows))
+        seen = e > b
+        ok = count >= 0 and 0 <= full_begin <= full_end <= count
+        ok = ok and bool(np.all((begin * bn <= b[seen]) & (e[seen] <= (begin + count) * bn)))
+        for j in {full_begin, full_end - 1} if full_end > full_begin else ():  # the run's ends: intervals grow
+            ok = ok and bool(np.all((b <= (begin + j) * bn) & ((begin + j + 1) * bn <= e)))
+        if full_end < count:
+            start = (begin + full_end) * bn
+            ok = ok and bool(np.all(b[e > start] <= start))
+        if not ok:
+            bad.append((job, (begin, count, full_begin, full_end)))
+    assert not bad, f"{len(bad)} of {len(jobs)} items wrong, e.g. {bad[:3]}"

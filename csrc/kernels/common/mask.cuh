@@ -97,26 +97,33 @@ struct KvTileRange {
   int full_begin;
   int full_end;
 
+  /// ceil(keys / kBlockN) for 0 <= keys < 2^31, in unsigned arithmetic: keys + kBlockN - 1 overflows int32
+  /// for sequences within a tile of 2^31 keys.
   template <int kBlockN>
-  __device__ __forceinline__ static KvTileRange of(const VisibleKeys& visibility, int q_row0, int rows) {
+  __host__ __device__ __forceinline__ static int tiles_holding(int keys) {
+    return static_cast<int>((static_cast<uint32_t>(keys) + (kBlockN - 1)) / kBlockN);
+  }
+
+  template <int kBlockN>
+  __host__ __device__ __forceinline__ static KvTileRange of(const VisibleKeys& visibility, int q_row0, int rows) {
     const KeyInterval first_row = visibility.of_query(q_row0);
     const KeyInterval last_row = visibility.of_query(q_row0 + rows - 1);
     const int begin = first_row.begin / kBlockN;
-    const int end = last_row.end > first_row.begin ? (last_row.end + kBlockN - 1) / kBlockN : begin;
+    const int end = last_row.end > first_row.begin ? tiles_holding<kBlockN>(last_row.end) : begin;
     // Unmasked tiles: key0 >= the last row's first key and key0 + BN <= the first row's end.
-    const int full_begin = min(max(begin, (last_row.begin + kBlockN - 1) / kBlockN), end) - begin;
+    const int full_begin = min(max(begin, tiles_holding<kBlockN>(last_row.begin)), end) - begin;
     const int full_end = max(full_begin, min(end, first_row.end / kBlockN) - begin);
     return {begin, end - begin, full_begin, full_end};
   }
 
   /// The tiles [first, first + n) of this range (first + n <= count), with their unmasked run.
-  __device__ __forceinline__ KvTileRange part(int first, int n) const {
+  __host__ __device__ __forceinline__ KvTileRange part(int first, int n) const {
     const int part_full_begin = min(max(full_begin - first, 0), n);
     return {begin + first, n, part_full_begin, min(max(full_end - first, part_full_begin), n)};
   }
 
   /// Whether tile j (counted from begin) has a hidden score.
-  __device__ __forceinline__ bool needs_mask(int j) const { return j < full_begin || j >= full_end; }
+  __host__ __device__ __forceinline__ bool needs_mask(int j) const { return j < full_begin || j >= full_end; }
 };
 
 }  // namespace torch_attn
