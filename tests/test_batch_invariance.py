@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import torch_attn
-from conftest import HAS_GPU
+from conftest import HAS_GPU, indptr_of
 
 DEVICES = [pytest.param("cpu", id="cpu"),
            pytest.param("cuda", id="cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_GPU, reason="no GPU")])]
@@ -19,10 +19,6 @@ HQ, HKV, D = 8, 2, 128
 
 def dtype_on(device):
     return torch.bfloat16 if device == "cuda" else torch.float32
-
-
-def indptr(lengths, device):
-    return torch.tensor([0, *torch.tensor(lengths).cumsum(0).tolist()], dtype=torch.int32, device=device)
 
 
 @pytest.mark.parametrize("device", DEVICES)
@@ -35,8 +31,8 @@ def test_ragged_batches(device, causal, monkeypatch):
 
     def run(seqs):
         q, k, v = (torch.cat([s[i] for s in seqs]) for i in range(3))
-        qo = indptr([len(s[0]) for s in seqs], device)
-        kv = indptr([len(s[1]) for s in seqs], device)
+        qo = indptr_of([len(s[0]) for s in seqs], device)
+        kv = indptr_of([len(s[1]) for s in seqs], device)
         return torch_attn.prefill(q, k, v, causal=causal, qo_indptr=qo, kv_indptr=kv, return_lse=True), qo
 
     (alone_out, alone_lse), _ = run([target])
@@ -103,7 +99,7 @@ def test_paged_batches(device, monkeypatch):
 
     def run(seqs):
         q = torch.cat([s[0] for s in seqs])
-        qo = indptr([len(s[0]) for s in seqs], device)
+        qo = indptr_of([len(s[0]) for s in seqs], device)
         k_cache, v_cache, table, lens = paged(seqs, 16, device, rng)
         out, lse = torch_attn.prefill_paged(q, k_cache, v_cache, qo, table, lens, causal=True, return_lse=True)
         return out, lse, qo

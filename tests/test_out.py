@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import torch_attn
-from conftest import HAS_GPU, make_qkv, ragged_batch
+from conftest import HAS_GPU, indptr_of, make_qkv, ragged_batch
 from test_paged import paged_cache
 
 DEVICES = [pytest.param("cpu", id="cpu"),
@@ -81,7 +81,7 @@ def test_prefill_paged_out_matches_the_functional_op(device, layout):
     k_cache, v_cache, block_table, kv_lens_t, _, _ = paged_cache(kv_lens, 16, layout, 2, 128, dtype, device, math.nan,
                                                                  0, torch.Generator().manual_seed(3))
     q = torch.randn(sum(qo_lens), 8, 128).to(device, dtype)
-    qo_indptr = torch.tensor([0, *torch.tensor(qo_lens).cumsum(0).tolist()], dtype=torch.int32, device=device)
+    qo_indptr = indptr_of(qo_lens, device)
     kwargs = dict(kv_layout=layout, causal=True, sinks=torch.randn(8, device=device))
 
     def call(**out):
