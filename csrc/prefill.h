@@ -3,7 +3,6 @@
 #pragma once
 #include <ATen/core/Tensor.h>
 #include <c10/util/Optional.h>
-#include <initializer_list>
 #include <string>
 #include <tuple>
 
@@ -109,14 +108,25 @@ at::Tensor checked_sinks(const char* op, const c10::optional<at::Tensor>& sinks,
 /// A dtype as Python spells it ("torch.bfloat16"), for error messages.
 std::string dtype_name(at::ScalarType type);
 
-/// The out= overloads' buffers against what the op writes: out [q's shape with head_dim_v] in q's dtype,
-/// lse (optional) [q's shape without head_dim] float32, on q's device, out's last dim contiguous, sharing
-/// memory with each other, themselves or `inputs` (null or undefined ones skipped).
-void check_out_args(const char* op, const at::Tensor& q, int64_t head_dim_v, const at::Tensor& out,
-                    const c10::optional<at::Tensor>& lse, std::initializer_list<const at::Tensor*> inputs);
+/// The checks of the out= overloads: every check of the functional op, then out and lse against what the op
+/// writes: out [q's shape with v's head_dim] in q's dtype, lse (optional) [q's shape without head_dim]
+/// float32, on q's device, out's last dim contiguous, sharing memory neither with each other, nor
+/// within themselves, nor with the call's inputs.
+PrefillShape check_prefill_out_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                    const c10::optional<at::Tensor>& qo_indptr,
+                                    const c10::optional<at::Tensor>& kv_indptr, c10::optional<double> sm_scale,
+                                    int64_t window_left, int64_t chunk_size, double logits_soft_cap,
+                                    const c10::optional<at::Tensor>& sinks, const at::Tensor& out,
+                                    const c10::optional<at::Tensor>& lse);
+PagedShape check_prefill_paged_out_args(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                        const at::Tensor& qo_indptr, const at::Tensor& block_table,
+                                        const at::Tensor& kv_lens, c10::string_view kv_layout,
+                                        c10::optional<double> sm_scale, int64_t window_left, int64_t chunk_size,
+                                        double logits_soft_cap, const c10::optional<at::Tensor>& sinks,
+                                        const at::Tensor& out, const c10::optional<at::Tensor>& lse);
 
-/// The tensor of an optional argument, or null.
-inline const at::Tensor* tensor_or_null(const c10::optional<at::Tensor>& t) { return t.has_value() ? &*t : nullptr; }
+/// An lse buffer for q: float32, q's shape without head_dim.
+at::Tensor allocate_lse(const at::Tensor& q);
 
 /// Output buffers of the op: out has q's shape with v's head dim (contiguous), lse q's shape without
 /// head_dim, float32.

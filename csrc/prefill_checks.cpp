@@ -258,8 +258,10 @@ bool may_overlap(const at::Tensor& a, const at::Tensor& b) {
   return a_begin < b_end && b_begin < a_end && at::get_overlap_status(a, b) != at::MemOverlapStatus::No;
 }
 
-}  // namespace
+const at::Tensor* tensor_or_null(const c10::optional<at::Tensor>& t) { return t.has_value() ? &*t : nullptr; }
 
+/// The out= overloads' buffers against what the op writes (prefill.h: check_prefill_out_args);
+/// `inputs`: the call's other tensors (null: an absent optional one).
 void check_out_args(const char* op, const at::Tensor& q, int64_t head_dim_v, const at::Tensor& out,
                     const c10::optional<at::Tensor>& lse, std::initializer_list<const at::Tensor*> inputs) {
   auto out_shape = q.sizes().vec();
@@ -296,12 +298,43 @@ void check_out_args(const char* op, const at::Tensor& q, int64_t head_dim_v, con
   TORCH_CHECK_VALUE(!lse.has_value() || !may_overlap(out, *lse), op, ": out and lse must not share memory");
 }
 
+}  // namespace
+
+PrefillShape check_prefill_out_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
+                                    const c10::optional<at::Tensor>& qo_indptr,
+                                    const c10::optional<at::Tensor>& kv_indptr, c10::optional<double> sm_scale,
+                                    int64_t window_left, int64_t chunk_size, double logits_soft_cap,
+                                    const c10::optional<at::Tensor>& sinks, const at::Tensor& out,
+                                    const c10::optional<at::Tensor>& lse) {
+  const PrefillShape shape =
+      check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chunk_size, logits_soft_cap);
+  check_out_args("attn.prefill", q, shape.head_dim_v, out, lse,
+                 {&q, &k, &v, tensor_or_null(qo_indptr), tensor_or_null(kv_indptr), tensor_or_null(sinks)});
+  return shape;
+}
+
+PagedShape check_prefill_paged_out_args(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
+                                        const at::Tensor& qo_indptr, const at::Tensor& block_table,
+                                        const at::Tensor& kv_lens, c10::string_view kv_layout,
+                                        c10::optional<double> sm_scale, int64_t window_left, int64_t chunk_size,
+                                        double logits_soft_cap, const c10::optional<at::Tensor>& sinks,
+                                        const at::Tensor& out, const c10::optional<at::Tensor>& lse) {
+  const PagedShape shape = check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout,
+                                                    sm_scale, window_left, chunk_size, logits_soft_cap);
+  check_out_args("attn.prefill_paged", q, shape.common.head_dim_v, out, lse,
+                 {&q, &k_cache, &v_cache, &qo_indptr, &block_table, &kv_lens, tensor_or_null(sinks)});
+  return shape;
+}
+
+
+at::Tensor allocate_lse(const at::Tensor& q) {
+  return at::empty(q.sizes().slice(0, q.dim() - 1), q.options().dtype(at::kFloat));
+}
+
 PrefillResult allocate_prefill_outputs(const at::Tensor& q, int64_t head_dim_v) {
-  auto lse_shape = q.sizes().vec();
-  lse_shape.pop_back();
   auto out_shape = q.sizes().vec();
   out_shape.back() = head_dim_v;
-  return {at::empty(out_shape, q.options()), at::empty(lse_shape, q.options().dtype(at::kFloat))};
+  return {at::empty(out_shape, q.options()), allocate_lse(q)};
 }
 
 }  // namespace torch_attn

@@ -210,13 +210,11 @@ void prefill_out_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
                      bool causal, c10::optional<double> sm_scale, int64_t window_left, int64_t chunk_size,
                      double logits_soft_cap, const c10::optional<at::Tensor>& sinks, const at::Tensor& out,
                      const c10::optional<at::Tensor>& lse) {
-  const PrefillShape shape =
-      check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chunk_size, logits_soft_cap);
-  check_out_args("attn.prefill", q, shape.head_dim_v, out, lse,
-                 {&q, &k, &v, tensor_or_null(qo_indptr), tensor_or_null(kv_indptr), tensor_or_null(sinks)});
+  const PrefillShape shape = check_prefill_out_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chunk_size,
+                                                    logits_soft_cap, sinks, out, lse);
   const CpuScores scores{causal, window_left, chunk_size, logits_soft_cap, shape.sm_scale,
                          checked_sinks("attn.prefill", sinks, q, shape.num_qo_heads)};
-  const at::Tensor lse_rows = lse.has_value() ? *lse : std::get<1>(allocate_prefill_outputs(q, shape.head_dim_v));
+  const at::Tensor lse_rows = lse.has_value() ? *lse : allocate_lse(q);
   prefill_cpu_into(q, k, v, qo_indptr, kv_indptr, shape, scores, out, lse_rows);
 }
 
@@ -274,14 +272,12 @@ void prefill_paged_out_cpu(const at::Tensor& q, const at::Tensor& k_cache, const
                            int64_t window_left, int64_t chunk_size, double logits_soft_cap,
                            const c10::optional<at::Tensor>& sinks, const at::Tensor& out,
                            const c10::optional<at::Tensor>& lse) {
-  const PagedShape shape = check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout,
-                                                    sm_scale, window_left, chunk_size, logits_soft_cap);
-  check_out_args("attn.prefill_paged", q, shape.common.head_dim_v, out, lse,
-                 {&q, &k_cache, &v_cache, &qo_indptr, &block_table, &kv_lens, tensor_or_null(sinks)});
+  const PagedShape shape = check_prefill_paged_out_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens,
+                                                        kv_layout, sm_scale, window_left, chunk_size, logits_soft_cap,
+                                                        sinks, out, lse);
   const CpuScores scores{causal, window_left, chunk_size, logits_soft_cap, shape.common.sm_scale,
                          checked_sinks("attn.prefill_paged", sinks, q, shape.common.num_qo_heads)};
-  const at::Tensor lse_rows =
-      lse.has_value() ? *lse : std::get<1>(allocate_prefill_outputs(q, shape.common.head_dim_v));
+  const at::Tensor lse_rows = lse.has_value() ? *lse : allocate_lse(q);
   prefill_paged_cpu_into(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, shape, scores, out, lse_rows);
 }
 

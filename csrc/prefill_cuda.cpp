@@ -398,13 +398,6 @@ void prefill_paged_cuda_into(const LaunchPlan& plan, const PagedShape& paged, co
   launch(plan, p, paged.common, q, lse);
 }
 
-/// out (and lse) of an out= call: the checks every backend makes, then the kernels' row alignment.
-void check_cuda_out_args(const char* op, const at::Tensor& q, int64_t head_dim_v, const at::Tensor& out,
-                         const c10::optional<at::Tensor>& lse, std::initializer_list<const at::Tensor*> inputs) {
-  check_out_args(op, q, head_dim_v, out, lse, inputs);
-  check_cuda_layout(op, "out", out);  // 16-byte stores
-}
-
 }  // namespace
 
 PrefillResult prefill_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
@@ -428,10 +421,9 @@ void prefill_out_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor
                       bool causal, c10::optional<double> sm_scale, int64_t window_left, int64_t chunk_size,
                       double logits_soft_cap, const c10::optional<at::Tensor>& sinks, const at::Tensor& out,
                       const c10::optional<at::Tensor>& lse) {
-  const PrefillShape shape =
-      check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chunk_size, logits_soft_cap);
-  check_cuda_out_args("attn.prefill", q, shape.head_dim_v, out, lse,
-                      {&q, &k, &v, tensor_or_null(qo_indptr), tensor_or_null(kv_indptr), tensor_or_null(sinks)});
+  const PrefillShape shape = check_prefill_out_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chunk_size,
+                                                    logits_soft_cap, sinks, out, lse);
+  check_cuda_layout("attn.prefill", "out", out);  // 16-byte stores
   const LaunchPlan plan = checked_cuda_plan("attn.prefill", shape, q, {{"k", k}, {"v", v}}, chunk_size, logits_soft_cap);
   const at::Tensor sink_logits = checked_sinks("attn.prefill", sinks, q, shape.num_qo_heads);
   const c10::cuda::CUDAGuard device_guard(q.device());
@@ -463,10 +455,10 @@ void prefill_paged_out_cuda(const at::Tensor& q, const at::Tensor& k_cache, cons
                             int64_t window_left, int64_t chunk_size, double logits_soft_cap,
                             const c10::optional<at::Tensor>& sinks, const at::Tensor& out,
                             const c10::optional<at::Tensor>& lse) {
-  const PagedShape paged = check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout,
-                                                    sm_scale, window_left, chunk_size, logits_soft_cap);
-  check_cuda_out_args("attn.prefill_paged", q, paged.common.head_dim_v, out, lse,
-                      {&q, &k_cache, &v_cache, &qo_indptr, &block_table, &kv_lens, tensor_or_null(sinks)});
+  const PagedShape paged = check_prefill_paged_out_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens,
+                                                        kv_layout, sm_scale, window_left, chunk_size, logits_soft_cap,
+                                                        sinks, out, lse);
+  check_cuda_layout("attn.prefill_paged", "out", out);  // 16-byte stores
   const LaunchPlan plan =
       checked_cuda_plan("attn.prefill_paged", paged.common, q, {{"k_cache", k_cache}, {"v_cache", v_cache}},
                         chunk_size, logits_soft_cap);
