@@ -1,0 +1,61 @@
+"""vLLM's paged KV cache as torch_attn sees it, and writing new keys and values into it. No vLLM import.
+
+vLLM hands each layer its cache as one logical [num_blocks, num_kv_heads, block_size, D + Dv] tensor
+(K's head dim, then V's, per slot), whose physical order is whichever KVCacheLayout vLLM resolved
+(NHD-like LBNHC, HND-like LBHNC, ...). Slicing the last dim gives K and V as "HND" views with those
+strides; prefill_paged takes any strides with a contiguous last dim, so no layout is copied.
+"""
+from __future__ import annotations
+
+import functools
+
+import torch
+
+
+def kv_cache_views(kv_cache: torch.Tensor, head_size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """[blocks, heads, block_size, D + Dv] -> k_cache [blocks, heads, block_size, D], v_cache [..., Dv]:
+    views for prefill_paged(kv_layout="HND")."""
+    return kv_cache[..., :head_size], kv_cache[..., head_size:]
+
+
+@functools.cache
+def _vllm_cache_write(device_type: str):
+    """vLLM's reshape_and_cache_flash where vLLM's kernels for this device type are loaded (its CUDA
+    and ROCm builds, loaded before any model runs), else None (CPU, or a process without vLLM).
+    Looked up once: the forward path runs per layer and step."""
+    namespace = torch.ops._C_cache_ops
+    if not hasattr(namespace, "reshape_and_cache_flash"):
+        return None
+    op = namespace.reshape_and_cache_flash.default
+    return op if torch._C._dispatch_has_kernel_for_dispatch_key(op.name(), device_type.upper()) else None
+
+
+def scatter_into_cache(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                       slot_mapping: torch.Tensor) -> None:
+    """Token t's key and value [heads, D] into slot slot_mapping[t] (block * block_size + offset) of
+    the "HND" views; tokens past slot_mapping's length or with a negative slot (vLLM's PAD_SLOT_ID,
+    CUDA-graph padding) are not written, as in vLLM's kernel.
+
+    Pure torch and graph-safe (no host sync, fixed shapes): a padded token is sent to slot 0 of block
+    0, which is vLLM's null block (never given to a request), and writes back what that slot holds."""
+    num_tokens, block_size = slot_mapping.shape[0], k_cache.shape[2]
+    padded = (slot_mapping < 0).view(-1, 1, 1)
+    slots = slot_mapping.masked_fill(padded.view(-1), 0)
+    blocks, offsets = slots // block_size, slots % block_size
+    for cache, new in ((k_cache, key[:num_tokens]), (v_cache, value[:num_tokens])):
+        tokens_first = cache.transpose(1, 2)  # [blocks, block_size, heads, D]: one slot is [heads, D]
+        tokens_first[blocks, offsets] = torch.where(padded, tokens_first[blocks, offsets], new)
+
+
+def write_kv_cache(key: torch.Tensor, value: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor,
+                   slot_mapping: torch.Tensor, k_scale: torch.Tensor | None = None,
+                   v_scale: torch.Tensor | None = None) -> None:
+    """key / value [tokens, Hkv, D / Dv] into the caches by slot_mapping: with vLLM's own kernel where
+    it is loaded (it takes the layer's k_scale / v_scale, 1 for unquantized caches), else by
+    scatter_into_cache."""
+    vllm_write = _vllm_cache_write(key.device.type)
+    if vllm_write is None:
+        scatter_into_cache(key, value, k_cache, v_cache, slot_mapping)
+    else:  # vLLM's kernel takes the caches as [blocks, block_size, heads, D] views
+        vllm_write(key, value, k_cache.transpose(1, 2), v_cache.transpose(1, 2), slot_mapping, "auto", k_scale,
+                   v_scale)
