@@ -17,25 +17,33 @@ namespace {
 
 PrefillResult prefill_cuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
                            const c10::optional<at::Tensor>&, bool, c10::optional<double>, int64_t, int64_t,
-                           double, const c10::optional<at::Tensor>&) {
+                           double, const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&,
+                           const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&,
+                           c10::optional<at::ScalarType>) {
   no_cuda_kernels("attn.prefill");
 }
 
 PrefillResult prefill_paged_cuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                                  const at::Tensor&, const at::Tensor&, c10::string_view, bool, c10::optional<double>,
-                                 int64_t, int64_t, double, const c10::optional<at::Tensor>&) {
+                                 int64_t, int64_t, double, const c10::optional<at::Tensor>&,
+                                 const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&,
+                                 const c10::optional<at::Tensor>&, c10::optional<at::ScalarType>) {
   no_cuda_kernels("attn.prefill_paged");
 }
 
 void prefill_out_cuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
                       const c10::optional<at::Tensor>&, bool, c10::optional<double>, int64_t, int64_t, double,
-                      const c10::optional<at::Tensor>&, const at::Tensor&, const c10::optional<at::Tensor>&) {
+                      const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&,
+                      const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&,
+                      c10::optional<at::ScalarType>, const at::Tensor&, const c10::optional<at::Tensor>&) {
   no_cuda_kernels("attn.prefill");
 }
 
 void prefill_paged_out_cuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, const at::Tensor&,
                             const at::Tensor&, const at::Tensor&, c10::string_view, bool, c10::optional<double>,
-                            int64_t, int64_t, double, const c10::optional<at::Tensor>&, const at::Tensor&,
+                            int64_t, int64_t, double, const c10::optional<at::Tensor>&,
+                            const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&,
+                            const c10::optional<at::Tensor>&, c10::optional<at::ScalarType>, const at::Tensor&,
                             const c10::optional<at::Tensor>&) {
   no_cuda_kernels("attn.prefill_paged");
 }

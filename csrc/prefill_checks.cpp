@@ -76,7 +76,7 @@ void check_int_vector(const char* name, const at::Tensor& t, int64_t dim, const 
 PrefillShape check_prefill_args(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                                 const c10::optional<at::Tensor>& qo_indptr, const c10::optional<at::Tensor>& kv_indptr,
                                 c10::optional<double> sm_scale, int64_t window_left, int64_t chunk_size,
-                                double logits_soft_cap) {
+                                double logits_soft_cap, const QuantArgs& quant) {
   TORCH_CHECK_VALUE(q.dim() == 3 || q.dim() == 4,
                     "attn.prefill: q must be 3-D [tokens, heads, head_dim] or 4-D [batch, tokens, heads, head_dim], "
                     "got ", q.dim(), "-D");
@@ -84,13 +84,7 @@ PrefillShape check_prefill_args(const at::Tensor& q, const at::Tensor& k, const 
                     " like q, got ", k.dim(), "-D");
   TORCH_CHECK_VALUE(v.dim() == q.dim(), "attn.prefill: v must be ", q.dim(), "-D ", rank_help(q.dim()),
                     " like q, got ", v.dim(), "-D");
-  const auto dtype = q.scalar_type();
-  TORCH_CHECK_TYPE(dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kFloat,
-                   "attn.prefill: q must be float16, bfloat16 or float32, got ", dtype_name(dtype));
-  TORCH_CHECK_TYPE(k.scalar_type() == dtype, "attn.prefill: k must have q's dtype (", dtype_name(dtype), "), got ",
-                   dtype_name(k.scalar_type()));
-  TORCH_CHECK_TYPE(v.scalar_type() == dtype, "attn.prefill: v must have q's dtype (", dtype_name(dtype), "), got ",
-                   dtype_name(v.scalar_type()));
+  const at::ScalarType out_dtype = check_dtypes("attn.prefill", q, "k", k, "v", v, quant.out_dtype);
   TORCH_CHECK_VALUE(k.device() == q.device(), "attn.prefill: k must be on q's device (", q.device(), "), got ",
                     k.device());
   TORCH_CHECK_VALUE(v.device() == q.device(), "attn.prefill: v must be on q's device (", q.device(), "), got ",
@@ -116,8 +110,10 @@ PrefillShape check_prefill_args(const at::Tensor& q, const at::Tensor& k, const 
                     "), got ", v.size(-3));
 
   const double scale = check_mask_args("attn.prefill", head_dim_qk, sm_scale, window_left, chunk_size, logits_soft_cap);
+  check_scales("attn.prefill", quant, q, "k", k, "v", v, num_qo_heads, num_kv_heads);
 
   PrefillShape shape{};
+  shape.out_dtype = out_dtype;
   shape.num_qo_heads = num_qo_heads;
   shape.num_kv_heads = num_kv_heads;
   shape.head_dim_qk = head_dim_qk;
@@ -158,7 +154,7 @@ PagedShape check_prefill_paged_args(const at::Tensor& q, const at::Tensor& k_cac
                                     const at::Tensor& qo_indptr, const at::Tensor& block_table,
                                     const at::Tensor& kv_lens, c10::string_view kv_layout,
                                     c10::optional<double> sm_scale, int64_t window_left, int64_t chunk_size,
-                                    double logits_soft_cap) {
+                                    double logits_soft_cap, const QuantArgs& quant) {
   TORCH_CHECK_VALUE(kv_layout == "NHD" || kv_layout == "HND",
                     "attn.prefill_paged: kv_layout must be \"NHD\" or \"HND\", got \"", kv_layout, "\"");
   TORCH_CHECK_VALUE(q.dim() == 3, "attn.prefill_paged: q must be 3-D [total_tokens, heads, head_dim], got ", q.dim(),
@@ -168,12 +164,9 @@ PagedShape check_prefill_paged_args(const at::Tensor& q, const at::Tensor& k_cac
   TORCH_CHECK_VALUE(v_cache.dim() == 4 && v_cache.sizes().slice(0, 3) == k_cache.sizes().slice(0, 3),
                     "attn.prefill_paged: v_cache must have k_cache's shape up to head_dim ",
                     k_cache.sizes().slice(0, 3), ", got ", v_cache.sizes());
-  const auto dtype = q.scalar_type();
-  TORCH_CHECK_TYPE(dtype == at::kHalf || dtype == at::kBFloat16 || dtype == at::kFloat,
-                   "attn.prefill_paged: q must be float16, bfloat16 or float32, got ", dtype_name(dtype));
+  const at::ScalarType out_dtype =
+      check_dtypes("attn.prefill_paged", q, "k_cache", k_cache, "v_cache", v_cache, quant.out_dtype);
   for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"k_cache", k_cache}, {"v_cache", v_cache}}) {
-    TORCH_CHECK_TYPE(t.scalar_type() == dtype, "attn.prefill_paged: ", name, " must have q's dtype (",
-                     dtype_name(dtype), "), got ", dtype_name(t.scalar_type()));
     TORCH_CHECK_VALUE(t.device() == q.device(), "attn.prefill_paged: ", name, " must be on q's device (", q.device(),
                       "), got ", t.device());
   }
@@ -224,6 +217,9 @@ PagedShape check_prefill_paged_args(const at::Tensor& q, const at::Tensor& k_cac
   common.head_dim_v = head_dim_v;
   common.sm_scale =
       check_mask_args("attn.prefill_paged", head_dim_qk, sm_scale, window_left, chunk_size, logits_soft_cap);
+  check_scales("attn.prefill_paged", quant, q, "k_cache", k_cache, "v_cache", v_cache, common.num_qo_heads,
+               num_kv_heads);
+  common.out_dtype = out_dtype;
   return shape;
 }
 
@@ -262,12 +258,12 @@ const at::Tensor* tensor_or_null(const c10::optional<at::Tensor>& t) { return t.
 
 /// The out= overloads' buffers against what the op writes (prefill.h: check_prefill_out_args);
 /// `inputs`: the call's other tensors (null: an absent optional one).
-void check_out_args(const char* op, const at::Tensor& q, int64_t head_dim_v, const at::Tensor& out,
+void check_out_args(const char* op, const at::Tensor& q, const PrefillShape& shape, const at::Tensor& out,
                     const c10::optional<at::Tensor>& lse, std::initializer_list<const at::Tensor*> inputs) {
   auto out_shape = q.sizes().vec();
-  out_shape.back() = head_dim_v;
-  TORCH_CHECK_TYPE(out.scalar_type() == q.scalar_type(), op, ": out must have q's dtype (",
-                   dtype_name(q.scalar_type()), "), got ", dtype_name(out.scalar_type()));
+  out_shape.back() = shape.head_dim_v;
+  TORCH_CHECK_TYPE(out.scalar_type() == shape.out_dtype, op, ": out must have the output dtype (",
+                   dtype_name(shape.out_dtype), ": q's, or out_dtype for fp8 q), got ", dtype_name(out.scalar_type()));
   TORCH_CHECK_VALUE(out.sizes() == at::IntArrayRef(out_shape), op, ": out must be q's shape with v's head_dim ",
                     at::IntArrayRef(out_shape), ", got ", out.sizes());
   TORCH_CHECK_VALUE(out.device() == q.device(), op, ": out must be on q's device (", q.device(), "), got ",
@@ -304,12 +300,13 @@ PrefillShape check_prefill_out_args(const at::Tensor& q, const at::Tensor& k, co
                                     const c10::optional<at::Tensor>& qo_indptr,
                                     const c10::optional<at::Tensor>& kv_indptr, c10::optional<double> sm_scale,
                                     int64_t window_left, int64_t chunk_size, double logits_soft_cap,
-                                    const c10::optional<at::Tensor>& sinks, const at::Tensor& out,
-                                    const c10::optional<at::Tensor>& lse) {
+                                    const QuantArgs& quant, const c10::optional<at::Tensor>& sinks,
+                                    const at::Tensor& out, const c10::optional<at::Tensor>& lse) {
   const PrefillShape shape =
-      check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chunk_size, logits_soft_cap);
-  check_out_args("attn.prefill", q, shape.head_dim_v, out, lse,
-                 {&q, &k, &v, tensor_or_null(qo_indptr), tensor_or_null(kv_indptr), tensor_or_null(sinks)});
+      check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chunk_size, logits_soft_cap, quant);
+  check_out_args("attn.prefill", q, shape, out, lse,
+                 {&q, &k, &v, tensor_or_null(qo_indptr), tensor_or_null(kv_indptr), tensor_or_null(sinks),
+                  tensor_or_null(quant.q_scale), tensor_or_null(quant.k_scale), tensor_or_null(quant.v_scale)});
   return shape;
 }
 
@@ -317,12 +314,14 @@ PagedShape check_prefill_paged_out_args(const at::Tensor& q, const at::Tensor& k
                                         const at::Tensor& qo_indptr, const at::Tensor& block_table,
                                         const at::Tensor& kv_lens, c10::string_view kv_layout,
                                         c10::optional<double> sm_scale, int64_t window_left, int64_t chunk_size,
-                                        double logits_soft_cap, const c10::optional<at::Tensor>& sinks,
-                                        const at::Tensor& out, const c10::optional<at::Tensor>& lse) {
+                                        double logits_soft_cap, const QuantArgs& quant,
+                                        const c10::optional<at::Tensor>& sinks, const at::Tensor& out,
+                                        const c10::optional<at::Tensor>& lse) {
   const PagedShape shape = check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout,
-                                                    sm_scale, window_left, chunk_size, logits_soft_cap);
-  check_out_args("attn.prefill_paged", q, shape.common.head_dim_v, out, lse,
-                 {&q, &k_cache, &v_cache, &qo_indptr, &block_table, &kv_lens, tensor_or_null(sinks)});
+                                                    sm_scale, window_left, chunk_size, logits_soft_cap, quant);
+  check_out_args("attn.prefill_paged", q, shape.common, out, lse,
+                 {&q, &k_cache, &v_cache, &qo_indptr, &block_table, &kv_lens, tensor_or_null(sinks),
+                  tensor_or_null(quant.q_scale), tensor_or_null(quant.k_scale), tensor_or_null(quant.v_scale)});
   return shape;
 }
 
@@ -331,10 +330,10 @@ at::Tensor allocate_lse(const at::Tensor& q) {
   return at::empty(q.sizes().slice(0, q.dim() - 1), q.options().dtype(at::kFloat));
 }
 
-PrefillResult allocate_prefill_outputs(const at::Tensor& q, int64_t head_dim_v) {
+PrefillResult allocate_prefill_outputs(const at::Tensor& q, const PrefillShape& shape) {
   auto out_shape = q.sizes().vec();
-  out_shape.back() = head_dim_v;
-  return {at::empty(out_shape, q.options()), allocate_lse(q)};
+  out_shape.back() = shape.head_dim_v;
+  return {at::empty(out_shape, q.options().dtype(shape.out_dtype)), allocate_lse(q)};
 }
 
 }  // namespace torch_attn

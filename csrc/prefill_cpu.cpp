@@ -138,11 +138,19 @@ void attend_sequences(const std::vector<CpuSequence>& seqs, const CpuScores& sco
   });
 }
 
+/// `t` [tokens, heads, D] in float32, times its descale factor (fp8 inputs: the real values; a
+/// factor per head, or one).
+at::Tensor dequantized(const at::Tensor& t, const at::Tensor& descale) {
+  const at::Tensor values = t.to(at::kFloat);
+  return descale.defined() ? values.mul(descale.view({1, -1, 1})) : values;
+}
+
 /// A sequence's tensors as attend_rows reads them.
 CpuSequence sequence_of(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
-                        const at::Tensor& lse) {
-  auto heads_first = [](const at::Tensor& t) { return t.to(at::kFloat).transpose(0, 1).contiguous(); };
-  return {q.to(at::kFloat), heads_first(k), heads_first(v), out, lse};
+                        const at::Tensor& lse, const Descales& descales) {
+  auto heads_first = [](const at::Tensor& t) { return t.transpose(0, 1).contiguous(); };
+  return {dequantized(q, descales.q), heads_first(dequantized(k, descales.k)), heads_first(dequantized(v, descales.v)),
+          out, lse};
 }
 
 /// Host-side check of ragged indptr values (possible on CPU, where reading them costs no sync).
@@ -169,8 +177,8 @@ namespace {
 /// attn::prefill on the CPU into out / lse (checked, or allocated here).
 void prefill_cpu_into(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                       const c10::optional<at::Tensor>& qo_indptr, const c10::optional<at::Tensor>& kv_indptr,
-                      const PrefillShape& shape, const CpuScores& scores, const at::Tensor& out,
-                      const at::Tensor& lse) {
+                      const PrefillShape& shape, const CpuScores& scores, const Descales& descales,
+                      const at::Tensor& out, const at::Tensor& lse) {
   std::vector<CpuSequence> seqs;
   if (shape.ragged) {
     check_indptr_values("qo_indptr", *qo_indptr, shape.qo_len);
@@ -180,12 +188,14 @@ void prefill_cpu_into(const at::Tensor& q, const at::Tensor& k, const at::Tensor
     for (int64_t b = 0; b < shape.num_seqs; ++b) {
       const int64_t q0 = qo[b], q_len = qo[b + 1] - qo[b], k0 = kv[b], k_len = kv[b + 1] - kv[b];
       seqs.push_back(sequence_of(q.narrow(0, q0, q_len), k.narrow(0, k0, k_len), v.narrow(0, k0, k_len),
-                                 out.narrow(0, q0, q_len), lse.narrow(0, q0, q_len)));
+                                 out.narrow(0, q0, q_len), lse.narrow(0, q0, q_len), descales));
     }
   } else if (q.dim() == 4) {
-    for (int64_t b = 0; b < shape.num_seqs; ++b) seqs.push_back(sequence_of(q[b], k[b], v[b], out[b], lse[b]));
+    for (int64_t b = 0; b < shape.num_seqs; ++b) {
+      seqs.push_back(sequence_of(q[b], k[b], v[b], out[b], lse[b], descales));
+    }
   } else {
-    seqs.push_back(sequence_of(q, k, v, out, lse));
+    seqs.push_back(sequence_of(q, k, v, out, lse, descales));
   }
   attend_sequences(seqs, scores);
 }
@@ -195,27 +205,35 @@ void prefill_cpu_into(const at::Tensor& q, const at::Tensor& k, const at::Tensor
 PrefillResult prefill_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                           const c10::optional<at::Tensor>& qo_indptr, const c10::optional<at::Tensor>& kv_indptr,
                           bool causal, c10::optional<double> sm_scale, int64_t window_left, int64_t chunk_size,
-                          double logits_soft_cap, const c10::optional<at::Tensor>& sinks) {
+                          double logits_soft_cap, const c10::optional<at::Tensor>& sinks,
+                          const c10::optional<at::Tensor>& q_scale, const c10::optional<at::Tensor>& k_scale,
+                          const c10::optional<at::Tensor>& v_scale, c10::optional<at::ScalarType> out_dtype) {
+  const QuantArgs quant{q_scale, k_scale, v_scale, out_dtype};
   const PrefillShape shape =
-      check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chunk_size, logits_soft_cap);
+      check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chunk_size, logits_soft_cap, quant);
   const CpuScores scores{causal, window_left, chunk_size, logits_soft_cap, shape.sm_scale,
                          checked_sinks("attn.prefill", sinks, q, shape.num_qo_heads)};
-  auto [out, lse] = allocate_prefill_outputs(q, shape.head_dim_v);
-  prefill_cpu_into(q, k, v, qo_indptr, kv_indptr, shape, scores, out, lse);
+  const Descales descales = checked_descales("attn.prefill", quant, /*check_values=*/true);
+  auto [out, lse] = allocate_prefill_outputs(q, shape);
+  prefill_cpu_into(q, k, v, qo_indptr, kv_indptr, shape, scores, descales, out, lse);
   return {out, lse};
 }
 
 void prefill_out_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                      const c10::optional<at::Tensor>& qo_indptr, const c10::optional<at::Tensor>& kv_indptr,
                      bool causal, c10::optional<double> sm_scale, int64_t window_left, int64_t chunk_size,
-                     double logits_soft_cap, const c10::optional<at::Tensor>& sinks, const at::Tensor& out,
-                     const c10::optional<at::Tensor>& lse) {
+                     double logits_soft_cap, const c10::optional<at::Tensor>& sinks,
+                     const c10::optional<at::Tensor>& q_scale, const c10::optional<at::Tensor>& k_scale,
+                     const c10::optional<at::Tensor>& v_scale, c10::optional<at::ScalarType> out_dtype,
+                     const at::Tensor& out, const c10::optional<at::Tensor>& lse) {
+  const QuantArgs quant{q_scale, k_scale, v_scale, out_dtype};
   const PrefillShape shape = check_prefill_out_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chunk_size,
-                                                    logits_soft_cap, sinks, out, lse);
+                                                    logits_soft_cap, quant, sinks, out, lse);
   const CpuScores scores{causal, window_left, chunk_size, logits_soft_cap, shape.sm_scale,
                          checked_sinks("attn.prefill", sinks, q, shape.num_qo_heads)};
+  const Descales descales = checked_descales("attn.prefill", quant, /*check_values=*/true);
   const at::Tensor lse_rows = lse.has_value() ? *lse : allocate_lse(q);
-  prefill_cpu_into(q, k, v, qo_indptr, kv_indptr, shape, scores, out, lse_rows);
+  prefill_cpu_into(q, k, v, qo_indptr, kv_indptr, shape, scores, descales, out, lse_rows);
 }
 
 }  // namespace torch_attn
@@ -227,8 +245,8 @@ namespace {
 /// attn::prefill_paged on the CPU into out / lse.
 void prefill_paged_cpu_into(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                             const at::Tensor& qo_indptr, const at::Tensor& block_table, const at::Tensor& kv_lens,
-                            const PagedShape& shape, const CpuScores& scores, const at::Tensor& out,
-                            const at::Tensor& lse) {
+                            const PagedShape& shape, const CpuScores& scores, const Descales& descales,
+                            const at::Tensor& out, const at::Tensor& lse) {
   check_indptr_values("qo_indptr", qo_indptr, shape.common.qo_len);
   std::vector<CpuSequence> seqs;
   const int32_t* qo = qo_indptr.data_ptr<int32_t>();
@@ -245,7 +263,7 @@ void prefill_paged_cpu_into(const at::Tensor& q, const at::Tensor& k_cache, cons
     const int64_t q0 = qo[b], q_len = qo[b + 1] - qo[b];
     seqs.push_back(sequence_of(q.narrow(0, q0, q_len), gather_pages(k_cache, pages, shape.hnd, kv_len),
                                gather_pages(v_cache, pages, shape.hnd, kv_len), out.narrow(0, q0, q_len),
-                               lse.narrow(0, q0, q_len)));
+                               lse.narrow(0, q0, q_len), descales));
   }
   attend_sequences(seqs, scores);
 }
@@ -256,13 +274,17 @@ PrefillResult prefill_paged_cpu(const at::Tensor& q, const at::Tensor& k_cache, 
                                 const at::Tensor& qo_indptr, const at::Tensor& block_table, const at::Tensor& kv_lens,
                                 c10::string_view kv_layout, bool causal, c10::optional<double> sm_scale,
                                 int64_t window_left, int64_t chunk_size, double logits_soft_cap,
-                                const c10::optional<at::Tensor>& sinks) {
+                                const c10::optional<at::Tensor>& sinks, const c10::optional<at::Tensor>& q_scale,
+                                const c10::optional<at::Tensor>& k_scale, const c10::optional<at::Tensor>& v_scale,
+                                c10::optional<at::ScalarType> out_dtype) {
+  const QuantArgs quant{q_scale, k_scale, v_scale, out_dtype};
   const PagedShape shape = check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout,
-                                                    sm_scale, window_left, chunk_size, logits_soft_cap);
+                                                    sm_scale, window_left, chunk_size, logits_soft_cap, quant);
   const CpuScores scores{causal, window_left, chunk_size, logits_soft_cap, shape.common.sm_scale,
                          checked_sinks("attn.prefill_paged", sinks, q, shape.common.num_qo_heads)};
-  auto [out, lse] = allocate_prefill_outputs(q, shape.common.head_dim_v);
-  prefill_paged_cpu_into(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, shape, scores, out, lse);
+  const Descales descales = checked_descales("attn.prefill_paged", quant, /*check_values=*/true);
+  auto [out, lse] = allocate_prefill_outputs(q, shape.common);
+  prefill_paged_cpu_into(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, shape, scores, descales, out, lse);
   return {out, lse};
 }
 
@@ -270,15 +292,20 @@ void prefill_paged_out_cpu(const at::Tensor& q, const at::Tensor& k_cache, const
                            const at::Tensor& qo_indptr, const at::Tensor& block_table, const at::Tensor& kv_lens,
                            c10::string_view kv_layout, bool causal, c10::optional<double> sm_scale,
                            int64_t window_left, int64_t chunk_size, double logits_soft_cap,
-                           const c10::optional<at::Tensor>& sinks, const at::Tensor& out,
+                           const c10::optional<at::Tensor>& sinks, const c10::optional<at::Tensor>& q_scale,
+                           const c10::optional<at::Tensor>& k_scale, const c10::optional<at::Tensor>& v_scale,
+                           c10::optional<at::ScalarType> out_dtype, const at::Tensor& out,
                            const c10::optional<at::Tensor>& lse) {
+  const QuantArgs quant{q_scale, k_scale, v_scale, out_dtype};
   const PagedShape shape = check_prefill_paged_out_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens,
                                                         kv_layout, sm_scale, window_left, chunk_size, logits_soft_cap,
-                                                        sinks, out, lse);
+                                                        quant, sinks, out, lse);
   const CpuScores scores{causal, window_left, chunk_size, logits_soft_cap, shape.common.sm_scale,
                          checked_sinks("attn.prefill_paged", sinks, q, shape.common.num_qo_heads)};
+  const Descales descales = checked_descales("attn.prefill_paged", quant, /*check_values=*/true);
   const at::Tensor lse_rows = lse.has_value() ? *lse : allocate_lse(q);
-  prefill_paged_cpu_into(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, shape, scores, out, lse_rows);
+  prefill_paged_cpu_into(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, shape, scores, descales, out,
+                         lse_rows);
 }
 
 }  // namespace torch_attn

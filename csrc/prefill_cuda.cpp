@@ -25,32 +25,41 @@ using LaunchFn = cudaError_t (*)(const PrefillParams&, cudaStream_t);
 /// One compiled kernel: the mma.sync kernel (sm_80+) or the wgmma kernel (sm_90a).
 enum class Backend { kSm80, kSm90 };
 
+/// What a kernel computes in: its compute dtype, and whether k and v (and maybe q) arrive as fp8 codes.
+struct KernelKind {
+  ScalarKind kind;
+  bool fp8_kv;
+};
+
 struct Launcher {
   Backend backend;
-  ScalarKind kind;
+  KernelKind kind;
   int head_dim_tile;    // of Q and K
   int head_dim_v_tile;  // of V and O (the mma.sync kernel's tiles: the same)
   LaunchFn launch;
 };
 
-#define TORCH_ATTN_LAUNCHERS(W)                                                                    \
-  {Backend::kSm80, ScalarKind::kBFloat16, W, W, &launch_prefill<ScalarKind::kBFloat16, W>}, \
-      {Backend::kSm80, ScalarKind::kFloat16, W, W, &launch_prefill<ScalarKind::kFloat16, W>},
-#define TORCH_ATTN_SM90_LAUNCHERS(W, WV)                                                                      \
-  {Backend::kSm90, ScalarKind::kBFloat16, W, WV, &launch_prefill_sm90<ScalarKind::kBFloat16, W, WV>}, \
-      {Backend::kSm90, ScalarKind::kFloat16, W, WV, &launch_prefill_sm90<ScalarKind::kFloat16, W, WV>},
+#define TORCH_ATTN_SM80_LAUNCHER(KIND, W, FP8_KV) \
+  {Backend::kSm80, {ScalarKind::KIND, FP8_KV}, W, W, &launch_prefill<ScalarKind::KIND, W, FP8_KV>},
+#define TORCH_ATTN_LAUNCHERS(W)                                                                   \
+  TORCH_ATTN_SM80_LAUNCHER(kBFloat16, W, false) TORCH_ATTN_SM80_LAUNCHER(kFloat16, W, false) \
+      TORCH_ATTN_SM80_LAUNCHER(kBFloat16, W, true) TORCH_ATTN_SM80_LAUNCHER(kFloat16, W, true)
+#define TORCH_ATTN_SM90_LAUNCHERS(W, WV)                                                                             \
+  {Backend::kSm90, {ScalarKind::kBFloat16, false}, W, WV, &launch_prefill_sm90<ScalarKind::kBFloat16, W, WV>}, \
+      {Backend::kSm90, {ScalarKind::kFloat16, false}, W, WV, &launch_prefill_sm90<ScalarKind::kFloat16, W, WV>},
 constexpr Launcher kLaunchers[] = {TORCH_ATTN_FOR_EACH_HEAD_DIM_TILE(TORCH_ATTN_LAUNCHERS)
                                        TORCH_ATTN_FOR_EACH_SM90_HEAD_DIM_TILE(TORCH_ATTN_SM90_LAUNCHERS)};
+#undef TORCH_ATTN_SM80_LAUNCHER
 #undef TORCH_ATTN_LAUNCHERS
 #undef TORCH_ATTN_SM90_LAUNCHERS
 
 /// The narrowest compiled tile of `backend` that holds both head dims: the least q/k + v width
 /// (the work of a score and its P V), the first such in the table.
-const Launcher& pick_launcher(const char* op, Backend backend, ScalarKind kind, const PrefillShape& shape) {
+const Launcher& pick_launcher(const char* op, Backend backend, KernelKind kind, const PrefillShape& shape) {
   const Launcher* found = nullptr;
   for (const Launcher& l : kLaunchers) {
     const bool fits = l.head_dim_tile >= shape.head_dim_qk && l.head_dim_v_tile >= shape.head_dim_v;
-    if (l.backend == backend && l.kind == kind && fits &&
+    if (l.backend == backend && l.kind.kind == kind.kind && l.kind.fp8_kv == kind.fp8_kv && fits &&
         (found == nullptr || l.head_dim_tile + l.head_dim_v_tile < found->head_dim_tile + found->head_dim_v_tile)) {
       found = &l;
     }
@@ -128,11 +137,24 @@ BackendChoice pick_backend(int device) {
 /// The kernels read rows 16 bytes at a time (cp.async, the copy engine): every row must
 /// start 16-byte aligned.
 void check_cuda_layout(const char* op, const char* name, const at::Tensor& t) {
+  const int64_t elems_per_16_bytes = 16 / static_cast<int64_t>(t.element_size());
   bool aligned = reinterpret_cast<uintptr_t>(t.data_ptr()) % 16 == 0;
-  for (int64_t d = 0; d + 1 < t.dim(); ++d) aligned = aligned && (t.size(d) <= 1 || t.stride(d) % 8 == 0);
+  for (int64_t d = 0; d + 1 < t.dim(); ++d) {
+    aligned = aligned && (t.size(d) <= 1 || t.stride(d) % elems_per_16_bytes == 0);
+  }
   TORCH_CHECK_VALUE(aligned, op, ": on CUDA, ", name, " must start 16-byte aligned and have strides that are "
-                    "multiples of 8 elements (every row 16-byte aligned), got strides ", t.strides(),
-                    " and storage offset ", t.storage_offset());
+                    "multiples of ", elems_per_16_bytes, " elements (every row 16-byte aligned), got strides ",
+                    t.strides(), " and storage offset ", t.storage_offset());
+}
+
+ElementFormat format_of(at::ScalarType type) {
+  return type == at::kFloat8_e4m3fn ? ElementFormat::kE4M3
+                                    : (type == at::kFloat8_e5m2 ? ElementFormat::kE5M2 : ElementFormat::kCompute);
+}
+
+Descale descale_param(const at::Tensor& scale) {
+  if (!scale.defined()) return {nullptr, 0};
+  return {scale.data_ptr<float>(), scale.numel() > 1 ? 1 : 0};
 }
 
 TokenHeadStrides strides_of(const at::Tensor& t, bool batched) {
@@ -146,8 +168,9 @@ TokenHeadStrides lse_strides_of(const at::Tensor& lse, bool batched) {
 }
 
 /// The parameters both ops share: q, out, heads, scale and mask (lse: launch_with).
-PrefillParams common_params(const at::Tensor& q, const at::Tensor& out, const PrefillShape& shape, bool causal,
-                            int64_t window_left, int64_t chunk_size, double logits_soft_cap, const at::Tensor& sinks) {
+PrefillParams common_params(const at::Tensor& q, const at::Tensor& k, const at::Tensor& out, const PrefillShape& shape,
+                            bool causal, int64_t window_left, int64_t chunk_size, double logits_soft_cap,
+                            const at::Tensor& sinks, const Descales& descales) {
   const bool batched = q.dim() == 4;
   PrefillParams p{};
   p.q = q.data_ptr();
@@ -171,6 +194,11 @@ PrefillParams common_params(const at::Tensor& q, const at::Tensor& out, const Pr
   p.pre_cap_scale = logits_soft_cap > 0 ? static_cast<float>(shape.sm_scale / logits_soft_cap) : 0.f;
   p.logit_to_log2 = static_cast<float>(logits_soft_cap > 0 ? log2e : shape.sm_scale * log2e);
   p.sinks = sinks.defined() ? sinks.data_ptr<float>() : nullptr;
+  p.q_format = format_of(q.scalar_type());
+  p.kv_format = format_of(k.scalar_type());
+  p.q_descale = descale_param(descales.q);
+  p.k_descale = descale_param(descales.k);
+  p.v_descale = descale_param(descales.v);
   return p;
 }
 
@@ -193,12 +221,12 @@ bool tail_split_allowed() {
 
 /// A kernel for the call, checked against the GPU's limits: its shared memory, and a grid
 /// whose work items the kernel counts in int32.
-const Launcher& checked_launcher(const char* op, Backend backend, const PrefillShape& shape, const at::Tensor& q) {
-  const Launcher& launcher = pick_launcher(
-      op, backend, q.scalar_type() == at::kBFloat16 ? ScalarKind::kBFloat16 : ScalarKind::kFloat16, shape);
+const Launcher& checked_launcher(const char* op, Backend backend, KernelKind kind, const PrefillShape& shape,
+                                 const at::Tensor& q) {
+  const Launcher& launcher = pick_launcher(op, backend, kind, shape);
   const bool sm90 = backend == Backend::kSm90;
   const size_t smem = sm90 ? prefill_sm90_smem_bytes(launcher.head_dim_tile, launcher.head_dim_v_tile)
-                           : prefill_smem_bytes(launcher.head_dim_tile);
+                           : prefill_smem_bytes(launcher.head_dim_tile, kind.fp8_kv);
   const int device_smem_limit = cached_attribute<cudaDevAttrMaxSharedMemoryPerBlockOptin>(q.get_device());
   TORCH_CHECK(smem <= static_cast<size_t>(device_smem_limit), op, ": head dims (", shape.head_dim_qk, ", ",
               shape.head_dim_v, ") need ", smem, " bytes of shared memory per block; this GPU allows ",
@@ -220,12 +248,16 @@ struct LaunchPlan {
   bool tail_split_allowed;
 };
 
-LaunchPlan plan_launch(const char* op, const PrefillShape& shape, const at::Tensor& q) {
-  const BackendChoice choice = pick_backend(q.get_device());
+LaunchPlan plan_launch(const char* op, const PrefillShape& shape, KernelKind kind, const at::Tensor& q) {
+  BackendChoice choice = pick_backend(q.get_device());
+  // fp8 runs on the mma.sync kernel (dequantized on load) everywhere: the wgmma kernel has no fp8 variant yet.
+  TORCH_CHECK_VALUE(!kind.fp8_kv || !(choice.forced && choice.backend == Backend::kSm90), op,
+                    ": TORCH_ATTN_BACKEND=sm90: the wgmma kernel takes no fp8 inputs yet (they run on sm80)");
+  if (kind.fp8_kv) choice = {Backend::kSm80, true};
   LaunchPlan plan{};
-  plan.launcher = &checked_launcher(op, choice.backend, shape, q);
+  plan.launcher = &checked_launcher(op, choice.backend, kind, shape, q);
   if (choice.backend == Backend::kSm90 && !choice.forced) {
-    plan.fallback = &checked_launcher(op, Backend::kSm80, shape, q);
+    plan.fallback = &checked_launcher(op, Backend::kSm80, kind, shape, q);
   }
   plan.tail_split_allowed = tail_split_allowed();
   return plan;
@@ -334,19 +366,25 @@ void launch(const LaunchPlan& plan, PrefillParams& p, const PrefillShape& shape,
 
 /// The CUDA kernels' own demands on q and the key/value tensors (after the checks every
 /// backend shares), then the launch plan: all of it before anything is allocated or queued.
-LaunchPlan checked_cuda_plan(const char* op, const PrefillShape& shape, const at::Tensor& q,
+LaunchPlan checked_cuda_plan(const char* op, const PrefillShape& shape, const at::Tensor& q, const at::Tensor& k,
                              std::initializer_list<std::pair<const char*, const at::Tensor&>> key_values,
                              int64_t chunk_size, double logits_soft_cap) {
-  TORCH_CHECK_TYPE(q.scalar_type() == at::kHalf || q.scalar_type() == at::kBFloat16, op,
-                   ": on CUDA, q, k and v must be float16 or bfloat16 (float32 runs on CPU only), got ",
+  TORCH_CHECK_TYPE(q.scalar_type() != at::kFloat, op,
+                   ": on CUDA, q, k and v must be float16, bfloat16 or fp8 (float32 runs on CPU only), got ",
                    dtype_name(q.scalar_type()));
+  const bool fp8_kv = is_fp8(k.scalar_type());
+  // A 16-byte copy holds 16 codes: fp8 rows are whole copies.
+  TORCH_CHECK_VALUE(!fp8_kv || (shape.head_dim_qk % 16 == 0 && shape.head_dim_v % 16 == 0), op,
+                    ": on CUDA, fp8 inputs need head dims that are multiples of 16, got (", shape.head_dim_qk, ", ",
+                    shape.head_dim_v, ")");
   check_cuda_layout(op, "q", q);
   for (const auto& [name, t] : key_values) check_cuda_layout(op, name, t);
   // The kernels build chunked variants without the cap (launch_utils.cuh): no model has both.
   TORCH_CHECK_VALUE(chunk_size == 0 || logits_soft_cap == 0, op, ": on CUDA, chunk_size and logits_soft_cap do not "
                     "combine (the kernels have no variant with both; the CPU path runs it), got chunk_size ",
                     chunk_size, " and logits_soft_cap ", logits_soft_cap);
-  return plan_launch(op, shape, q);
+  const KernelKind kind{shape.out_dtype == at::kBFloat16 ? ScalarKind::kBFloat16 : ScalarKind::kFloat16, fp8_kv};
+  return plan_launch(op, shape, kind, q);
 }
 
 }  // namespace
@@ -358,9 +396,10 @@ void prefill_cuda_into(const LaunchPlan& plan, const PrefillShape& shape, const 
                        const at::Tensor& v, const c10::optional<at::Tensor>& qo_indptr,
                        const c10::optional<at::Tensor>& kv_indptr, bool causal, int64_t window_left,
                        int64_t chunk_size, double logits_soft_cap, const at::Tensor& sink_logits,
-                       const at::Tensor& out, const at::Tensor& lse) {
+                       const Descales& descales, const at::Tensor& out, const at::Tensor& lse) {
   if (out.numel() == 0 || shape.num_seqs == 0) return;
-  PrefillParams p = common_params(q, out, shape, causal, window_left, chunk_size, logits_soft_cap, sink_logits);
+  PrefillParams p =
+      common_params(q, k, out, shape, causal, window_left, chunk_size, logits_soft_cap, sink_logits, descales);
   const bool batched = q.dim() == 4;
   p.k = k.data_ptr();
   p.v = v.data_ptr();
@@ -376,10 +415,11 @@ void prefill_paged_cuda_into(const LaunchPlan& plan, const PagedShape& paged, co
                              const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& qo_indptr,
                              const at::Tensor& block_table, const at::Tensor& kv_lens, bool causal,
                              int64_t window_left, int64_t chunk_size, double logits_soft_cap,
-                             const at::Tensor& sink_logits, const at::Tensor& out, const at::Tensor& lse) {
+                             const at::Tensor& sink_logits, const Descales& descales, const at::Tensor& out,
+                             const at::Tensor& lse) {
   if (out.numel() == 0 || paged.common.num_seqs == 0) return;
-  PrefillParams p =
-      common_params(q, out, paged.common, causal, window_left, chunk_size, logits_soft_cap, sink_logits);
+  PrefillParams p = common_params(q, k_cache, out, paged.common, causal, window_left, chunk_size, logits_soft_cap,
+                                  sink_logits, descales);
   p.k = k_cache.data_ptr();
   p.v = v_cache.data_ptr();
   // A page plays the part of a batch entry and a slot that of a token; NHD and HND differ only here.
@@ -403,49 +443,63 @@ void prefill_paged_cuda_into(const LaunchPlan& plan, const PagedShape& paged, co
 PrefillResult prefill_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                            const c10::optional<at::Tensor>& qo_indptr, const c10::optional<at::Tensor>& kv_indptr,
                            bool causal, c10::optional<double> sm_scale, int64_t window_left, int64_t chunk_size,
-                           double logits_soft_cap, const c10::optional<at::Tensor>& sinks) {
-  const PrefillShape shape =
-      check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chunk_size, logits_soft_cap);
-  const LaunchPlan plan = checked_cuda_plan("attn.prefill", shape, q, {{"k", k}, {"v", v}}, chunk_size, logits_soft_cap);
+                           double logits_soft_cap, const c10::optional<at::Tensor>& sinks,
+                           const c10::optional<at::Tensor>& q_scale, const c10::optional<at::Tensor>& k_scale,
+                           const c10::optional<at::Tensor>& v_scale, c10::optional<at::ScalarType> out_dtype) {
+  const QuantArgs quant{q_scale, k_scale, v_scale, out_dtype};
+  const PrefillShape shape = check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chunk_size,
+                                                logits_soft_cap, quant);
+  const LaunchPlan plan =
+      checked_cuda_plan("attn.prefill", shape, q, k, {{"k", k}, {"v", v}}, chunk_size, logits_soft_cap);
   // Last: for bf16/fp16 sinks this queues a cast.
   const at::Tensor sink_logits = checked_sinks("attn.prefill", sinks, q, shape.num_qo_heads);
+  const Descales descales = checked_descales("attn.prefill", quant, /*check_values=*/false);
   const c10::cuda::CUDAGuard device_guard(q.device());
-  auto [out, lse] = allocate_prefill_outputs(q, shape.head_dim_v);
+  auto [out, lse] = allocate_prefill_outputs(q, shape);
   prefill_cuda_into(plan, shape, q, k, v, qo_indptr, kv_indptr, causal, window_left, chunk_size, logits_soft_cap,
-                    sink_logits, out, lse);
+                    sink_logits, descales, out, lse);
   return {out, lse};
 }
 
 void prefill_out_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                       const c10::optional<at::Tensor>& qo_indptr, const c10::optional<at::Tensor>& kv_indptr,
                       bool causal, c10::optional<double> sm_scale, int64_t window_left, int64_t chunk_size,
-                      double logits_soft_cap, const c10::optional<at::Tensor>& sinks, const at::Tensor& out,
-                      const c10::optional<at::Tensor>& lse) {
+                      double logits_soft_cap, const c10::optional<at::Tensor>& sinks,
+                      const c10::optional<at::Tensor>& q_scale, const c10::optional<at::Tensor>& k_scale,
+                      const c10::optional<at::Tensor>& v_scale, c10::optional<at::ScalarType> out_dtype,
+                      const at::Tensor& out, const c10::optional<at::Tensor>& lse) {
+  const QuantArgs quant{q_scale, k_scale, v_scale, out_dtype};
   const PrefillShape shape = check_prefill_out_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chunk_size,
-                                                    logits_soft_cap, sinks, out, lse);
+                                                    logits_soft_cap, quant, sinks, out, lse);
   check_cuda_layout("attn.prefill", "out", out);  // 16-byte stores
-  const LaunchPlan plan = checked_cuda_plan("attn.prefill", shape, q, {{"k", k}, {"v", v}}, chunk_size, logits_soft_cap);
+  const LaunchPlan plan =
+      checked_cuda_plan("attn.prefill", shape, q, k, {{"k", k}, {"v", v}}, chunk_size, logits_soft_cap);
   const at::Tensor sink_logits = checked_sinks("attn.prefill", sinks, q, shape.num_qo_heads);
+  const Descales descales = checked_descales("attn.prefill", quant, /*check_values=*/false);
   const c10::cuda::CUDAGuard device_guard(q.device());
   prefill_cuda_into(plan, shape, q, k, v, qo_indptr, kv_indptr, causal, window_left, chunk_size, logits_soft_cap,
-                    sink_logits, out, lse.has_value() ? *lse : at::Tensor());
+                    sink_logits, descales, out, lse.has_value() ? *lse : at::Tensor());
 }
 
 PrefillResult prefill_paged_cuda(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                  const at::Tensor& qo_indptr, const at::Tensor& block_table, const at::Tensor& kv_lens,
                                  c10::string_view kv_layout, bool causal, c10::optional<double> sm_scale,
                                  int64_t window_left, int64_t chunk_size, double logits_soft_cap,
-                                 const c10::optional<at::Tensor>& sinks) {
+                                 const c10::optional<at::Tensor>& sinks, const c10::optional<at::Tensor>& q_scale,
+                                 const c10::optional<at::Tensor>& k_scale, const c10::optional<at::Tensor>& v_scale,
+                                 c10::optional<at::ScalarType> out_dtype) {
+  const QuantArgs quant{q_scale, k_scale, v_scale, out_dtype};
   const PagedShape paged = check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout,
-                                                    sm_scale, window_left, chunk_size, logits_soft_cap);
+                                                    sm_scale, window_left, chunk_size, logits_soft_cap, quant);
   const LaunchPlan plan =
-      checked_cuda_plan("attn.prefill_paged", paged.common, q, {{"k_cache", k_cache}, {"v_cache", v_cache}},
+      checked_cuda_plan("attn.prefill_paged", paged.common, q, k_cache, {{"k_cache", k_cache}, {"v_cache", v_cache}},
                         chunk_size, logits_soft_cap);
   const at::Tensor sink_logits = checked_sinks("attn.prefill_paged", sinks, q, paged.common.num_qo_heads);
+  const Descales descales = checked_descales("attn.prefill_paged", quant, /*check_values=*/false);
   const c10::cuda::CUDAGuard device_guard(q.device());
-  auto [out, lse] = allocate_prefill_outputs(q, paged.common.head_dim_v);
+  auto [out, lse] = allocate_prefill_outputs(q, paged.common);
   prefill_paged_cuda_into(plan, paged, q, k_cache, v_cache, qo_indptr, block_table, kv_lens, causal, window_left,
-                          chunk_size, logits_soft_cap, sink_logits, out, lse);
+                          chunk_size, logits_soft_cap, sink_logits, descales, out, lse);
   return {out, lse};
 }
 
@@ -453,19 +507,24 @@ void prefill_paged_out_cuda(const at::Tensor& q, const at::Tensor& k_cache, cons
                             const at::Tensor& qo_indptr, const at::Tensor& block_table, const at::Tensor& kv_lens,
                             c10::string_view kv_layout, bool causal, c10::optional<double> sm_scale,
                             int64_t window_left, int64_t chunk_size, double logits_soft_cap,
-                            const c10::optional<at::Tensor>& sinks, const at::Tensor& out,
+                            const c10::optional<at::Tensor>& sinks, const c10::optional<at::Tensor>& q_scale,
+                            const c10::optional<at::Tensor>& k_scale, const c10::optional<at::Tensor>& v_scale,
+                            c10::optional<at::ScalarType> out_dtype, const at::Tensor& out,
                             const c10::optional<at::Tensor>& lse) {
+  const QuantArgs quant{q_scale, k_scale, v_scale, out_dtype};
   const PagedShape paged = check_prefill_paged_out_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens,
                                                         kv_layout, sm_scale, window_left, chunk_size, logits_soft_cap,
-                                                        sinks, out, lse);
+                                                        quant, sinks, out, lse);
   check_cuda_layout("attn.prefill_paged", "out", out);  // 16-byte stores
   const LaunchPlan plan =
-      checked_cuda_plan("attn.prefill_paged", paged.common, q, {{"k_cache", k_cache}, {"v_cache", v_cache}},
+      checked_cuda_plan("attn.prefill_paged", paged.common, q, k_cache, {{"k_cache", k_cache}, {"v_cache", v_cache}},
                         chunk_size, logits_soft_cap);
   const at::Tensor sink_logits = checked_sinks("attn.prefill_paged", sinks, q, paged.common.num_qo_heads);
+  const Descales descales = checked_descales("attn.prefill_paged", quant, /*check_values=*/false);
   const c10::cuda::CUDAGuard device_guard(q.device());
   prefill_paged_cuda_into(plan, paged, q, k_cache, v_cache, qo_indptr, block_table, kv_lens, causal, window_left,
-                          chunk_size, logits_soft_cap, sink_logits, out, lse.has_value() ? *lse : at::Tensor());
+                          chunk_size, logits_soft_cap, sink_logits, descales, out,
+                          lse.has_value() ? *lse : at::Tensor());
 }
 
 }  // namespace torch_attn

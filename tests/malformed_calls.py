@@ -15,6 +15,7 @@ subprocesses): `python tests/malformed_calls.py CASE_ID cuda`.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from dataclasses import dataclass, field
 from typing import Callable
@@ -29,6 +30,19 @@ def qkv(dev, sq=8, skv=8, hq=4, hkv=2, d=64, dtype=BF16, batch=None, dv=None):
     dv = d if dv is None else dv
     return (torch.randn(*lead, sq, hq, d, device=dev).to(dtype), torch.randn(*lead, skv, hkv, d, device=dev).to(dtype),
             torch.randn(*lead, skv, hkv, dv, device=dev).to(dtype))
+
+
+E4M3, E5M2 = torch.float8_e4m3fn, torch.float8_e5m2
+
+
+def fp8(tensors, q=None, kv=E4M3):
+    """q, k, v with k and v (and q, given a dtype) as fp8 codes."""
+    tq, tk, tv = tensors
+    return (tq if q is None else tq.to(q)), tk.to(kv), tv.to(kv)
+
+
+def scale(dev, *shape):
+    return torch.full(shape, 0.5, device=dev)
 
 
 def ints(dev, *values, dtype=torch.int32):
@@ -64,8 +78,8 @@ def ragged(dev, qo=(0, 3, 8), kv=(0, 5, 8), **kwargs):
 # ---- prefill_paged: q [12, 4, 64], caches of 6 pages of 8 slots, 2 KV heads; 2 sequences ----
 
 def paged(dev, q=None, k_cache=None, v_cache=None, qo_indptr=None, block_table=None, kv_lens=None, layout="NHD",
-          **kwargs):
-    cache = torch.randn((6, 2, 8, 2, 64) if layout == "NHD" else (6, 2, 2, 8, 64), device=dev).to(BF16)
+          fp8_cache=None, **kwargs):
+    cache = torch.randn((6, 2, 8, 2, 64) if layout == "NHD" else (6, 2, 2, 8, 64), device=dev).to(fp8_cache or BF16)
     if layout != "NHD":
         kwargs["kv_layout"] = layout
     args = (torch.randn(12, 4, 64, device=dev).to(BF16) if q is None else q,
@@ -153,10 +167,32 @@ BAD: list[Bad] = [
     Bad("int32_inputs", lambda d: prefill(d, *(t.to(torch.int32) for t in qkv(d))), T, "q must be float16, bfloat16"),
     Bad("float64_inputs", lambda d: prefill(d, *(t.double() for t in qkv(d))), T, "q must be float16, bfloat16"),
     Bad("bool_inputs", lambda d: prefill(d, *(t > 0 for t in qkv(d))), T, "q must be float16, bfloat16"),
-    Bad("fp8_inputs", lambda d: prefill(d, *(t.to(torch.float8_e4m3fn) for t in qkv(d))), T,
-        "q must be float16, bfloat16"),
     Bad("k_dtype_mismatch", lambda d: prefill(d, k=qkv(d)[1].half()), T, "k must have q's dtype"),
-    Bad("v_dtype_mismatch", lambda d: prefill(d, v=qkv(d)[2].float()), T, "v must have q's dtype"),
+    Bad("v_dtype_mismatch", lambda d: prefill(d, v=qkv(d)[2].float()), T, "v must have k's dtype"),
+    # fp8 (an fp8 KV cache, or fp8 q, k and v) and its descale factors
+    Bad("fp8_q_with_bf16_kv", lambda d: prefill(d, q=qkv(d)[0].to(E4M3)), T, "k must be float8_e4m3fn or float8_e5m2"),
+    Bad("fp8_k_with_bf16_v", lambda d: prefill(d, k=qkv(d)[1].to(E4M3)), T, "v must have k's dtype"),
+    Bad("fp8_k_e4m3_v_e5m2", lambda d: prefill(d, *fp8(qkv(d), kv=E4M3)[:2], qkv(d)[2].to(E5M2)), T,
+        "v must have k's dtype"),
+    Bad("out_dtype_for_bf16_q", lambda d: prefill(d, out_dtype=torch.float16), T, "out_dtype must be None or q's"),
+    Bad("out_dtype_float32_for_fp8_q", lambda d: prefill(d, *fp8(qkv(d), q=E4M3), out_dtype=torch.float32), T,
+        "out_dtype must be torch.bfloat16 or torch.float16"),
+    Bad("k_scale_without_fp8_k", lambda d: prefill(d, k_scale=scale(d)), V, "k_scale descales fp8 k, but k is"),
+    Bad("q_scale_without_fp8_q", lambda d: prefill(d, *fp8(qkv(d)), q_scale=scale(d)), V,
+        "q_scale descales fp8 q, but q is"),
+    Bad("k_scale_float64", lambda d: prefill(d, *fp8(qkv(d)), k_scale=scale(d).double()), T,
+        "k_scale must be float32"),
+    Bad("v_scale_wrong_heads", lambda d: prefill(d, *fp8(qkv(d)), v_scale=scale(d, 4)), V,
+        "v_scale must be [] or [1] (one factor) or [2]"),
+    Bad("q_scale_2d", lambda d: prefill(d, *fp8(qkv(d), q=E4M3), q_scale=scale(d, 1, 4)), V,
+        "q_scale must be [] or [1] (one factor) or [4]"),
+    Bad("k_scale_other_device", lambda d: prefill(d, *fp8(qkv(d)), k_scale=scale(other_device(d))), V,
+        "k_scale must be on q's device"),
+    Bad("fp8_head_dim_72_on_cuda", lambda d: prefill(d, *fp8(qkv(d, d=72))), V,
+        "fp8 inputs need head dims that are multiples of 16", CUDA_ONLY),
+    Bad("fp8_k_head_stride_not_16_bytes",
+        lambda d: prefill(d, *fp8(qkv(d))[:2], torch.randn(8, 2, 72, device=d).to(E4M3)[..., :64]), V,
+        "v must start 16-byte aligned", CUDA_ONLY),
     Bad("float32_on_cuda", lambda d: prefill(d, *(t.float() for t in qkv(d))), T, "on CUDA, q, k and v must be",
         CUDA_ONLY),
     # devices
@@ -269,6 +305,8 @@ BAD: list[Bad] = [
         "v_cache must have k_cache's shape"),
     Bad("paged_q_int", lambda d: paged(d, q=torch.zeros(12, 4, 64, dtype=torch.int32, device=d)), T,
         "q must be float16, bfloat16"),
+    Bad("paged_v_scale_without_fp8_cache", lambda d: paged(d, v_scale=scale(d)), V,
+        "v_scale descales fp8 v_cache, but v_cache is"),
     Bad("paged_k_cache_dtype", lambda d: paged(d, k_cache=torch.randn(6, 8, 2, 64, device=d).half()), T,
         "k_cache must have q's dtype"),
     Bad("paged_v_cache_other_device", lambda d: paged(d, v_cache=torch.randn(6, 8, 2, 64).to(BF16).to(
@@ -329,7 +367,10 @@ BAD: list[Bad] = [
     Bad("out_wrong_shape", lambda d: prefill_out(d, out=torch.empty(8, 4, 32, device=d, dtype=BF16)), V,
         "out must be q's shape with v's head_dim [8, 4, 64]"),
     Bad("out_wrong_dtype", lambda d: prefill_out(d, out=torch.empty(8, 4, 64, device=d)), T,
-        "out must have q's dtype (torch.bfloat16)"),
+        "out must have the output dtype (torch.bfloat16"),
+    Bad("out_bf16_for_fp8_q_with_fp16_out",
+        lambda d: prefill_out(d, **dict(zip("qkv", fp8(qkv(d), q=E4M3))), out_dtype=torch.float16), T,
+        "out must have the output dtype (torch.float16"),
     Bad("out_other_device", lambda d: prefill_out(d, out=torch.empty(8, 4, 64, device=other_device(d), dtype=BF16)),
         V, "out must be on q's device"),
     Bad("out_last_dim_strided", lambda d: prefill_out(d, out=torch.empty(8, 4, 128, device=d, dtype=BF16)[..., ::2]),
@@ -398,6 +439,13 @@ CLAMPED: list[Clamped] = [
             ({}, dict(causal=True))),
     Clamped("paged_kv_lens_negative", lambda d: paged(d, kv_lens=ints(d, -4, 20)), "must be within"),
     Clamped("paged_qo_indptr_past_q", lambda d: paged(d, qo_indptr=ints(d, 0, 5, 400)), "qo_indptr must be"),
+    Clamped("paged_fp8_page_ids_huge", lambda d: paged(d, block_table=ints(d, 3, 2**31 - 1, 6, 0, 10**6, 2).view(2, 3),
+                                                       fp8_cache=E5M2), "names pages outside", ({}, dict(causal=True))),
+    # Descale factors that mean nothing: CUDA uses them as given (no host sync); the values stay finite in memory.
+    Clamped("k_scale_zero", lambda d: prefill(d, *fp8(qkv(d)), k_scale=scale(d) * 0), "k_scale must be positive"),
+    Clamped("v_scale_negative", lambda d: prefill(d, *fp8(qkv(d)), v_scale=-scale(d, 2)), "v_scale must be positive"),
+    Clamped("q_scale_nan", lambda d: prefill(d, *fp8(qkv(d), q=E5M2), q_scale=scale(d) * math.nan),
+            "q_scale must be positive and finite"),
 ]
 
 BAD_BY_ID = {c.id: c for c in BAD}

@@ -1,5 +1,5 @@
 """A small grid for compute-sanitizer (memcheck, racecheck): every head-dim tile,
-both dtypes, masks, logits whose max moves on every key tile, claimed and split work items, a ragged batch with empty sequences
+both dtypes (and fp8 inputs), masks, logits whose max moves on every key tile, claimed and split work items, a ragged batch with empty sequences
 and poisoned tails, paged caches. Run: compute-sanitizer --tool memcheck python tests/sanitize_prefill.py
 (TORCH_ATTN_BACKEND=sm80 / sm90 picks the kernel)."""
 import math
@@ -63,6 +63,18 @@ def main() -> None:
         q = torch.randn(150, 8, 128, dtype=torch.bfloat16, device="cuda")
         paged = torch_attn.prefill_paged(q, cache[0], cache[1], qo, table, lens, kv_layout=layout, causal=True)
         assert torch.isfinite(paged).all()
+        if os.environ.get("TORCH_ATTN_BACKEND") != "sm90":  # fp8 runs on the mma.sync kernel only
+            codes = cache.to(torch.float8_e5m2)
+            scale = torch.rand(2, device="cuda") + 0.5
+            paged = torch_attn.prefill_paged(q, codes[0], codes[1], qo, table, lens, kv_layout=layout, causal=True,
+                                             k_scale=scale, v_scale=scale[0])
+            assert torch.isfinite(paged).all()
+    # fp8 q, k and v at every tile width (the q tile converted on load, the K/V rings' codes converted per tile).
+    if os.environ.get("TORCH_ATTN_BACKEND") != "sm90":
+        for head_dim in (64, 96, 128, 192, 256):
+            q, k, v = (torch.randn(n, h, head_dim, device="cuda").to(torch.float8_e4m3fn)
+                       for n, h in ((77, 4), (131, 2), (131, 2)))
+            assert torch.isfinite(torch_attn.prefill(q, k, v, causal=True, out_dtype=torch.float16)).all()
     torch.cuda.synchronize()
     assert torch.isfinite(out).all()
     print("sanitize grid done")

@@ -2,7 +2,8 @@
 exact integer math (CI: no GPU needed, only nvcc). VisibleKeys (kernels/common/mask.cuh): every row's
 visible keys under causal masks, windows and chunks, over work items as the kernels form them (tiles
 running past the sequence or starting before row 0, whose rows outside it are never stored) and
-positions up to 2^31 - 1, where the chunk bound's float quotient is most at risk."""
+positions up to 2^31 - 1, where the chunk bound's float quotient is most at risk. And the fp8 codes' conversion
+(kernels/common/fp8_convert.cuh) on every code."""
 from __future__ import annotations
 
 import random
@@ -11,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from torch_attn import _build_spec
 
@@ -122,3 +124,17 @@ def test_kv_tile_ranges_hold_every_rows_keys(kv_tile_range_exe):
         if not ok:
             bad.append((job, (begin, count, full_begin, full_end)))
     assert not bad, f"{len(bad)} of {len(jobs)} items wrong, e.g. {bad[:3]}"
+
+
+def test_fp8_codes_convert_exactly(tmp_path_factory):
+    """fp8_to_float (the kernels' conversion without a convert instruction) against torch, on all
+    256 codes of both formats: equal values, NaN exactly where torch has NaN, inf where it has inf."""
+    exe = host_program(tmp_path_factory, "fp8_convert")
+    done = subprocess.run([str(exe)], capture_output=True, text=True, check=True)
+    ours = torch.tensor([int(x) for x in done.stdout.split()], dtype=torch.int64).to(torch.int32).view(torch.float32)
+    codes = torch.arange(256, dtype=torch.int32).to(torch.uint8)
+    theirs = torch.cat([codes.view(dtype).float() for dtype in (torch.float8_e4m3fn, torch.float8_e5m2)])
+    assert torch.equal(ours.isnan(), theirs.isnan())
+    finite = ~theirs.isnan()
+    assert torch.equal(ours[finite], theirs[finite])  # (signed zeros and infs included)
+    assert torch.equal(torch.signbit(ours[finite]), torch.signbit(theirs[finite]))

@@ -11,7 +11,8 @@ from conftest import make_qkv, ragged_batch
 EXPECTED_SCHEMA = (
     "attn::prefill(Tensor q, Tensor k, Tensor v, Tensor? qo_indptr=None, Tensor? kv_indptr=None, *, "
     "bool causal=False, float? sm_scale=None, int window_left=-1, int chunk_size=0, float logits_soft_cap=0., "
-    "Tensor? sinks=None) -> (Tensor out, Tensor lse)")
+    "Tensor? sinks=None, Tensor? q_scale=None, Tensor? k_scale=None, Tensor? v_scale=None, "
+    "ScalarType? out_dtype=None) -> (Tensor out, Tensor lse)")
 
 
 def test_schema():
@@ -58,7 +59,7 @@ def test_fake_tensors_on_cuda_device():
         assert lse.shape == (3, 100, 32) and lse.dtype == torch.float32
         out, _ = torch.ops.attn.prefill(q, k, k[..., :64], causal=True)
         assert out.shape == (3, 100, 32, 64)
-        with pytest.raises(TypeError, match="float16 or bfloat16"):
+        with pytest.raises(TypeError, match="float16, bfloat16 or fp8"):
             torch.ops.attn.prefill(q.float(), k.float(), k.float())
 
 

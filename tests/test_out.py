@@ -102,7 +102,8 @@ def test_wrapper_rules():
 def test_schemas():
     for op in (torch.ops.attn.prefill.out, torch.ops.attn.prefill_paged.out):
         schema = str(op._schema)
-        assert schema.endswith("Tensor? sinks=None, Tensor(a!) out, Tensor(b!)? lse=None) -> ()"), schema
+        assert schema.endswith("Tensor? sinks=None, Tensor? q_scale=None, Tensor? k_scale=None, Tensor? v_scale=None, "
+                               "ScalarType? out_dtype=None, Tensor(a!) out, Tensor(b!)? lse=None) -> ()"), schema
         for key in ("CPU", "CUDA", "Autograd"):
             assert torch._C._dispatch_has_kernel_for_dispatch_key(op._name, key)
 

@@ -12,7 +12,8 @@ import math
 import torch
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
-_CUDA_DTYPES = (torch.float16, torch.bfloat16)
+_FP8_DTYPES = (torch.float8_e4m3fn, torch.float8_e5m2)
+_FP8_OUT_DTYPES = (torch.bfloat16, torch.float16)
 _INT32_LIMIT = 2**31
 _FLOAT32_MAX = torch.finfo(torch.float32).max
 
@@ -59,18 +60,63 @@ def _check_head_dims(op: str, v_name: str, head_dim_qk, head_dim_v) -> None:
 
 def _check_cuda_rows(op: str, name: str, t: torch.Tensor) -> None:
     """The kernels move rows 16 bytes at a time: every row of t starts 16-byte aligned."""
+    per_16_bytes = 16 // t.element_size()
     aligned = t.storage_offset() * t.element_size() % 16 == 0
     for d in range(t.dim() - 1):
-        aligned = aligned and (t.shape[d] <= 1 or t.stride(d) % 8 == 0)
+        aligned = aligned and (t.shape[d] <= 1 or t.stride(d) % per_16_bytes == 0)
     torch._check_value(aligned, lambda: f"{op}: on CUDA, {name} must start 16-byte aligned and have strides that "
-                                        f"are multiples of 8 elements (every row 16-byte aligned), got strides "
-                                        f"{list(t.stride())} and storage offset {t.storage_offset()}")
+                                        f"are multiples of {per_16_bytes} elements (every row 16-byte aligned), got "
+                                        f"strides {list(t.stride())} and storage offset {t.storage_offset()}")
 
 
-def check_out_args(op: str, q: torch.Tensor, head_dim_v, out: torch.Tensor, lse) -> None:
+def check_dtypes(op: str, q, k_name: str, k, v_name: str, v, out_dtype) -> torch.dtype:
+    """q's, k's and v's dtypes together (csrc/fp8_checks.cpp); returns the output dtype."""
+    fp8_q = q.dtype in _FP8_DTYPES
+    torch._check_type(fp8_q or q.dtype in _FLOAT_DTYPES,
+                      lambda: f"{op}: q must be float16, bfloat16, float32, float8_e4m3fn or float8_e5m2, got {q.dtype}")
+    if fp8_q:
+        torch._check_type(k.dtype in _FP8_DTYPES,
+                          lambda: f"{op}: {k_name} must be float8_e4m3fn or float8_e5m2 like q (fp8 q takes fp8 keys "
+                                  f"and values), got {k.dtype}")
+    else:
+        torch._check_type(k.dtype == q.dtype or k.dtype in _FP8_DTYPES,
+                          lambda: f"{op}: {k_name} must have q's dtype ({q.dtype}) or be float8_e4m3fn or float8_e5m2 "
+                                  f"(an fp8 KV cache), got {k.dtype}")
+    torch._check_type(v.dtype == k.dtype,
+                      lambda: f"{op}: {v_name} must have {k_name}'s dtype ({k.dtype}), got {v.dtype}")
+    if not fp8_q:
+        torch._check_type(out_dtype is None or out_dtype == q.dtype,
+                          lambda: f"{op}: out_dtype must be None or q's dtype ({q.dtype}): it chooses the output of fp8 "
+                                  f"q only, got {out_dtype}")
+        return q.dtype
+    out = torch.bfloat16 if out_dtype is None else out_dtype
+    torch._check_type(out in _FP8_OUT_DTYPES,
+                      lambda: f"{op}: out_dtype must be torch.bfloat16 or torch.float16 for fp8 q, got {out}")
+    return out
+
+
+def check_scales(op: str, scales: dict, q, k_name: str, k, v_name: str, v, num_qo_heads, num_kv_heads) -> None:
+    """The descale factors' types, shapes and devices (csrc/fp8_checks.cpp; their values: CPU only)."""
+    for name, input_name, t, heads in (("q_scale", "q", q, num_qo_heads), ("k_scale", k_name, k, num_kv_heads),
+                                       ("v_scale", v_name, v, num_kv_heads)):
+        scale = scales[name]
+        if scale is None:
+            continue
+        torch._check_value(t.dtype in _FP8_DTYPES,
+                           lambda: f"{op}: {name} descales fp8 {input_name}, but {input_name} is {t.dtype} (pass None)")
+        torch._check_type(scale.dtype == torch.float32, lambda: f"{op}: {name} must be float32, got {scale.dtype}")
+        torch._check_value(scale.dim() == 0 or (scale.dim() == 1 and scale.shape[0] in (1, heads)),
+                           lambda: f"{op}: {name} must be [] or [1] (one factor) or [{heads}] (one per head of "
+                                   f"{input_name}), got shape {_shape(scale)}")
+        torch._check_value(scale.device == q.device,
+                           lambda: f"{op}: {name} must be on q's device ({q.device}), got {scale.device}")
+
+
+def check_out_args(op: str, q: torch.Tensor, head_dim_v, out_dtype, out: torch.Tensor, lse) -> None:
     """The out= overloads' buffers (csrc/prefill_checks.cpp; the fakes cannot see shared memory)."""
     out_shape = [*q.shape[:-1], head_dim_v]
-    torch._check_type(out.dtype == q.dtype, lambda: f"{op}: out must have q's dtype ({q.dtype}), got {out.dtype}")
+    torch._check_type(out.dtype == out_dtype, lambda: f"{op}: out must have the output dtype ({out_dtype}: q's, or "
+                                                      f"out_dtype for fp8 q), got {out.dtype}")
     torch._check_value(list(out.shape) == out_shape,
                        lambda: f"{op}: out must be q's shape with v's head_dim {out_shape}, got {_shape(out)}")
     torch._check_value(out.device == q.device, lambda: f"{op}: out must be on q's device ({q.device}), got {out.device}")
@@ -91,15 +137,19 @@ def check_out_args(op: str, q: torch.Tensor, head_dim_v, out: torch.Tensor, lse)
         _check_cuda_rows(op, "out", out)
 
 
-def check_cuda_args(op: str, q: torch.Tensor, tensors: dict[str, torch.Tensor], chunk_size, logits_soft_cap) -> None:
-    """The CUDA kernels' own demands: half-precision inputs, rows starting 16-byte aligned, chunks without a soft cap
-    (a fake tensor has no address: its storage is taken to start aligned, as the caching
-    allocator's blocks do)."""
+def check_cuda_args(op: str, q: torch.Tensor, k: torch.Tensor, head_dims, tensors: dict[str, torch.Tensor],
+                    chunk_size, logits_soft_cap) -> None:
+    """The CUDA kernels' own demands: half-precision or fp8 inputs (fp8: head dims in whole 16-byte copies), rows
+    starting 16-byte aligned, chunks without a soft cap (a fake tensor has no address: its storage is taken to start
+    aligned, as the caching allocator's blocks do)."""
     if q.device.type != "cuda":
         return
-    torch._check_type(q.dtype in _CUDA_DTYPES,
-                      lambda: f"{op}: on CUDA, q, k and v must be float16 or bfloat16 (float32 runs on CPU only), got "
-                              f"{q.dtype}")
+    torch._check_type(q.dtype != torch.float32,
+                      lambda: f"{op}: on CUDA, q, k and v must be float16, bfloat16 or fp8 (float32 runs on CPU only), "
+                              f"got {q.dtype}")
+    torch._check_value(k.dtype not in _FP8_DTYPES or all(d % 16 == 0 for d in head_dims),
+                       lambda: f"{op}: on CUDA, fp8 inputs need head dims that are multiples of 16, got "
+                               f"({head_dims[0]}, {head_dims[1]})")
     for name, t in tensors.items():
         _check_cuda_rows(op, name, t)
     torch._check_value(chunk_size == 0 or logits_soft_cap == 0,
@@ -118,16 +168,15 @@ def _check_indptr(name: str, indptr: torch.Tensor, q: torch.Tensor) -> None:
 
 
 def check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chunk_size, logits_soft_cap,
-                       sinks) -> None:
+                       sinks, scales: dict, out_dtype) -> torch.dtype:
+    """Returns the output dtype."""
     op = "attn.prefill"
     torch._check_value(q.dim() in (3, 4), lambda: f"{op}: q must be 3-D [tokens, heads, head_dim] or 4-D [batch, "
                                                   f"tokens, heads, head_dim], got {q.dim()}-D")
     for name, t in (("k", k), ("v", v)):
         torch._check_value(t.dim() == q.dim(),
                            lambda: f"{op}: {name} must be {q.dim()}-D {_rank_help(q.dim())} like q, got {t.dim()}-D")
-    torch._check_type(q.dtype in _FLOAT_DTYPES, lambda: f"{op}: q must be float16, bfloat16 or float32, got {q.dtype}")
-    for name, t in (("k", k), ("v", v)):
-        torch._check_type(t.dtype == q.dtype, lambda: f"{op}: {name} must have q's dtype ({q.dtype}), got {t.dtype}")
+    result_dtype = check_dtypes(op, q, "k", k, "v", v, out_dtype)
     for name, t in (("k", k), ("v", v)):
         torch._check_value(t.device == q.device, lambda: f"{op}: {name} must be on q's device ({q.device}), got "
                                                          f"{t.device}")
@@ -150,6 +199,7 @@ def check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chu
     torch._check_value(v.shape[-3] == k.shape[-3],
                        lambda: f"{op}: v must have k's number of tokens ({k.shape[-3]}), got {v.shape[-3]}")
     check_mask_args(op, head_dim, sm_scale, window_left, chunk_size, logits_soft_cap)
+    check_scales(op, scales, q, "k", k, "v", v, num_qo_heads, num_kv_heads)
     torch._check_value((qo_indptr is None) == (kv_indptr is None),
                        lambda: f"{op}: qo_indptr and kv_indptr must be given together (a ragged batch) or both be None")
     if qo_indptr is not None:
@@ -172,8 +222,9 @@ def check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chu
                        and num_seqs < _INT32_LIMIT,
                        lambda: f"{op}: at most 2^31 - 1 tokens, heads and sequences in q and in k/v, got q shape "
                                f"{_shape(q)} and k shape {_shape(k)}")
-    check_cuda_args(op, q, {"q": q, "k": k, "v": v}, chunk_size, logits_soft_cap)
+    check_cuda_args(op, q, k, (head_dim, v.shape[-1]), {"q": q, "k": k, "v": v}, chunk_size, logits_soft_cap)
     check_sinks(op, sinks, q, num_qo_heads)
+    return result_dtype
 
 
 def check_sinks(op: str, sinks, q, num_qo_heads) -> None:
@@ -189,18 +240,24 @@ def check_sinks(op: str, sinks, q, num_qo_heads) -> None:
 
 @torch.library.register_fake("attn::prefill")
 def _prefill_fake(q, k, v, qo_indptr=None, kv_indptr=None, *, causal=False, sm_scale=None, window_left=-1,
-                  chunk_size=0, logits_soft_cap=0.0, sinks=None):
-    check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chunk_size, logits_soft_cap, sinks)
-    out = q.new_empty((*q.shape[:-1], v.shape[-1]))
+                  chunk_size=0, logits_soft_cap=0.0, sinks=None, q_scale=None, k_scale=None, v_scale=None,
+                  out_dtype=None):
+    scales = dict(q_scale=q_scale, k_scale=k_scale, v_scale=v_scale)
+    dtype = check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chunk_size, logits_soft_cap,
+                               sinks, scales, out_dtype)
+    out = q.new_empty((*q.shape[:-1], v.shape[-1]), dtype=dtype)
     lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
     return out, lse
 
 
 @torch.library.register_fake("attn::prefill.out")
 def _prefill_out_fake(q, k, v, qo_indptr=None, kv_indptr=None, *, causal=False, sm_scale=None, window_left=-1,
-                      chunk_size=0, logits_soft_cap=0.0, sinks=None, out, lse=None):
-    check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chunk_size, logits_soft_cap, sinks)
-    check_out_args("attn.prefill", q, v.shape[-1], out, lse)
+                      chunk_size=0, logits_soft_cap=0.0, sinks=None, q_scale=None, k_scale=None, v_scale=None,
+                      out_dtype=None, out, lse=None):
+    scales = dict(q_scale=q_scale, k_scale=k_scale, v_scale=v_scale)
+    dtype = check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chunk_size, logits_soft_cap,
+                               sinks, scales, out_dtype)
+    check_out_args("attn.prefill", q, v.shape[-1], dtype, out, lse)
 
 
 def _check_int_vector(name: str, t: torch.Tensor, dim: int, q: torch.Tensor) -> None:
@@ -212,7 +269,8 @@ def _check_int_vector(name: str, t: torch.Tensor, dim: int, q: torch.Tensor) -> 
 
 
 def check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout, sm_scale, window_left,
-                             chunk_size, logits_soft_cap, sinks) -> None:
+                             chunk_size, logits_soft_cap, sinks, scales: dict, out_dtype) -> torch.dtype:
+    """Returns the output dtype."""
     op = "attn.prefill_paged"
     torch._check_value(kv_layout in ("NHD", "HND"), lambda: f'{op}: kv_layout must be "NHD" or "HND", got "{kv_layout}"')
     torch._check_value(q.dim() == 3, lambda: f"{op}: q must be 3-D [total_tokens, heads, head_dim], got {q.dim()}-D")
@@ -222,9 +280,8 @@ def check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_len
     torch._check_value(v_cache.dim() == 4 and v_cache.shape[:3] == k_cache.shape[:3],
                        lambda: f"{op}: v_cache must have k_cache's shape up to head_dim {list(k_cache.shape[:3])}, got "
                                f"{_shape(v_cache)}")
-    torch._check_type(q.dtype in _FLOAT_DTYPES, lambda: f"{op}: q must be float16, bfloat16 or float32, got {q.dtype}")
+    result_dtype = check_dtypes(op, q, "k_cache", k_cache, "v_cache", v_cache, out_dtype)
     for name, t in (("k_cache", k_cache), ("v_cache", v_cache)):
-        torch._check_type(t.dtype == q.dtype, lambda: f"{op}: {name} must have q's dtype ({q.dtype}), got {t.dtype}")
         torch._check_value(t.device == q.device,
                            lambda: f"{op}: {name} must be on q's device ({q.device}), got {t.device}")
     for name, t in (("q", q), ("k_cache", k_cache), ("v_cache", v_cache)):
@@ -260,26 +317,32 @@ def check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_len
                                f"heads, sequences and pages, got q shape {_shape(q)}, k_cache shape {_shape(k_cache)} "
                                f"and block_table shape {_shape(block_table)}")
     check_mask_args(op, head_dim, sm_scale, window_left, chunk_size, logits_soft_cap)
-    check_cuda_args(op, q, {"q": q, "k_cache": k_cache, "v_cache": v_cache}, chunk_size, logits_soft_cap)
+    check_scales(op, scales, q, "k_cache", k_cache, "v_cache", v_cache, q.shape[1], num_kv_heads)
+    check_cuda_args(op, q, k_cache, (head_dim, v_cache.shape[3]), {"q": q, "k_cache": k_cache, "v_cache": v_cache},
+                    chunk_size, logits_soft_cap)
     check_sinks(op, sinks, q, q.shape[1])
+    return result_dtype
 
 
 @torch.library.register_fake("attn::prefill_paged")
 def _prefill_paged_fake(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, *, kv_layout="NHD", causal=False,
-                        sm_scale=None, window_left=-1, chunk_size=0, logits_soft_cap=0.0, sinks=None):
-    check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout, sm_scale, window_left,
-                             chunk_size, logits_soft_cap, sinks)
-    out = q.new_empty((*q.shape[:-1], v_cache.shape[3]))
+                        sm_scale=None, window_left=-1, chunk_size=0, logits_soft_cap=0.0, sinks=None, q_scale=None,
+                        k_scale=None, v_scale=None, out_dtype=None):
+    scales = dict(q_scale=q_scale, k_scale=k_scale, v_scale=v_scale)
+    dtype = check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout, sm_scale,
+                                     window_left, chunk_size, logits_soft_cap, sinks, scales, out_dtype)
+    out = q.new_empty((*q.shape[:-1], v_cache.shape[3]), dtype=dtype)
     return out, q.new_empty(q.shape[:-1], dtype=torch.float32)
 
 
 @torch.library.register_fake("attn::prefill_paged.out")
 def _prefill_paged_out_fake(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, *, kv_layout="NHD", causal=False,
-                            sm_scale=None, window_left=-1, chunk_size=0, logits_soft_cap=0.0, sinks=None, out,
-                            lse=None):
-    check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout, sm_scale, window_left,
-                             chunk_size, logits_soft_cap, sinks)
-    check_out_args("attn.prefill_paged", q, v_cache.shape[3], out, lse)
+                            sm_scale=None, window_left=-1, chunk_size=0, logits_soft_cap=0.0, sinks=None,
+                            q_scale=None, k_scale=None, v_scale=None, out_dtype=None, out, lse=None):
+    scales = dict(q_scale=q_scale, k_scale=k_scale, v_scale=v_scale)
+    dtype = check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout, sm_scale,
+                                     window_left, chunk_size, logits_soft_cap, sinks, scales, out_dtype)
+    check_out_args("attn.prefill_paged", q, v_cache.shape[3], dtype, out, lse)
 
 
 def check_merge_states_args(out_a, lse_a, out_b, lse_b) -> None:

@@ -24,6 +24,10 @@ def prefill(
     qo_indptr: torch.Tensor | None = None,
     kv_indptr: torch.Tensor | None = None,
     sinks: torch.Tensor | None = None,
+    q_scale: torch.Tensor | None = None,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
     return_lse: bool = False,
     out: torch.Tensor | None = None,
     lse: torch.Tensor | None = None,
@@ -51,7 +55,16 @@ def prefill(
     only the softmax's denominator and lse. A row that sees no key then gets out = 0 and
     lse = sinks[h]. float32, bfloat16 or float16 (computed in float32).
 
-    Returns out (q's shape with Dv, q's dtype), and with return_lse also lse (float32,
+    fp8 inputs: k and v may be float8_e4m3fn or float8_e5m2 (an fp8 KV cache; both one dtype)
+    with any q, and q may be fp8 too when k and v are. q_scale / k_scale / v_scale are their
+    descale factors (the real value is code * scale): float32 of shape [] or [1] (per tensor) or
+    [Hq] / [Hkv] (per head); None means 1, and each is only taken with an fp8 input. The output of
+    fp8 q is out_dtype (torch.bfloat16 by default, or torch.float16); otherwise out_dtype must be
+    None or q's dtype. On CUDA, fp8 head dims must be multiples of 16 and the scales' values are
+    used as given (no host sync: a zero, negative or non-finite scale scales the scores or the
+    output by that value); the CPU path raises on them.
+
+    Returns out (q's shape with Dv, the output dtype), and with return_lse also lse (float32,
     natural log, q's shape without D).
 
     out= (and optionally lse=): write the results into these buffers instead (the op
@@ -60,7 +73,8 @@ def prefill(
     returned as given, and return_lse needs lse=.
     """
     kwargs = dict(causal=causal, sm_scale=sm_scale, window_left=window_left, chunk_size=chunk_size,
-                  logits_soft_cap=logits_soft_cap, sinks=sinks)
+                  logits_soft_cap=logits_soft_cap, sinks=sinks, q_scale=q_scale, k_scale=k_scale, v_scale=v_scale,
+                  out_dtype=out_dtype)
     if out is None and lse is None:
         out, lse = _prefill_op(q, k, v, qo_indptr, kv_indptr, **kwargs)
     else:
@@ -91,6 +105,10 @@ def prefill_paged(
     chunk_size: int = 0,
     logits_soft_cap: float = 0.0,
     sinks: torch.Tensor | None = None,
+    q_scale: torch.Tensor | None = None,
+    k_scale: torch.Tensor | None = None,
+    v_scale: torch.Tensor | None = None,
+    out_dtype: torch.dtype | None = None,
     return_lse: bool = False,
     out: torch.Tensor | None = None,
     lse: torch.Tensor | None = None,
@@ -105,11 +123,13 @@ def prefill_paged(
       kv_lens      int32 [B]: valid keys of each sequence (its last page may be partly filled)
     Semantics as prefill(): query i of sequence b sees key j iff j <= i + kv_lens[b] - qo_len_b
     (causal), so the queries are the last tokens of their sequence's keys. Cache slots past
-    kv_lens[b] and pages the block table does not name are never read. chunk_size and sinks
-    as in prefill(), and so are out= and lse= (the op attn::prefill_paged.out).
+    kv_lens[b] and pages the block table does not name are never read. chunk_size, sinks, the
+    fp8 arguments (an fp8 cache: k_scale / v_scale, per tensor or per KV head) as in prefill(),
+    and so are out= and lse= (the op attn::prefill_paged.out).
     """
     kwargs = dict(kv_layout=kv_layout, causal=causal, sm_scale=sm_scale, window_left=window_left,
-                  chunk_size=chunk_size, logits_soft_cap=logits_soft_cap, sinks=sinks)
+                  chunk_size=chunk_size, logits_soft_cap=logits_soft_cap, sinks=sinks, q_scale=q_scale,
+                  k_scale=k_scale, v_scale=v_scale, out_dtype=out_dtype)
     if out is None and lse is None:
         out, lse = _prefill_paged_op(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, **kwargs)
     else:

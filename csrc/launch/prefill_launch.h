@@ -11,9 +11,10 @@ namespace torch_attn {
 
 enum class ScalarKind { kFloat16, kBFloat16 };
 
-/// Launches the prefill kernel for one element type and head-dim tile width on
-/// `stream`. Returns the launch error, if any; never synchronises.
-template <ScalarKind kKind, int kHeadDimTile>
+/// Launches the prefill kernel for one compute type and head-dim tile width on `stream`;
+/// kFp8KV: k and v (and maybe q) hold fp8 codes (params.kv_format, q_format). Returns the
+/// launch error, if any; never synchronises.
+template <ScalarKind kKind, int kHeadDimTile, bool kFp8KV>
 cudaError_t launch_prefill(const PrefillParams& params, cudaStream_t stream);
 
 /// The same for the Hopper kernel (kernels/sm90/prefill_kernel.cuh), whose tiles may give V
@@ -29,7 +30,7 @@ int prefill_sm90_block_m(int head_dim_tile, int head_dim_v_tile);
 int prefill_sm90_block_n(int head_dim_tile, int head_dim_v_tile);
 
 /// Shared memory one CTA needs, to check against the device's per-block limit.
-size_t prefill_smem_bytes(int head_dim_tile);
+size_t prefill_smem_bytes(int head_dim_tile, bool fp8_kv);
 size_t prefill_sm90_smem_bytes(int head_dim_tile, int head_dim_v_tile);
 
 }  // namespace torch_attn

@@ -6,6 +6,16 @@
 
 namespace torch_attn {
 
+/// How a tensor's elements are stored where the kernels take fp8 (kernels/common/fp8_convert.cuh):
+/// the kernel's compute dtype, or one of the two fp8 codes (real value = code * descale).
+enum class ElementFormat : uint8_t { kCompute = 0, kE4M3 = 1, kE5M2 = 2 };
+
+/// Per-tensor (stride 0) or per-head (stride 1) descale factors of an fp8 input; null: 1.
+struct Descale {
+  const float* values;
+  int32_t head_stride;
+};
+
 // Element strides of a [batch, token, head, dim] view; dim is contiguous.
 // int64: a KV cache of 2M tokens x 8 heads x 128 holds more than 2^31 elements.
 struct TokenHeadStrides {
@@ -87,6 +97,13 @@ struct PrefillParams {
   // The wgmma kernel's claims past the whole items: pieces of the last items' K/V
   // (tail_split.h). The host sets first_item to the item count where it does not split.
   TailSplit split;
+
+  // fp8 inputs (the kernels compiled for fp8 K/V; elsewhere kCompute and unused): the formats of
+  // q and of k/v, and their descale factors. S = (q_descale[h] * k_descale[h_kv]) * q.k, and
+  // out = v_descale[h_kv] * (P V) / l: the factors fold into the scores and the epilogue.
+  ElementFormat q_format;
+  ElementFormat kv_format;
+  Descale q_descale, k_descale, v_descale;
 };
 
 }  // namespace torch_attn

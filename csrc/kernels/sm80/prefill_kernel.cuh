@@ -25,6 +25,7 @@
 #include <type_traits>
 #include "kernels/common/epilogue.cuh"
 #include "kernels/common/fast_math.cuh"
+#include "kernels/common/fp8_convert.cuh"
 #include "kernels/common/logits.cuh"
 #include "kernels/common/mask.cuh"
 #include "kernels/common/params.h"
@@ -37,13 +38,17 @@
 
 namespace torch_attn {
 
+/// Lanes that share a tile row in the copies: the row's 16-byte chunks rounded up to a power of
+/// two (rows of fp8 codes at width 64 have 4 chunks; bf16 rows 8 to 32).
+constexpr int lanes_per_row(int chunks) { return chunks <= 4 ? 4 : chunks <= 8 ? 8 : chunks <= 16 ? 16 : 32; }
+
 /// Which 16-byte pieces of a tile a thread copies: a thread keeps one 16-byte
 /// column (chunk) and walks down the rows, kRowsPerPass at a time. Rows of 12 or 24
 /// chunks (widths 96, 192) are mapped as 16 or 32, and the threads on the missing
 /// columns idle.
 template <class Tile, int kThreads>
 struct TileLoadMapping {
-  static constexpr int kLanesPerRow = Tile::kChunksPerRow <= 8 ? 8 : (Tile::kChunksPerRow <= 16 ? 16 : 32);
+  static constexpr int kLanesPerRow = lanes_per_row(Tile::kChunksPerRow);
   static constexpr int kRowsPerPass = kThreads / kLanesPerRow;
   static constexpr int kPasses = Tile::kRows / kRowsPerPass;
   static_assert(Tile::kChunksPerRow <= kLanesPerRow && kThreads % kLanesPerRow == 0, "thread mapping");
@@ -58,19 +63,45 @@ struct TileLoadMapping {
 /// chunk (see the header comment). The global address advances by a fixed stride
 /// per pass: one 64-bit add, instead of a row * stride product per chunk that the
 /// compiler would hoist into dozens of live registers.
-template <class Tile, int kThreads, typename DType>
-__device__ __forceinline__ void load_tile_or_zero(DType* smem, const DType* gmem, int64_t row_stride,
+template <class Tile, int kThreads, typename Elem>
+__device__ __forceinline__ void load_tile_or_zero(Elem* smem, const Elem* gmem, int64_t row_stride,
                                                   int rows_valid, int chunks_valid) {
   using Map = TileLoadMapping<Tile, kThreads>;
   const Map map;
   if (map.idle()) return;
-  const DType* src = gmem + map.row0 * row_stride + map.chunk * 8;
+  const Elem* src = gmem + map.row0 * row_stride + map.chunk * Tile::kElemsPerChunk;
 #pragma unroll
   for (int pass = 0; pass < Map::kPasses; ++pass) {
     const int row = map.row0 + pass * Map::kRowsPerPass;
     const bool in_bounds = row < rows_valid && map.chunk < chunks_valid;
     // A false predicate reads nothing, but the address must stay valid: the tile's first row.
-    cp_async_16_or_zero(smem + Tile::offset(row, map.chunk * 8), in_bounds ? src : gmem, in_bounds);
+    cp_async_16_or_zero(smem + Tile::offset(row, map.chunk * Tile::kElemsPerChunk), in_bounds ? src : gmem,
+                        in_bounds);
+    src += Map::kRowsPerPass * row_stride;
+  }
+}
+
+/// fp8 q: the Q tile `Tile` (compute dtype) from fp8 codes, read with plain loads (once per CTA, so
+/// nothing to overlap) and converted on the way; rows past rows_valid and 16-code chunks past
+/// chunks_valid are zero, as load_tile_or_zero leaves them. The caller's barrier publishes it.
+template <class Tile, int kThreads, typename DType>
+__device__ __forceinline__ void load_code_tile_converted(DType* smem, const uint8_t* gmem, int64_t row_stride,
+                                                         int rows_valid, int chunks_valid, ElementFormat format) {
+  using Codes = CodeTile<Tile::kRows, Tile::kHeadDim>;
+  using Map = TileLoadMapping<Codes, kThreads>;
+  const Map map;
+  if (map.idle()) return;
+  const uint8_t* src = gmem + map.row0 * row_stride + map.chunk * Codes::kElemsPerChunk;
+#pragma unroll 1
+  for (int pass = 0; pass < Map::kPasses; ++pass) {
+    const int row = map.row0 + pass * Map::kRowsPerPass;
+    const uint4 codes = row < rows_valid && map.chunk < chunks_valid ? __ldg(reinterpret_cast<const uint4*>(src))
+                                                                     : make_uint4(0, 0, 0, 0);
+    uint4 values[2];
+    fp8x16_to<DType>(codes, format, values);
+    uint4* dst = reinterpret_cast<uint4*>(smem + Tile::offset(row, map.chunk * Codes::kElemsPerChunk));
+    dst[0] = values[0];
+    dst[1] = values[1];
     src += Map::kRowsPerPass * row_stride;
   }
 }
@@ -84,7 +115,7 @@ __device__ __forceinline__ void load_tile_or_zero(DType* smem, const DType* gmem
 template <class Tile, int kThreads>
 struct PagedTileMapping {
   static constexpr int kRowsPerWarp = Tile::kRows / (kThreads / 32);
-  static constexpr int kLanesPerRow = Tile::kChunksPerRow <= 8 ? 8 : (Tile::kChunksPerRow <= 16 ? 16 : 32);
+  static constexpr int kLanesPerRow = lanes_per_row(Tile::kChunksPerRow);
   static constexpr int kRowsPerPass = 32 / kLanesPerRow;
   static constexpr int kPasses = kRowsPerWarp / kRowsPerPass;
   static_assert(Tile::kRows % (kThreads / 32) == 0 && kRowsPerWarp % kRowsPerPass == 0, "whole rows per warp");
@@ -100,8 +131,8 @@ struct PagedTileMapping {
 /// As load_tile_or_zero, for keys key0.. of a paged cache; page_id: the page of this
 /// warp's first row (used when the warp's rows share a page). Rows past kv_len are
 /// zero-filled and never looked up.
-template <class Tile, int kThreads, typename DType>
-__device__ __forceinline__ void load_paged_tile_or_zero(DType* smem, const DType* head_base, const PageTable& table,
+template <class Tile, int kThreads, typename Elem>
+__device__ __forceinline__ void load_paged_tile_or_zero(Elem* smem, const Elem* head_base, const PageTable& table,
                                                         int32_t page_id, int64_t page_stride, int64_t slot_stride,
                                                         int key0, int rows_valid, int chunks_valid) {
   using Map = PagedTileMapping<Tile, kThreads>;
@@ -110,14 +141,15 @@ __device__ __forceinline__ void load_paged_tile_or_zero(DType* smem, const DType
   const int row0 = Map::first_row() + Map::lane_row();
   if (Map::one_page_per_warp(table.p)) {
     const int block_key = key0 + Map::first_row();
-    const DType* src = head_base + table.offset(block_key, page_id, page_stride, slot_stride) +
-                       Map::lane_row() * slot_stride + chunk * 8;
+    const Elem* src = head_base + table.offset(block_key, page_id, page_stride, slot_stride) +
+                      Map::lane_row() * slot_stride + chunk * Tile::kElemsPerChunk;
 #pragma unroll
     for (int pass = 0; pass < Map::kPasses; ++pass) {
       const int row = row0 + pass * Map::kRowsPerPass;
       const bool in_bounds = row < rows_valid && chunk < chunks_valid;
       // A false predicate reads nothing; the address stays at a row of a named page or at head_base.
-      cp_async_16_or_zero(smem + Tile::offset(row, chunk * 8), in_bounds ? src : head_base, in_bounds);
+      cp_async_16_or_zero(smem + Tile::offset(row, chunk * Tile::kElemsPerChunk), in_bounds ? src : head_base,
+                          in_bounds);
       src += Map::kRowsPerPass * slot_stride;
     }
     return;
@@ -128,50 +160,97 @@ __device__ __forceinline__ void load_paged_tile_or_zero(DType* smem, const DType
   for (int pass = 0; pass < Map::kPasses; ++pass) {
     const int row = row0 + pass * Map::kRowsPerPass;
     const bool in_bounds = row < rows_valid && chunk < chunks_valid;
-    const DType* src =
-        in_bounds ? head_base + table.offset(key0 + row, table.page_id(key0 + row), page_stride, slot_stride) + chunk * 8
-                  : head_base;
-    cp_async_16_or_zero(smem + Tile::offset(row, chunk * 8), src, in_bounds);
+    const Elem* src = in_bounds ? head_base + table.offset(key0 + row, table.page_id(key0 + row), page_stride,
+                                                           slot_stride) + chunk * Tile::kElemsPerChunk
+                                : head_base;
+    cp_async_16_or_zero(smem + Tile::offset(row, chunk * Tile::kElemsPerChunk), src, in_bounds);
   }
 }
 
 template <class Traits, bool kSoftCap, bool kPaged, bool kChunked>
 struct PrefillCta {
   using DType = typename Traits::DType;
+  using KVElem = typename Traits::KVElem;  // DType, or fp8 codes
   using QTile = typename Traits::QTile;
   using KVTile = typename Traits::KVTile;
+  using KVStageTile = typename Traits::KVStageTile;
   static constexpr int kBlockM = Traits::kBlockM, kBlockN = Traits::kBlockN, kStages = Traits::kStages;
   static constexpr int kMFrags = Traits::kMFrags, kNFragsS = Traits::kNFragsS, kNFragsO = Traits::kNFragsO;
   static constexpr int kThreads = Traits::kThreads;
+  static constexpr bool kFp8KV = Traits::kFp8KV;
 
   const PrefillParams& p;
   const WorkItem& w;
   DType* q_smem;
-  DType* k_smem;  // kStages K tiles
-  DType* v_smem;  // kStages V tiles
-  const DType* k_gmem;  // key 0 of this sequence and KV head (paged: the cache at this KV head)
-  const DType* v_gmem;
+  KVElem* k_ring;  // kStages K tiles as cp.async fills them
+  KVElem* v_ring;  // kStages V tiles
+  const KVElem* k_gmem;  // key 0 of this sequence and KV head (paged: the cache at this KV head)
+  const KVElem* v_gmem;
   const int32_t* pages;  // paged caches only: this sequence's block-table row
   int lane, warp_row0;  // warp_row0: the warp's first row in the query tile
 
-  // 16-byte chunks of real head dim, of q and k and of v and out: read from the kernel's
-  // parameters at each use (kept in registers, the second count made ptxas spill more).
-  __device__ __forceinline__ int qk_chunks_valid() const { return p.head_dim_qk / 8; }
-  __device__ __forceinline__ int v_chunks_valid() const { return p.head_dim_v / 8; }
+  // 16-byte chunks of real head dim, of q and k and of v and out, in the ring's element type:
+  // read from the kernel's parameters at each use (kept in registers, the second count made
+  // ptxas spill more).
+  __device__ __forceinline__ int qk_chunks_valid() const { return p.head_dim_qk / KVStageTile::kElemsPerChunk; }
+  __device__ __forceinline__ int v_chunks_valid() const { return p.head_dim_v / KVStageTile::kElemsPerChunk; }
 
   /// Issues the cp.async copies of K (or V) tile `tile` into ring stage `stage`, of its
   /// first `chunks_valid` 16-byte chunks (the rest zero-filled).
   /// page_id: paged caches only, the page of this thread's row of the tile.
-  __device__ __forceinline__ void load_kv(DType* ring, const DType* gmem, const TokenHeadStrides& strides, int tile,
+  __device__ __forceinline__ void load_kv(KVElem* ring, const KVElem* gmem, const TokenHeadStrides& strides, int tile,
                                           int stage, int32_t page_id, int chunks_valid) const {
     const int key0 = tile * kBlockN;
     if constexpr (kPaged) {
-      load_paged_tile_or_zero<KVTile, kThreads>(ring + stage * KVTile::kElems, gmem, PageTable{p, pages}, page_id,
-                                                strides.batch, strides.token, key0, w.kv_len - key0, chunks_valid);
+      load_paged_tile_or_zero<KVStageTile, kThreads>(ring + stage * KVStageTile::kElems, gmem, PageTable{p, pages},
+                                                     page_id, strides.batch, strides.token, key0, w.kv_len - key0,
+                                                     chunks_valid);
     } else {
-      load_tile_or_zero<KVTile, kThreads>(ring + stage * KVTile::kElems, gmem + key0 * strides.token, strides.token,
-                                          w.kv_len - key0, chunks_valid);
+      load_tile_or_zero<KVStageTile, kThreads>(ring + stage * KVStageTile::kElems, gmem + key0 * strides.token,
+                                               strides.token, w.kv_len - key0, chunks_valid);
     }
+  }
+
+  /// fp8 K/V: the converted K (operand_index 0) or V (1) tile the MMAs read; they follow the Q tile
+  /// (prefill_kernel's layout). Otherwise the MMAs read the ring's stages as cp.async filled them.
+  __device__ __forceinline__ DType* operand_tile(int operand_index) const {
+    return q_smem + QTile::kElems + operand_index * KVTile::kElems;
+  }
+
+  /// fp8 K/V: converts the chunks of ring stage `stage` that this thread copied (with the copies' own
+  /// mapping: its cp.async wait completed them; the barrier after this call publishes the result) into
+  /// operand tile `operand_index`, whose previous tile every warp is done with (process_tile's
+  /// barriers). Zero-filled codes convert to zeros, so the tile keeps the zero-fill rule.
+  __device__ __forceinline__ void convert_own_chunks(const KVElem* ring, int operand_index, int stage) const {
+    using Map = std::conditional_t<kPaged, PagedTileMapping<KVStageTile, kThreads>,
+                                   TileLoadMapping<KVStageTile, kThreads>>;
+    const int chunk = static_cast<int>(threadIdx.x) % Map::kLanesPerRow;
+    if (chunk >= KVStageTile::kChunksPerRow) return;
+    int row0;  // the first row this thread copies
+    if constexpr (kPaged) {
+      row0 = Map::first_row() + Map::lane_row();
+    } else {
+      row0 = Map{}.row0;
+    }
+    const KVElem* codes = ring + stage * KVStageTile::kElems;
+    DType* operand = operand_tile(operand_index);
+    // Rolled: unrolled, the passes' converted values took registers the S and O fragments need.
+#pragma unroll 1
+    for (int pass = 0; pass < Map::kPasses; ++pass) {
+      const int row = row0 + pass * Map::kRowsPerPass;
+      const int col = chunk * KVStageTile::kElemsPerChunk;
+      uint4 values[2];
+      fp8x16_to<DType>(*reinterpret_cast<const uint4*>(codes + KVStageTile::offset(row, col)), p.kv_format, values);
+      uint4* dst = reinterpret_cast<uint4*>(operand + KVTile::offset(row, col));
+      dst[0] = values[0];
+      dst[1] = values[1];
+    }
+  }
+
+  /// fp8: the real scores are q_descale * k_descale * (codes' q . k). Read where used (cached loads):
+  /// kept in a register through the loop, it cost the fp8 kernel spills.
+  __device__ __forceinline__ float qk_descale() const {
+    return descale_of(p.q_descale, w.qo_head) * descale_of(p.k_descale, w.qo_head / p.group_size);
   }
 
   /// Paged caches: the page of this warp's first row of tile `tile` (0 where it is
@@ -243,10 +322,46 @@ struct PrefillCta {
     }
   }
 
+  /// This work item's first query row in q, whose elements are Elem (DType, or fp8 codes).
+  template <typename Elem>
+  __device__ __forceinline__ const Elem* q_rows() const {
+    return static_cast<const Elem*>(p.q) + w.seq * p.q_strides.batch +
+           static_cast<int64_t>(w.q_start + w.q_row0) * p.q_strides.token + w.qo_head * p.q_strides.head;
+  }
+
+  /// The Q tile: copied (cp.async, riding with K_0's group), or, fp8 q, converted on the way.
+  __device__ __forceinline__ void load_q(const DType* q_gmem, int rows_valid) const {
+    if constexpr (kFp8KV) {
+      if (p.q_format != ElementFormat::kCompute) {
+        load_code_tile_converted<QTile, kThreads>(q_smem, q_rows<uint8_t>(), p.q_strides.token, rows_valid,
+                                                  p.head_dim_qk / 16, p.q_format);
+        return;
+      }
+    }
+    load_tile_or_zero<QTile, kThreads>(q_smem, q_gmem, p.q_strides.token, rows_valid, qk_chunks_valid());
+  }
+
+  __device__ __forceinline__ static void scale_scores(float (&s)[kMFrags][kNFragsS][4], float factor) {
+#pragma unroll
+    for (int mi = 0; mi < kMFrags; ++mi)
+#pragma unroll
+      for (int nb = 0; nb < kNFragsS; ++nb)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) s[mi][nb][e] *= factor;
+  }
+
+  __device__ __forceinline__ static void scale_output(float (&o)[kMFrags][kNFragsO][4], float factor) {
+#pragma unroll
+    for (int mi = 0; mi < kMFrags; ++mi)
+#pragma unroll
+      for (int nd = 0; nd < kNFragsO; ++nd)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) o[mi][nd][e] *= factor;
+  }
+
   __device__ __forceinline__ void run() {
     const int rows_valid = w.query_rows<kBlockM>();
-    const DType* q_gmem = static_cast<const DType*>(p.q) + w.seq * p.q_strides.batch +
-                          static_cast<int64_t>(w.q_start + w.q_row0) * p.q_strides.token + w.qo_head * p.q_strides.head;
+    const DType* q_gmem = q_rows<DType>();
 
     // The tiles the whole CTA needs.
     const VisibleKeys visibility = w.visible_keys<kChunked>(p);
@@ -268,13 +383,13 @@ struct PrefillCta {
         page_now = page_next;
         page_next = row_page_id(tile + 1, tile_end);
       }
-      load_kv(k_smem, k_gmem, p.k_strides, tile, stage, page_now, qk_chunks_valid());
+      load_kv(k_ring, k_gmem, p.k_strides, tile, stage, page_now, qk_chunks_valid());
     };
     auto issue_v = [&](int tile, int stage) {
-      load_kv(v_smem, v_gmem, p.v_strides, tile, stage, page_now, v_chunks_valid());
+      load_kv(v_ring, v_gmem, p.v_strides, tile, stage, page_now, v_chunks_valid());
     };
 
-    load_tile_or_zero<QTile, kThreads>(q_smem, q_gmem, p.q_strides.token, rows_valid, qk_chunks_valid());
+    load_q(q_gmem, rows_valid);
 #pragma unroll
     for (int stage = 0; stage < kStages; ++stage) {
       if (stage < num_tiles) issue_k(tile_begin + stage, stage);
@@ -301,23 +416,36 @@ struct PrefillCta {
       constexpr TileMask kMask = decltype(mask)::value;
       const int stage = j % kStages;
       cp_async_wait<2 * kStages - 2>();
+      if constexpr (kFp8KV) convert_own_chunks(k_ring, 0, stage);
       __syncthreads();  // K_j has landed for all threads; all warps are done with V_{j-1}
       const int v_ahead = j + kStages - 1;  // V_{j+S-1} reuses V_{j-1}'s stage
       if (v_ahead < num_tiles) issue_v(tile_begin + v_ahead, v_ahead % kStages);
       cp_async_commit();
 
       float s[kMFrags][kNFragsS][4];
-      compute_scores(k_smem + stage * KVTile::kElems, s);
+      // (The ring's stage is written out here, not behind a helper: through one, ptxas allocated the
+      // bf16 kernel's registers differently and spilled 8 more bytes at d128.)
+      if constexpr (kFp8KV) {
+        compute_scores(operand_tile(0), s);
+      } else {
+        compute_scores(k_ring + stage * KVTile::kElems, s);
+      }
+      if constexpr (kFp8KV) scale_scores(s, qk_descale());
       scores_to_logits<kSoftCap, kMask>(s, p, visibility, w.q_row0 + warp_row0, (tile_begin + j) * kBlockN, lane);
       softmax.update(s, o, p.logit_to_log2);
 
       cp_async_wait<2 * kStages - 2>();
+      if constexpr (kFp8KV) convert_own_chunks(v_ring, 1, stage);
       __syncthreads();  // V_j has landed for all threads; all warps are done with K_j
       const int k_ahead = j + kStages;  // K_{j+S} reuses K_j's stage
       if (k_ahead < num_tiles) issue_k(tile_begin + k_ahead, stage);
       cp_async_commit();
 
-      accumulate_pv(v_smem + stage * KVTile::kElems, s, o);
+      if constexpr (kFp8KV) {
+        accumulate_pv(operand_tile(1), s, o);
+      } else {
+        accumulate_pv(v_ring + stage * KVTile::kElems, s, o);
+      }
     };
     // The unmasked tiles form one run in the middle; separate loops keep the mask's
     // compares out of that run entirely. The run's ends are computed again here rather
@@ -334,6 +462,7 @@ struct PrefillCta {
     float lse[2 * kMFrags];
     softmax.finalize(o, p.logit_to_log2, lse);
     if (p.sinks != nullptr) OnlineSoftmax<kMFrags>::add_sink(o, lse, __ldg(p.sinks + w.qo_head));
+    if constexpr (kFp8KV) scale_output(o, descale_of(p.v_descale, w.qo_head / p.group_size));
     store_warp_rows<QTile>(p, w, q_smem, warp_row0, lane, v_chunks_valid(), o, lse);
   }
 };
@@ -342,6 +471,7 @@ template <class Traits, bool kSoftCap, bool kPaged, bool kChunked>
 __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
     prefill_kernel(const __grid_constant__ PrefillParams params) {
   using DType = typename Traits::DType;
+  using KVElem = typename Traits::KVElem;
   extern __shared__ __align__(16) uint8_t smem[];
   WorkItem work;
   if (!find_work_item<Traits::kBlockM>(params, static_cast<int>(blockIdx.x), work)) return;
@@ -350,16 +480,19 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
   // Paged caches address keys through the page table; contiguous ones from the sequence's first row.
   const int64_t k_offset = kPaged ? 0 : work.seq * params.k_strides.batch + work.kv_start * params.k_strides.token;
   const int64_t v_offset = kPaged ? 0 : work.seq * params.v_strides.batch + work.kv_start * params.v_strides.token;
+  // [Q][K ring][V ring]; fp8 K/V: [Q][K operand][V operand][K code ring][V code ring].
   DType* q_smem = reinterpret_cast<DType*>(smem);
-  DType* k_smem = q_smem + Traits::QTile::kElems;
+  DType* after_q = q_smem + Traits::QTile::kElems;
+  KVElem* k_ring = reinterpret_cast<KVElem*>(after_q + (Traits::kFp8KV ? 2 * Traits::KVTile::kElems : 0));
+  KVElem* v_ring = k_ring + Traits::kStages * Traits::KVStageTile::kElems;
   PrefillCta<Traits, kSoftCap, kPaged, kChunked>{
       params,
       work,
       q_smem,
-      k_smem,
-      k_smem + Traits::kStages * Traits::KVTile::kElems,
-      static_cast<const DType*>(params.k) + k_offset + kv_head * params.k_strides.head,
-      static_cast<const DType*>(params.v) + v_offset + kv_head * params.v_strides.head,
+      k_ring,
+      v_ring,
+      static_cast<const KVElem*>(params.k) + k_offset + kv_head * params.k_strides.head,
+      static_cast<const KVElem*>(params.v) + v_offset + kv_head * params.v_strides.head,
       kPaged ? work.block_table_row(params) : nullptr,
       lane,
       (static_cast<int>(threadIdx.x) / 32) * Traits::kMFrags * 16}

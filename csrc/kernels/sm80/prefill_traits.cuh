@@ -1,6 +1,8 @@
 // The compiled configurations of the prefill kernel: one tile table, one traits struct.
 #pragma once
 #include <cstddef>
+#include <cstdint>
+#include <type_traits>
 #include "kernels/sm80/smem_tile.cuh"
 
 namespace torch_attn {
@@ -31,9 +33,13 @@ template <> struct TileShape<192> { static constexpr int kBlockM = 128, kBlockN 
 // (one 8-warp CTA of 128 rows ran alone per SM and was slower); fits an A100 too.
 template <> struct TileShape<256> { static constexpr int kBlockM = 64, kBlockN = 64, kWarps = 4, kStages = 1, kMinBlocks = 2; };
 
-template <typename DType_, int kHeadDimTile>
+/// kFp8KV: K and V arrive as fp8 codes (ElementFormat in the parameters): the kStages-deep cp.async
+/// ring holds the codes (half the bytes), and each thread converts the chunks it copied into one
+/// compute-dtype tile of K and one of V, which the MMAs read as they read a bf16 stage.
+template <typename DType_, int kHeadDimTile, bool kFp8KV_ = false>
 struct PrefillTraits {
   using DType = DType_;
+  static constexpr bool kFp8KV = kFp8KV_;
   using Shape = TileShape<kHeadDimTile>;
   static constexpr int kHeadDim = kHeadDimTile;
   static constexpr int kBlockM = Shape::kBlockM;  // query rows per CTA
@@ -47,8 +53,12 @@ struct PrefillTraits {
   static constexpr int kNFragsO = kHeadDim / 8;            // n8 head-dim fragments of O
 
   using QTile = SmemTile<kBlockM, kHeadDim>;
-  using KVTile = SmemTile<kBlockN, kHeadDim>;
-  static constexpr size_t kSmemBytes = (QTile::kElems + 2 * kStages * KVTile::kElems) * sizeof(DType);
+  using KVTile = SmemTile<kBlockN, kHeadDim>;  // what the MMAs read
+  using KVStageTile = std::conditional_t<kFp8KV, CodeTile<kBlockN, kHeadDim>, KVTile>;  // what cp.async fills
+  using KVElem = std::conditional_t<kFp8KV, uint8_t, DType>;
+  static constexpr int kOperandStages = kFp8KV ? 1 : kStages;  // compute-dtype K (and V) tiles
+  static constexpr size_t kSmemBytes = (QTile::kElems + 2 * kOperandStages * KVTile::kElems) * sizeof(DType) +
+                                       (kFp8KV ? 2 * kStages * KVStageTile::kElems : 0);
   static constexpr int kMinBlocksPerSm = Shape::kMinBlocks;
 
   static_assert(kBlockM % (16 * kWarps) == 0, "each warp owns whole m16 fragments");

@@ -16,7 +16,8 @@ template <int kRows_, int kHeadDim_>
 struct SmemTile {
   static constexpr int kRows = kRows_;
   static constexpr int kHeadDim = kHeadDim_;
-  static constexpr int kChunksPerRow = kHeadDim / 8;  // 16-byte chunks of data
+  static constexpr int kElemsPerChunk = 8;
+  static constexpr int kChunksPerRow = kHeadDim / kElemsPerChunk;  // 16-byte chunks of data
   static constexpr int kPitch = kHeadDim + 8;         // elements between rows
   static constexpr int kElems = kRows * kPitch;
   static_assert(kHeadDim % 16 == 0, "a tile row is a whole number of 16x16 MMA k-steps");
@@ -24,6 +25,21 @@ struct SmemTile {
 
   /// Offset in elements of (row, col).
   static __device__ __forceinline__ int offset(int row, int col) { return row * kPitch + col; }
+};
+
+/// A [kRows][kHeadDim] tile of fp8 codes (bytes), rows unpadded: the cp.async ring of fp8 K/V.
+/// Only the thread that copied a 16-byte chunk reads it back (to convert it), with the copy's own
+/// thread mapping, so its accesses are the copies' conflict-free rows.
+template <int kRows_, int kHeadDim_>
+struct CodeTile {
+  static constexpr int kRows = kRows_;
+  static constexpr int kHeadDim = kHeadDim_;
+  static constexpr int kElemsPerChunk = 16;
+  static constexpr int kChunksPerRow = kHeadDim / kElemsPerChunk;
+  static constexpr int kElems = kRows * kHeadDim;
+  static_assert(kHeadDim % kElemsPerChunk == 0, "whole 16-byte chunks per row");
+
+  static __device__ __forceinline__ int offset(int row, int col) { return row * kHeadDim + col; }
 };
 
 }  // namespace torch_attn
