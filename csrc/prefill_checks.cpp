@@ -21,6 +21,7 @@ namespace {
 
 // The kernels keep token, head and sequence counts in int32.
 constexpr int64_t kInt32Limit = int64_t{1} << 31;
+constexpr int64_t kMaxHeadDim = 512;
 
 const char* rank_help(int64_t dim) { return dim == 3 ? "[tokens, heads, head_dim]" : "[batch, tokens, heads, head_dim]"; }
 
@@ -54,12 +55,13 @@ double check_mask_args(const char* op, int64_t head_dim_qk, c10::optional<double
   return scale;
 }
 
-/// The head dims of q . k (q's last dim) and of v (`v_name`'s): multiples of 8 (16-byte rows) up to the kernels' 256.
+/// The head dims of q . k (q's last dim) and of v (`v_name`'s): multiples of 8 (16-byte rows) up to 512
+/// (Gemma 4's global layers; the CUDA kernels stop at 256: prefill_cuda.cpp).
 void check_head_dims(const char* op, const char* v_name, int64_t head_dim_qk, int64_t head_dim_v) {
-  TORCH_CHECK_VALUE(head_dim_qk % 8 == 0 && head_dim_qk >= 8 && head_dim_qk <= 256, op,
-                    ": head_dim (q.size(-1)) must be a multiple of 8 from 8 to 256, got ", head_dim_qk);
-  TORCH_CHECK_VALUE(head_dim_v % 8 == 0 && head_dim_v >= 8 && head_dim_v <= 256, op, ": ", v_name,
-                    "'s head_dim (", v_name, ".size(-1)) must be a multiple of 8 from 8 to 256, got ", head_dim_v);
+  TORCH_CHECK_VALUE(head_dim_qk % 8 == 0 && head_dim_qk >= 8 && head_dim_qk <= kMaxHeadDim, op,
+                    ": head_dim (q.size(-1)) must be a multiple of 8 from 8 to 512, got ", head_dim_qk);
+  TORCH_CHECK_VALUE(head_dim_v % 8 == 0 && head_dim_v >= 8 && head_dim_v <= kMaxHeadDim, op, ": ", v_name,
+                    "'s head_dim (", v_name, ".size(-1)) must be a multiple of 8 from 8 to 512, got ", head_dim_v);
 }
 
 void check_int_vector(const char* name, const at::Tensor& t, int64_t dim, const at::Tensor& q) {

@@ -372,6 +372,10 @@ LaunchPlan checked_cuda_plan(const char* op, const PrefillShape& shape, const at
   TORCH_CHECK_TYPE(q.scalar_type() != at::kFloat, op,
                    ": on CUDA, q, k and v must be float16, bfloat16 or fp8 (float32 runs on CPU only), got ",
                    dtype_name(q.scalar_type()));
+  // The widest tiles: D = 512 runs on the CPU path only, for now.
+  TORCH_CHECK_VALUE(shape.head_dim_qk <= 256 && shape.head_dim_v <= 256, op, ": on CUDA, head dims up to 256 (the "
+                    "kernels' widest tiles; the CPU path takes up to 512), got (", shape.head_dim_qk, ", ",
+                    shape.head_dim_v, ")");
   const bool fp8_kv = is_fp8(k.scalar_type());
   // A 16-byte copy holds 16 codes: fp8 rows are whole copies.
   TORCH_CHECK_VALUE(!fp8_kv || (shape.head_dim_qk % 16 == 0 && shape.head_dim_v % 16 == 0), op,

@@ -73,3 +73,14 @@ def test_long_causal_prefill_is_not_absurdly_slow():
     start = time.perf_counter()
     torch_attn.prefill(q, k, v, causal=True)
     assert time.perf_counter() - start < 30  # generous bound for a loaded 2-core CI machine
+
+
+@pytest.mark.parametrize("dims", [(512, 512), (264, 264), (512, 128), (136, 512)], ids=lambda d: f"{d[0]}-{d[1]}")
+def test_head_dims_past_256(dims):
+    """Gemma 4's global layers (512) and widths past the CUDA kernels' 256 run on the CPU path, q . k and
+    P V each at their own width, under GQA, a causal mask, a window and sinks."""
+    q, k, v = make_qkv(77, 300, 8, 2, dims[0], torch.bfloat16, "cpu", head_dim_v=dims[1])
+    sinks = torch.randn(8)
+    kwargs = dict(causal=True, sm_scale=None, window_left=100, logits_soft_cap=0.0, sinks=sinks)
+    out, lse = torch_attn.prefill(q, k, v, return_lse=True, **kwargs)
+    check_against_reference(out, lse, q, k, v, **kwargs)

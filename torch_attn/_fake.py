@@ -51,10 +51,10 @@ def check_mask_args(op: str, head_dim_qk, sm_scale, window_left, chunk_size, log
 
 
 def _check_head_dims(op: str, v_name: str, head_dim_qk, head_dim_v) -> None:
-    torch._check_value(head_dim_qk % 8 == 0 and 8 <= head_dim_qk <= 256,
-                       lambda: f"{op}: head_dim (q.size(-1)) must be a multiple of 8 from 8 to 256, got {head_dim_qk}")
-    torch._check_value(head_dim_v % 8 == 0 and 8 <= head_dim_v <= 256,
-                       lambda: f"{op}: {v_name}'s head_dim ({v_name}.size(-1)) must be a multiple of 8 from 8 to 256, "
+    torch._check_value(head_dim_qk % 8 == 0 and 8 <= head_dim_qk <= 512,
+                       lambda: f"{op}: head_dim (q.size(-1)) must be a multiple of 8 from 8 to 512, got {head_dim_qk}")
+    torch._check_value(head_dim_v % 8 == 0 and 8 <= head_dim_v <= 512,
+                       lambda: f"{op}: {v_name}'s head_dim ({v_name}.size(-1)) must be a multiple of 8 from 8 to 512, "
                                f"got {head_dim_v}")
 
 
@@ -147,6 +147,9 @@ def check_cuda_args(op: str, q: torch.Tensor, k: torch.Tensor, head_dims, tensor
     torch._check_type(q.dtype != torch.float32,
                       lambda: f"{op}: on CUDA, q, k and v must be float16, bfloat16 or fp8 (float32 runs on CPU only), "
                               f"got {q.dtype}")
+    torch._check_value(head_dims[0] <= 256 and head_dims[1] <= 256,
+                       lambda: f"{op}: on CUDA, head dims up to 256 (the kernels' widest tiles; the CPU path takes up to "
+                               f"512), got ({head_dims[0]}, {head_dims[1]})")
     torch._check_value(k.dtype not in _FP8_DTYPES or all(d % 16 == 0 for d in head_dims),
                        lambda: f"{op}: on CUDA, fp8 inputs need head dims that are multiples of 16, got "
                                f"({head_dims[0]}, {head_dims[1]})")

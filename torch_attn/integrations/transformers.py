@@ -31,7 +31,8 @@ Nothing that changes the result is dropped: a keyword the interface passes that 
 not implement (a `position_bias`, ...) or a mask pattern beyond causal / bidirectional /
 left sliding window / chunks (packed by position ids, custom and/or masks) raises a
 ValueError that names it (UNSUPPORTED says why), instead of returning plausible but wrong
-numbers; so do head dims past the op's 256 (Gemma 4's global layers, 512).
+numbers; so do, on CUDA, head dims past the kernels' 256 (Gemma 4's global layers, 512: they
+run on the CPU path).
 Inference only: call the model under torch.no_grad() / torch.inference_mode().
 """
 from __future__ import annotations
