@@ -46,7 +46,8 @@ def peers(q, k, v, causal, chunk, flashinfer_backends):
         fns["torch_attn (as chunks)"] = lambda: torch_attn.prefill(q, k, v, causal=causal)
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     gqa = q.shape[2] != k.shape[2]
-    for name, backend in (("sdpa-flash", SDPBackend.FLASH_ATTENTION), ("sdpa-efficient", SDPBackend.EFFICIENT_ATTENTION),
+    for name, backend in (("sdpa-flash", SDPBackend.FLASH_ATTENTION),
+                          ("sdpa-efficient", SDPBackend.EFFICIENT_ATTENTION),
                           ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION)):
         def run(backend=backend):
             with sdpa_kernel(backend):

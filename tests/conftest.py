@@ -143,7 +143,8 @@ def indptr_of(lens, device):
 
 def mask_kwargs(mask):
     """A partial mask spec (test tables) -> every masking keyword of prefill, defaults filled in."""
-    return dict(causal=mask.get("causal", False), sm_scale=mask.get("sm_scale"), window_left=mask.get("window_left", -1),
+    return dict(causal=mask.get("causal", False), sm_scale=mask.get("sm_scale"),
+                window_left=mask.get("window_left", -1),
                 chunk_size=mask.get("chunk_size", 0), logits_soft_cap=mask.get("logits_soft_cap", 0.0))
 
 

@@ -223,7 +223,8 @@ BAD: list[Bad] = [
     Bad("k_head_dim_mismatch", lambda d: prefill(d, k=qkv(d, d=128)[1]), V, "k's head_dim must equal q's"),
     Bad("v_head_dim_60", lambda d: prefill(d, *qkv(d, dv=60)), V, "v's head_dim (v.size(-1)) must be a multiple of 8"),
     Bad("v_head_dim_264_on_cuda", lambda d: prefill(d, *qkv(d, dv=264)), V, "on CUDA, head dims up to 256", CUDA_ONLY),
-    Bad("v_head_dim_520", lambda d: prefill(d, *qkv(d, dv=520)), V, "v's head_dim (v.size(-1)) must be a multiple of 8"),
+    Bad("v_head_dim_520", lambda d: prefill(d, *qkv(d, dv=520)), V,
+        "v's head_dim (v.size(-1)) must be a multiple of 8"),
     # heads and tokens
     Bad("gqa_not_divisible", lambda d: prefill(d, *qkv(d, hq=6, hkv=4)), V, "q's heads (6) must be a multiple"),
     Bad("zero_q_heads", lambda d: prefill(d, *qkv(d, hq=0)), V, "q and k need at least one head"),
@@ -291,7 +292,8 @@ BAD: list[Bad] = [
     Bad("sinks_other_device", lambda d: prefill(d, sinks=torch.zeros(4, device=other_device(d))), V,
         "sinks must be on q's device"),
     Bad("sinks_requires_grad", lambda d: prefill(d, sinks=grad(torch.zeros(4, device=d))), R, "sinks requires grad"),
-    Bad("paged_sinks_shape", lambda d: paged(d, sinks=torch.zeros(5, device=d)), V, "sinks must be [num_qo_heads] = [4]"),
+    Bad("paged_sinks_shape", lambda d: paged(d, sinks=torch.zeros(5, device=d)), V,
+        "sinks must be [num_qo_heads] = [4]"),
     # grad
     Bad("q_requires_grad", lambda d: prefill(d, q=grad(qkv(d)[0])), R, "q requires grad"),
     Bad("v_requires_grad", lambda d: prefill(d, v=grad(qkv(d)[2])), R, "v requires grad"),

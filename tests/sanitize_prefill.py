@@ -1,5 +1,6 @@
 """A small grid for compute-sanitizer (memcheck, racecheck): every head-dim tile,
-both dtypes (and fp8 inputs), masks, logits whose max moves on every key tile, claimed and split work items, a ragged batch with empty sequences
+both dtypes (and fp8 inputs), masks, logits whose max moves on every key tile, claimed and split work
+items, a ragged batch with empty sequences
 and poisoned tails, paged caches. Run: compute-sanitizer --tool memcheck python tests/sanitize_prefill.py
 (TORCH_ATTN_BACKEND=sm80 / sm90 picks the kernel)."""
 import math

@@ -27,7 +27,8 @@ def test_ragged_batches(device, causal, monkeypatch):
     monkeypatch.setenv("TORCH_ATTN_BATCH_INVARIANT", "1")
     rng = random.Random(int(causal))
     dtype = dtype_on(device)
-    target = [t.to(device, dtype) for t in (torch.randn(700, HQ, D), torch.randn(1500, HKV, D), torch.randn(1500, HKV, D))]
+    target = [t.to(device, dtype)
+              for t in (torch.randn(700, HQ, D), torch.randn(1500, HKV, D), torch.randn(1500, HKV, D))]
 
     def run(seqs):
         q, k, v = (torch.cat([s[i] for s in seqs]) for i in range(3))
@@ -58,7 +59,8 @@ def test_dense_batches(device, monkeypatch):
     dtype = dtype_on(device)
     queries, keys = (256, 8192) if device == "cuda" else (64, 512)
     gen = torch.Generator().manual_seed(5)
-    target = [torch.randn(1, n, h, D, generator=gen).to(device, dtype) for n, h in ((queries, 32), (keys, 8), (keys, 8))]
+    target = [torch.randn(1, n, h, D, generator=gen).to(device, dtype)
+              for n, h in ((queries, 32), (keys, 8), (keys, 8))]
     alone_out, alone_lse = torch_attn.prefill(*target, return_lse=True)
     for batch in (2, 4, 9):
         others = [torch.randn(batch - 1, *t.shape[1:], generator=gen).to(device, dtype) for t in target]
@@ -95,7 +97,8 @@ def test_paged_batches(device, monkeypatch):
     monkeypatch.setenv("TORCH_ATTN_BATCH_INVARIANT", "1")
     rng = random.Random(3)
     dtype = dtype_on(device)
-    target = [t.to(device, dtype) for t in (torch.randn(300, HQ, D), torch.randn(900, HKV, D), torch.randn(900, HKV, D))]
+    target = [t.to(device, dtype)
+              for t in (torch.randn(300, HQ, D), torch.randn(900, HKV, D), torch.randn(900, HKV, D))]
 
     def run(seqs):
         q = torch.cat([s[0] for s in seqs])

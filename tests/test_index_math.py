@@ -89,7 +89,8 @@ def test_visible_keys_match_exact_math(visible_keys_exe):
         inside = (rows >= 0) & (rows < qo)  # rows outside the sequence: computed by the item's warps, never stored
         want_begin, want_end = expected(kv, qo, causal, window, chunk, rows)
         have_begin, have_end = got[n, :, 0], got[n, :, 1]
-        same = ((have_begin == want_begin) & (have_end == want_end)) | ((want_end <= want_begin) & (have_end <= have_begin))
+        same = (((have_begin == want_begin) & (have_end == want_end))
+                | ((want_end <= want_begin) & (have_end <= have_begin)))
         for r in np.nonzero(inside & ~same)[0][:3]:
             bad.append(((kv, qo, causal, window, chunk, int(rows[r])), (int(want_begin[r]), int(want_end[r])),
                         (int(have_begin[r]), int(have_end[r]))))

@@ -131,7 +131,8 @@ def test_compile_functionalizes_the_out_form(device):
         return buf[: x.shape[0]].flatten(-2) * 2
 
     torch._dynamo.reset()
-    compiled = torch.compile(layer, fullgraph=True, dynamic=True, backend="inductor" if device == "cuda" else "aot_eager")
+    compiled = torch.compile(layer, fullgraph=True, dynamic=True,
+                             backend="inductor" if device == "cuda" else "aot_eager")
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     wq, wk, wv = (torch.randn(64, n, device=device, dtype=dtype) / 8 for n in (128, 64, 64))
     with torch.no_grad():

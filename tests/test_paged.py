@@ -71,10 +71,12 @@ def run_paged_case(device, page_size, layout, qo_lens, kv_lens, group, head_dim,
         poison_cuda_allocator(((*q.shape[:-1], values.shape[-1]), q.dtype), (q.shape[:-1], torch.float32))
     out, lse = torch_attn.prefill_paged(q, k_cache, v_cache, qo_indptr, block_table, kv_lens_t, kv_layout=layout,
                                         return_lse=True, **kwargs)
-    check_against_reference(out, lse, q, keys, values, qo_indptr=qo_indptr, kv_indptr=indptr_of(kv_lens, device), **kwargs)
+    check_against_reference(out, lse, q, keys, values, qo_indptr=qo_indptr, kv_indptr=indptr_of(kv_lens, device),
+                            **kwargs)
 
 
-PAGE_CASES = [(ps, layout, i) for i, (ps, layout) in enumerate((p, l) for p in (1, 16, 64, 256, 48) for l in ("NHD", "HND"))]
+PAGE_CASES = [(ps, layout, i)
+              for i, (ps, layout) in enumerate((p, lay) for p in (1, 16, 64, 256, 48) for lay in ("NHD", "HND"))]
 
 
 def wgmma_takes_page_size(page_size: int) -> bool:
@@ -83,7 +85,7 @@ def wgmma_takes_page_size(page_size: int) -> bool:
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("page_size,layout,index", PAGE_CASES, ids=[f"page{p}-{l}" for p, l, _ in PAGE_CASES])
+@pytest.mark.parametrize("page_size,layout,index", PAGE_CASES, ids=[f"page{p}-{lay}" for p, lay, _ in PAGE_CASES])
 def test_matches_reference(device, page_size, layout, index, cuda_backend):
     # Sequences with cached prefixes (kv > q), an empty one, and lengths around tile and page edges.
     qo_lens, kv_lens = [7, 0, 65, 1, 120], [7, 33, 300, 129, 520]

@@ -19,10 +19,10 @@ MASKS = [
     dict(causal=True, window_left=5, logits_soft_cap=10.0, sm_scale=0.25),
     dict(causal=False, window_left=0),
 ]
-CASES = [(lengths, head_dim, i) for i, (lengths, head_dim) in enumerate((l, d) for l in LENGTHS for d in HEAD_DIMS)]
+CASES = [(lengths, head_dim, i) for i, (lengths, head_dim) in enumerate((n, d) for n in LENGTHS for d in HEAD_DIMS)]
 
 
-@pytest.mark.parametrize("lengths,head_dim,index", CASES, ids=[f"{l[0]}x{l[1]}-d{d}" for l, d, _ in CASES])
+@pytest.mark.parametrize("lengths,head_dim,index", CASES, ids=[f"{n[0]}x{n[1]}-d{d}" for n, d, _ in CASES])
 def test_matches_reference(lengths, head_dim, index):
     # dtype, GQA ratio and mask rotate over the grid (coprime periods: every pair meets).
     dtype, group, mask = DTYPES[index % 3], GROUPS[(index // 3) % 3], MASKS[index % len(MASKS)]

@@ -31,11 +31,11 @@ def run_prefill(q, k, v, **kwargs):
 
 
 CASES = [(lengths, head_dim, dtype, i) for i, (lengths, head_dim, dtype) in enumerate(
-    (l, d, t) for l in LENGTHS for d in HEAD_DIMS for t in (torch.bfloat16, torch.float16))]
+    (n, d, t) for n in LENGTHS for d in HEAD_DIMS for t in (torch.bfloat16, torch.float16))]
 
 
 @pytest.mark.parametrize("lengths,head_dim,dtype,index", CASES,
-                         ids=[f"{l[0]}x{l[1]}-d{d}-{str(t)[6:]}" for l, d, t, _ in CASES])
+                         ids=[f"{n[0]}x{n[1]}-d{d}-{str(t)[6:]}" for n, d, t, _ in CASES])
 def test_matches_reference(lengths, head_dim, dtype, index):
     # GQA ratio and mask rotate over the grid so that every pair meets every length.
     group, mask = GROUPS[index % 3], MASKS[(index // 2) % len(MASKS)]
@@ -87,7 +87,8 @@ def test_ragged_batch_with_one_long_sequence():
     check_against_reference(out, lse, q, k, v, **kwargs)
 
 
-@pytest.mark.parametrize("mask", [dict(causal=True), dict(causal=True, window_left=0), dict(causal=False, window_left=5)])
+@pytest.mark.parametrize("mask", [dict(causal=True), dict(causal=True, window_left=0),
+                                  dict(causal=False, window_left=5)])
 def test_rows_that_see_no_key_are_zero(mask):
     # qo_len > kv_len with a bottom-right causal mask: the first rows see no key.
     q, k, v = make_qkv(300, 70, 4, 2, 128, torch.bfloat16, "cuda")

@@ -19,7 +19,8 @@ def cmd_info(_args) -> int:
     print(f"torch_attn   {torch_attn.__version__}")
     print(f"python       {platform.python_version()}")
     print(f"torch        {torch.__version__} (CUDA {torch.version.cuda})")
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    available = torch.cuda.is_available()
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if available else []
     print(f"GPUs         {', '.join(gpus) or 'none visible'}")
     print(f"library      {lib.path}")
     if lib.config is None:

@@ -114,7 +114,8 @@ def resolve_build_config() -> BuildConfig:
     return BuildConfig(True, archs, cuda_home, debug, reason)
 
 
-_LIBSTDCXX_PROBE = "#include <sstream>\nstd::string format_long(long x) { std::ostringstream s; s << x; return s.str(); }\n"
+_LIBSTDCXX_PROBE = ("#include <sstream>\n"
+                    "std::string format_long(long x) { std::ostringstream s; s << x; return s.str(); }\n")
 
 
 def links_shared_libstdcxx(cxx: str) -> bool:

@@ -33,7 +33,8 @@ def _rank_help(dim: int) -> str:
 
 def check_mask_args(op: str, head_dim_qk, sm_scale, window_left, chunk_size, logits_soft_cap) -> float:
     """The scalar arguments every attention op shares; returns sm_scale with its default applied."""
-    torch._check_value(window_left >= -1, lambda: f"{op}: window_left must be -1 (no window) or >= 0, got {window_left}")
+    torch._check_value(window_left >= -1,
+                       lambda: f"{op}: window_left must be -1 (no window) or >= 0, got {window_left}")
     torch._check_value(0 <= chunk_size < _INT32_LIMIT,
                        lambda: f"{op}: chunk_size must be 0 (no chunks) or a key count from 1 to 2^31 - 1, got "
                                f"{chunk_size}")
@@ -73,7 +74,8 @@ def check_dtypes(op: str, q, k_name: str, k, v_name: str, v, out_dtype) -> torch
     """q's, k's and v's dtypes together (csrc/fp8_checks.cpp); returns the output dtype."""
     fp8_q = q.dtype in _FP8_DTYPES
     torch._check_type(fp8_q or q.dtype in _FLOAT_DTYPES,
-                      lambda: f"{op}: q must be float16, bfloat16, float32, float8_e4m3fn or float8_e5m2, got {q.dtype}")
+                      lambda: f"{op}: q must be float16, bfloat16, float32, float8_e4m3fn or float8_e5m2, got "
+                              f"{q.dtype}")
     if fp8_q:
         torch._check_type(k.dtype in _FP8_DTYPES,
                           lambda: f"{op}: {k_name} must be float8_e4m3fn or float8_e5m2 like q (fp8 q takes fp8 keys "
@@ -86,8 +88,8 @@ def check_dtypes(op: str, q, k_name: str, k, v_name: str, v, out_dtype) -> torch
                       lambda: f"{op}: {v_name} must have {k_name}'s dtype ({k.dtype}), got {v.dtype}")
     if not fp8_q:
         torch._check_type(out_dtype is None or out_dtype == q.dtype,
-                          lambda: f"{op}: out_dtype must be None or q's dtype ({q.dtype}): it chooses the output of fp8 "
-                                  f"q only, got {out_dtype}")
+                          lambda: f"{op}: out_dtype must be None or q's dtype ({q.dtype}): it chooses the output "
+                                  f"of fp8 q only, got {out_dtype}")
         return q.dtype
     out = torch.bfloat16 if out_dtype is None else out_dtype
     torch._check_type(out in _FP8_OUT_DTYPES,
@@ -119,7 +121,8 @@ def check_out_args(op: str, q: torch.Tensor, head_dim_v, out_dtype, out: torch.T
                                                       f"out_dtype for fp8 q), got {out.dtype}")
     torch._check_value(list(out.shape) == out_shape,
                        lambda: f"{op}: out must be q's shape with v's head_dim {out_shape}, got {_shape(out)}")
-    torch._check_value(out.device == q.device, lambda: f"{op}: out must be on q's device ({q.device}), got {out.device}")
+    torch._check_value(out.device == q.device,
+                       lambda: f"{op}: out must be on q's device ({q.device}), got {out.device}")
     torch._check_value(out.stride(-1) == 1, lambda: f"{op}: out must have a contiguous last dimension (stride 1), got "
                                                     f"stride {out.stride(-1)}")
     if lse is not None:
@@ -148,8 +151,8 @@ def check_cuda_args(op: str, q: torch.Tensor, k: torch.Tensor, head_dims, tensor
                       lambda: f"{op}: on CUDA, q, k and v must be float16, bfloat16 or fp8 (float32 runs on CPU only), "
                               f"got {q.dtype}")
     torch._check_value(head_dims[0] <= 256 and head_dims[1] <= 256,
-                       lambda: f"{op}: on CUDA, head dims up to 256 (the kernels' widest tiles; the CPU path takes up to "
-                               f"512), got ({head_dims[0]}, {head_dims[1]})")
+                       lambda: f"{op}: on CUDA, head dims up to 256 (the kernels' widest tiles; the CPU path takes "
+                               f"up to 512), got ({head_dims[0]}, {head_dims[1]})")
     torch._check_value(k.dtype not in _FP8_DTYPES or all(d % 16 == 0 for d in head_dims),
                        lambda: f"{op}: on CUDA, fp8 inputs need head dims that are multiples of 16, got "
                                f"({head_dims[0]}, {head_dims[1]})")
@@ -275,7 +278,8 @@ def check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_len
                              chunk_size, logits_soft_cap, sinks, scales: dict, out_dtype) -> torch.dtype:
     """Returns the output dtype."""
     op = "attn.prefill_paged"
-    torch._check_value(kv_layout in ("NHD", "HND"), lambda: f'{op}: kv_layout must be "NHD" or "HND", got "{kv_layout}"')
+    torch._check_value(kv_layout in ("NHD", "HND"),
+                       lambda: f'{op}: kv_layout must be "NHD" or "HND", got "{kv_layout}"')
     torch._check_value(q.dim() == 3, lambda: f"{op}: q must be 3-D [total_tokens, heads, head_dim], got {q.dim()}-D")
     torch._check_value(k_cache.dim() == 4, lambda: f"{op}: k_cache must be 4-D [pages, page_size, heads, head_dim] "
                                                    f"(NHD) or [pages, heads, page_size, head_dim] (HND), got "
@@ -316,9 +320,9 @@ def check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_len
     table_fits = max_pages < _INT32_LIMIT and page_size < _INT32_LIMIT and max_pages * page_size < _INT32_LIMIT
     torch._check_value(table_fits and q.shape[0] < _INT32_LIMIT and q.shape[1] < _INT32_LIMIT
                        and num_seqs < _INT32_LIMIT and num_pages < _INT32_LIMIT,
-                       lambda: f"{op}: at most 2^31 - 1 tokens in q and per sequence (block_table.size(1) * page_size), "
-                               f"heads, sequences and pages, got q shape {_shape(q)}, k_cache shape {_shape(k_cache)} "
-                               f"and block_table shape {_shape(block_table)}")
+                       lambda: f"{op}: at most 2^31 - 1 tokens in q and per sequence (block_table.size(1) * "
+                               f"page_size), heads, sequences and pages, got q shape {_shape(q)}, k_cache shape "
+                               f"{_shape(k_cache)} and block_table shape {_shape(block_table)}")
     check_mask_args(op, head_dim, sm_scale, window_left, chunk_size, logits_soft_cap)
     check_scales(op, scales, q, "k_cache", k_cache, "v_cache", v_cache, q.shape[1], num_kv_heads)
     check_cuda_args(op, q, k_cache, (head_dim, v_cache.shape[3]), {"q": q, "k_cache": k_cache, "v_cache": v_cache},

@@ -50,7 +50,8 @@ def run_demo(device: str | None = None, seq_len: int | None = None) -> int:
     where = torch.cuda.get_device_name() if device == "cuda" else "CPU path"
     print(f"torch_attn demo: causal prefill, {seq_len} tokens, {NUM_QO_HEADS}/{NUM_KV_HEADS} heads (GQA), "
           f"head_dim {HEAD_DIM}, bf16, on {device} ({where})")
-    print(f"  time per call   {seconds * 1e3:.3f} ms  ({seq_len / seconds:,.0f} tokens/s, {flops / seconds / 1e12:.2f} TFLOP/s)")
+    print(f"  time per call   {seconds * 1e3:.3f} ms  ({seq_len / seconds:,.0f} tokens/s, "
+          f"{flops / seconds / 1e12:.2f} TFLOP/s)")
     print(f"  error vs float64 reference: ||out - ref|| / ||ref|| = {err:.2e}")
     ok = err < 1e-2 and torch.isfinite(out).all().item()
     print("  OK" if ok else "  FAILED: error above 1e-2 or non-finite output")

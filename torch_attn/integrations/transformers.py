@@ -100,8 +100,8 @@ def _check_mask_function(mask_function) -> dict:
     if name in UNSUPPORTED:
         raise _unsupported(name)
     if name not in UNDERSTOOD_MASKS:
-        raise ValueError(f"torch_attn attention: the mask function {mask_function.__qualname__!r} is not one torch_attn "
-                         "reproduces (causal, bidirectional, sliding window to the left, chunks)")
+        raise ValueError(f"torch_attn attention: the mask function {mask_function.__qualname__!r} is not one "
+                         "torch_attn reproduces (causal, bidirectional, sliding window to the left, chunks)")
     return _closure(mask_function) if name == "chunked_overlay" else {}
 
 
