@@ -47,7 +47,8 @@ def aot_extension():
     if compiler.note:
         print(f"torch_attn: {compiler.note}")
     kind = CUDAExtension if config.with_cuda else CppExtension
-    sources = [os.path.relpath(s, ROOT) for s in build_spec.sources(spec, config)]
+    # The instantiations' translation units are generated into build/ (relative paths: setuptools wants them).
+    sources = [os.path.relpath(s, ROOT) for s in build_spec.sources(spec, config, ROOT / "build" / "generated")]
     args = {"cxx": build_spec.cxx_flags(spec, config)}
     if config.with_cuda:
         args["nvcc"] = build_spec.nvcc_flags(spec, config)

@@ -7,6 +7,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -18,7 +19,10 @@ ROOT = Path(__file__).resolve().parent.parent
 SPEC = _build_spec.load_spec()
 CUDA_HOME = _build_spec.find_cuda_home()
 needs_nvcc = pytest.mark.skipif(CUDA_HOME is None, reason="nvcc not found")
-KERNEL_SOURCES = [s for s in SPEC["cuda_sources"] if s.endswith(".cu")]
+# The generated instantiations (one kernel variant each) and the spec's other .cu files, as built.
+GENERATED_DIR = Path(tempfile.gettempdir()) / "torch_attn_test_instantiations"
+KERNEL_SOURCES = _build_spec.write_instantiations(GENERATED_DIR) + [
+    str(ROOT / s) for s in SPEC["cuda_sources"] if s.endswith(".cu")]
 # {cap, no cap} x {dense, paged}, and chunked (no cap) x {dense, paged}: launch_utils.cuh.
 KERNELS_PER_INSTANTIATION = 6
 
@@ -172,6 +176,25 @@ def test_sass_uses_tensor_cores_and_async_copies(compiled_kernels):
     check(functions_of("instantiations/prefill_sm90_bf16_hd128.cu"),
           lambda name: ("HGMMA.64x128x16.F32.BF16", "gdesc", ".tnspB", "SYNCS.PHASECHK", "USETMAXREG", "UTMALDG",
                         "MUFU.EX2"))
+
+
+def test_instantiations_follow_the_tile_lists():
+    """One translation unit per kernel variant, generated from the traits headers' tile lists (the
+    host's launcher table reads the same lists): every tile x dtype (x K/V storage for mma.sync), once."""
+    units = _build_spec.instantiations()
+    names = [u.name for u in units]
+    assert len(set(names)) == len(names)
+    sm80 = _build_spec.tile_list("kernels/sm80/prefill_traits.cuh", "TORCH_ATTN_FOR_EACH_HEAD_DIM_TILE")
+    sm90 = _build_spec.tile_list("kernels/sm90/prefill_traits.cuh", "TORCH_ATTN_FOR_EACH_SM90_HEAD_DIM_TILE")
+    assert (64,) in sm80 and (192, 128) in sm90
+    assert len(units) == 2 * len(sm90) + 4 * len(sm80)
+    assert "TORCH_ATTN_INSTANTIATE_PREFILL(kFloat16, 96, true)" in {u.call for u in units}
+    assert "TORCH_ATTN_INSTANTIATE_PREFILL_SM90(kBFloat16, 192, 128)" in {u.call for u in units}
+    assert not any("instantiations" in s for s in SPEC["cuda_sources"])
+    paths = _build_spec.write_instantiations(GENERATED_DIR)
+    mtimes = [Path(p).stat().st_mtime_ns for p in paths]
+    assert _build_spec.write_instantiations(GENERATED_DIR) == paths  # unchanged text: files left alone
+    assert [Path(p).stat().st_mtime_ns for p in paths] == mtimes
 
 
 def test_arch_list_parsing_and_gencode():

@@ -72,7 +72,7 @@ def build(spec: dict, config: _build_spec.BuildConfig, build_dir: Path) -> None:
     with _build_spec.host_compiler_environment(compiler):
         cpp_extension.load(
             name=spec["name"],
-            sources=_build_spec.sources(spec, config),
+            sources=_build_spec.sources(spec, config, build_dir),
             extra_cflags=_build_spec.cxx_flags(spec, config),
             extra_cuda_cflags=_build_spec.nvcc_flags(spec, config),
             extra_include_paths=_build_spec.include_dirs(spec),

@@ -1,6 +1,6 @@
 // Host-side entry points of the CUDA prefill kernels. No torch headers: the
 // torch glue (prefill_cuda.cpp) includes this, and each instantiation file
-// (csrc/instantiations/*.cu) defines one of them.
+// (generated from the tile lists by torch_attn/_build_spec.py) defines one of them.
 #pragma once
 #include <cuda_runtime_api.h>
 #include "kernels/common/params.h"
