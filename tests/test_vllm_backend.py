@@ -73,11 +73,11 @@ def vllm_kv_cache(dtype: torch.dtype, layout: KVCacheLayout, num_layers: int = 1
 
 def common_metadata(step, batch: dict, device="cpu") -> CommonAttentionMetadata:
     """As vLLM's build_attn_metadata builds it from the model runner's tensors."""
-    query_lens = batch["query_start_loc"].diff()
+    max_query_len, max_seq_len = int(batch["query_start_loc"].diff().max()), int(batch["seq_lens"].max())
     return CommonAttentionMetadata(
         query_start_loc=batch["query_start_loc"].to(device), query_start_loc_cpu=batch["query_start_loc"],
         seq_lens=batch["seq_lens"].to(device), seq_lens_cpu_upper_bound=batch["seq_lens"], num_reqs=step.num_reqs,
-        num_actual_tokens=step.num_tokens, max_query_len=int(query_lens.max()), max_seq_len=int(batch["seq_lens"].max()),
+        num_actual_tokens=step.num_tokens, max_query_len=max_query_len, max_seq_len=max_seq_len,
         block_table_tensor=batch["block_table"].to(device), slot_mapping=batch["slot_mapping"].to(device), causal=True)
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
-from conftest import EPS
+from conftest import EPS, indptr_of
 from torch_attn.reference import prefill_reference
 
 BLOCK_SIZE = 16
@@ -60,7 +60,7 @@ def batch_tensors(step: Step, seed: int) -> dict[str, torch.Tensor]:
         block_table[r, :len(blocks)] = torch.tensor(blocks, dtype=torch.int32)
         slot_mapping += [blocks[pos // BLOCK_SIZE] * BLOCK_SIZE + pos % BLOCK_SIZE for pos in range(cached, seq_len)]
     slot_mapping += [PAD_SLOT_ID] * step.padded_tokens
-    return dict(query_start_loc=torch.tensor([0] + torch.tensor(query_lens).cumsum(0).tolist(), dtype=torch.int32),
+    return dict(query_start_loc=indptr_of(query_lens, "cpu"),
                 seq_lens=torch.tensor(seq_lens, dtype=torch.int32), block_table=block_table,
                 slot_mapping=torch.tensor(slot_mapping, dtype=torch.int64))
 
@@ -118,13 +118,16 @@ def assert_output_matches_reference(output: torch.Tensor, step: Step, data: Step
     """Every real row of output [num_tokens, NUM_HEADS, HEAD_SIZE] against the float64 reference of its
     request over cached + new keys (causal, queries last), by FlashAttention's rule (conftest.EPS)."""
     query_lens = [new for _, new in step.requests]
-    starts = [0] + torch.tensor(query_lens).cumsum(0).tolist()
-    keys = torch.cat([torch.cat([data.cached_keys[r], data.key[starts[r]:starts[r + 1]]]) for r in range(len(query_lens))])
-    values = torch.cat([torch.cat([data.cached_values[r], data.value[starts[r]:starts[r + 1]]])
-                        for r in range(len(query_lens))])
+    qo_indptr = indptr_of(query_lens, "cpu")
+    kv_indptr = indptr_of([cached + new for cached, new in step.requests], "cpu")
+    starts = qo_indptr.tolist()
+
+    def with_cached(cached: list[torch.Tensor], new: torch.Tensor) -> torch.Tensor:
+        """Each request's cached rows, then its rows of this step, packed."""
+        return torch.cat([torch.cat([cached[r], new[starts[r]:starts[r + 1]]]) for r in range(len(query_lens))])
+
+    keys, values = with_cached(data.cached_keys, data.key), with_cached(data.cached_values, data.value)
     rows = starts[-1]
-    qo_indptr = torch.tensor(starts, dtype=torch.int32)
-    kv_indptr = torch.tensor([0] + torch.tensor([c + n for c, n in step.requests]).cumsum(0).tolist(), dtype=torch.int32)
     kwargs = dict(causal=True, sm_scale=sm_scale, window_left=window_left, logits_soft_cap=logits_soft_cap,
                   sinks=None if sinks is None else sinks.cpu(), qo_indptr=qo_indptr, kv_indptr=kv_indptr)
     q, k, v = data.query[:rows].cpu(), keys.cpu(), values.cpu()
