@@ -16,8 +16,8 @@ namespace {
 }  // namespace
 
 PrefillResult prefill_cuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
-                           const c10::optional<at::Tensor>&, bool, c10::optional<double>, int64_t, int64_t,
-                           double, const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&,
+                           const c10::optional<at::Tensor>&, bool, c10::optional<double>, int64_t, int64_t, double,
+                           const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&,
                            const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&,
                            c10::optional<at::ScalarType>) {
   no_cuda_kernels("attn.prefill");
@@ -34,8 +34,8 @@ PrefillResult prefill_paged_cuda(const at::Tensor&, const at::Tensor&, const at:
 void prefill_out_cuda(const at::Tensor&, const at::Tensor&, const at::Tensor&, const c10::optional<at::Tensor>&,
                       const c10::optional<at::Tensor>&, bool, c10::optional<double>, int64_t, int64_t, double,
                       const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&,
-                      const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&,
-                      c10::optional<at::ScalarType>, const at::Tensor&, const c10::optional<at::Tensor>&) {
+                      const c10::optional<at::Tensor>&, const c10::optional<at::Tensor>&, c10::optional<at::ScalarType>,
+                      const at::Tensor&, const c10::optional<at::Tensor>&) {
   no_cuda_kernels("attn.prefill");
 }
 

@@ -18,8 +18,10 @@ at::ScalarType check_dtypes(const char* op, const at::Tensor& q, const char* k_n
                    ": q must be float16, bfloat16, float32, float8_e4m3fn or float8_e5m2, got ", dtype_name(dtype));
   const auto kv_dtype = k.scalar_type();
   if (fp8_q) {
-    TORCH_CHECK_TYPE(is_fp8(kv_dtype), op, ": ", k_name, " must be float8_e4m3fn or float8_e5m2 like q (fp8 q "
-                     "takes fp8 keys and values), got ", dtype_name(kv_dtype));
+    TORCH_CHECK_TYPE(is_fp8(kv_dtype), op, ": ", k_name,
+                     " must be float8_e4m3fn or float8_e5m2 like q (fp8 q "
+                     "takes fp8 keys and values), got ",
+                     dtype_name(kv_dtype));
   } else {
     TORCH_CHECK_TYPE(kv_dtype == dtype || is_fp8(kv_dtype), op, ": ", k_name, " must have q's dtype (",
                      dtype_name(dtype), ") or be float8_e4m3fn or float8_e5m2 (an fp8 KV cache), got ",

@@ -20,7 +20,8 @@ void reject_inputs_that_require_grad(const c10::OperatorHandle& op, c10::Dispatc
       if (!requires_grad) continue;
       std::string name = op.schema().name();  // "attn::prefill" -> "attn.prefill" (overloads too)
       name.replace(name.find("::"), 2, ".");
-      TORCH_CHECK(false, name, ": ", arguments[i].name(), " requires grad, but torch_attn is inference-only (its ops "
+      TORCH_CHECK(false, name, ": ", arguments[i].name(),
+                  " requires grad, but torch_attn is inference-only (its ops "
                   "have no backward): call it under torch.no_grad() or torch.inference_mode(), or pass detached "
                   "tensors");
     }

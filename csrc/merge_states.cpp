@@ -12,7 +12,8 @@ namespace torch_attn {
 
 PrefillResult merge_states(const at::Tensor& out_a, const at::Tensor& lse_a, const at::Tensor& out_b,
                            const at::Tensor& lse_b) {
-  TORCH_CHECK_VALUE(out_a.dim() >= 2, "attn.merge_states: out_a must be [..., heads, head_dim], got ", out_a.dim(), "-D");
+  TORCH_CHECK_VALUE(out_a.dim() >= 2, "attn.merge_states: out_a must be [..., heads, head_dim], got ", out_a.dim(),
+                    "-D");
   TORCH_CHECK_VALUE(out_b.sizes() == out_a.sizes(), "attn.merge_states: out_b must have out_a's shape ", out_a.sizes(),
                     ", got ", out_b.sizes());
   TORCH_CHECK_TYPE(out_a.is_floating_point() && out_b.scalar_type() == out_a.scalar_type(),
@@ -25,8 +26,8 @@ PrefillResult merge_states(const at::Tensor& out_a, const at::Tensor& lse_a, con
     TORCH_CHECK_TYPE(t.scalar_type() == at::kFloat, "attn.merge_states: ", name, " must be float32, got ",
                      dtype_name(t.scalar_type()));
   }
-  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"lse_a", lse_a}, {"out_b", out_b},
-                                {"lse_b", lse_b}}) {
+  for (const auto& [name, t] :
+       {std::pair<const char*, const at::Tensor&>{"lse_a", lse_a}, {"out_b", out_b}, {"lse_b", lse_b}}) {
     TORCH_CHECK_VALUE(t.device() == out_a.device(), "attn.merge_states: ", name, " must be on out_a's device (",
                       out_a.device(), "), got ", t.device());
   }
@@ -39,9 +40,8 @@ PrefillResult merge_states(const at::Tensor& out_a, const at::Tensor& lse_a, con
   const at::Tensor part_a = at::where(weight_a.unsqueeze(-1) > 0, out_a.to(at::kFloat) * weight_a.unsqueeze(-1), 0.0);
   const at::Tensor part_b = at::where(weight_b.unsqueeze(-1) > 0, out_b.to(at::kFloat) * weight_b.unsqueeze(-1), 0.0);
   const at::Tensor saw_keys = total > 0;
-  const at::Tensor out =
-      at::where(saw_keys.unsqueeze(-1), (part_a + part_b) / at::where(saw_keys, total, at::ones_like(total)).unsqueeze(-1),
-                0.0);
+  const at::Tensor out = at::where(
+      saw_keys.unsqueeze(-1), (part_a + part_b) / at::where(saw_keys, total, at::ones_like(total)).unsqueeze(-1), 0.0);
   const at::Tensor lse = at::where(saw_keys, m_safe + at::log(total), at::full_like(total, kNegInf));
   return {out.to(out_a.scalar_type()), lse};
 }

@@ -10,15 +10,15 @@ namespace torch_attn {
 
 /// What the checks learn from the arguments' shapes (never from device data).
 struct PrefillShape {
-  bool ragged;         // q is [total_q, Hq, D] with indptrs
-  int64_t num_seqs;    // batch size
-  int64_t qo_len;      // dense: per sequence; ragged: total rows of q
-  int64_t kv_len;      // dense: per sequence; ragged: total rows of k / v
+  bool ragged;       // q is [total_q, Hq, D] with indptrs
+  int64_t num_seqs;  // batch size
+  int64_t qo_len;    // dense: per sequence; ragged: total rows of q
+  int64_t kv_len;    // dense: per sequence; ragged: total rows of k / v
   int64_t num_qo_heads;
   int64_t num_kv_heads;
-  int64_t head_dim_qk;  // of q and k
-  int64_t head_dim_v;   // of v and out (MLA: differs from head_dim_qk)
-  double sm_scale;      // the default 1/sqrt(head_dim_qk) already applied
+  int64_t head_dim_qk;       // of q and k
+  int64_t head_dim_v;        // of v and out (MLA: differs from head_dim_qk)
+  double sm_scale;           // the default 1/sqrt(head_dim_qk) already applied
   at::ScalarType out_dtype;  // q's, or for fp8 q out_dtype's (bf16 by default)
 };
 
@@ -74,15 +74,15 @@ PrefillResult prefill_cpu(const at::Tensor& q, const at::Tensor& k, const at::Te
 PrefillResult prefill_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
                            const c10::optional<at::Tensor>& qo_indptr, const c10::optional<at::Tensor>& kv_indptr,
                            bool causal, c10::optional<double> sm_scale, int64_t window_left, int64_t chunk_size,
-                          double logits_soft_cap, const c10::optional<at::Tensor>& sinks,
-                          const c10::optional<at::Tensor>& q_scale, const c10::optional<at::Tensor>& k_scale,
-                          const c10::optional<at::Tensor>& v_scale, c10::optional<at::ScalarType> out_dtype);
+                           double logits_soft_cap, const c10::optional<at::Tensor>& sinks,
+                           const c10::optional<at::Tensor>& q_scale, const c10::optional<at::Tensor>& k_scale,
+                           const c10::optional<at::Tensor>& v_scale, c10::optional<at::ScalarType> out_dtype);
 
 /// What the checks of attn::prefill_paged learn: the shape fields as above (num_seqs,
 /// qo_len = total query rows) plus the cache geometry.
 struct PagedShape {
   PrefillShape common;
-  bool hnd;          // kv_layout "HND": [pages, heads, page_size, D]; else "NHD": [pages, page_size, heads, D]
+  bool hnd;  // kv_layout "HND": [pages, heads, page_size, D]; else "NHD": [pages, page_size, heads, D]
   int64_t num_pages;
   int64_t page_size;
   int64_t max_pages;  // block_table columns
@@ -98,17 +98,17 @@ PrefillResult prefill_paged_cpu(const at::Tensor& q, const at::Tensor& k_cache, 
                                 const at::Tensor& qo_indptr, const at::Tensor& block_table, const at::Tensor& kv_lens,
                                 c10::string_view kv_layout, bool causal, c10::optional<double> sm_scale,
                                 int64_t window_left, int64_t chunk_size, double logits_soft_cap,
-                                const c10::optional<at::Tensor>& sinks,
-                                const c10::optional<at::Tensor>& q_scale, const c10::optional<at::Tensor>& k_scale,
-                                const c10::optional<at::Tensor>& v_scale, c10::optional<at::ScalarType> out_dtype);
+                                const c10::optional<at::Tensor>& sinks, const c10::optional<at::Tensor>& q_scale,
+                                const c10::optional<at::Tensor>& k_scale, const c10::optional<at::Tensor>& v_scale,
+                                c10::optional<at::ScalarType> out_dtype);
 
 PrefillResult prefill_paged_cuda(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                                  const at::Tensor& qo_indptr, const at::Tensor& block_table, const at::Tensor& kv_lens,
                                  c10::string_view kv_layout, bool causal, c10::optional<double> sm_scale,
                                  int64_t window_left, int64_t chunk_size, double logits_soft_cap,
-                                 const c10::optional<at::Tensor>& sinks,
-                                 const c10::optional<at::Tensor>& q_scale, const c10::optional<at::Tensor>& k_scale,
-                                 const c10::optional<at::Tensor>& v_scale, c10::optional<at::ScalarType> out_dtype);
+                                 const c10::optional<at::Tensor>& sinks, const c10::optional<at::Tensor>& q_scale,
+                                 const c10::optional<at::Tensor>& k_scale, const c10::optional<at::Tensor>& v_scale,
+                                 c10::optional<at::ScalarType> out_dtype);
 
 /// The out= overloads (attn::prefill.out, attn::prefill_paged.out): the same results written into the
 /// caller's out (a view with any row strides) and, if given, lse. The CUDA ones allocate nothing.
@@ -128,12 +128,11 @@ void prefill_out_cuda(const at::Tensor& q, const at::Tensor& k, const at::Tensor
                       const at::Tensor& out, const c10::optional<at::Tensor>& lse);
 void prefill_paged_out_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                            const at::Tensor& qo_indptr, const at::Tensor& block_table, const at::Tensor& kv_lens,
-                           c10::string_view kv_layout, bool causal, c10::optional<double> sm_scale,
-                           int64_t window_left, int64_t chunk_size, double logits_soft_cap,
-                           const c10::optional<at::Tensor>& sinks, const c10::optional<at::Tensor>& q_scale,
-                           const c10::optional<at::Tensor>& k_scale, const c10::optional<at::Tensor>& v_scale,
-                           c10::optional<at::ScalarType> out_dtype, const at::Tensor& out,
-                           const c10::optional<at::Tensor>& lse);
+                           c10::string_view kv_layout, bool causal, c10::optional<double> sm_scale, int64_t window_left,
+                           int64_t chunk_size, double logits_soft_cap, const c10::optional<at::Tensor>& sinks,
+                           const c10::optional<at::Tensor>& q_scale, const c10::optional<at::Tensor>& k_scale,
+                           const c10::optional<at::Tensor>& v_scale, c10::optional<at::ScalarType> out_dtype,
+                           const at::Tensor& out, const c10::optional<at::Tensor>& lse);
 void prefill_paged_out_cuda(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                             const at::Tensor& qo_indptr, const at::Tensor& block_table, const at::Tensor& kv_lens,
                             c10::string_view kv_layout, bool causal, c10::optional<double> sm_scale,

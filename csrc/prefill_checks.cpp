@@ -23,7 +23,9 @@ namespace {
 constexpr int64_t kInt32Limit = int64_t{1} << 31;
 constexpr int64_t kMaxHeadDim = 512;
 
-const char* rank_help(int64_t dim) { return dim == 3 ? "[tokens, heads, head_dim]" : "[batch, tokens, heads, head_dim]"; }
+const char* rank_help(int64_t dim) {
+  return dim == 3 ? "[tokens, heads, head_dim]" : "[batch, tokens, heads, head_dim]";
+}
 
 void check_indptr(const char* name, const at::Tensor& indptr, const at::Tensor& q) {
   TORCH_CHECK_TYPE(indptr.scalar_type() == at::kInt, "attn.prefill: ", name, " must be int32, got ",
@@ -51,7 +53,8 @@ double check_mask_args(const char* op, int64_t head_dim_qk, c10::optional<double
                     ": sm_scale must be a positive number, finite in float32, got ", scale);
   TORCH_CHECK_VALUE(logits_soft_cap == 0.0 || scale / logits_soft_cap <= kFloatMax, op,
                     ": logits_soft_cap is too small for sm_scale (sm_scale / logits_soft_cap must be finite in "
-                    "float32), got logits_soft_cap ", logits_soft_cap, " and sm_scale ", scale);
+                    "float32), got logits_soft_cap ",
+                    logits_soft_cap, " and sm_scale ", scale);
   return scale;
 }
 
@@ -81,11 +84,12 @@ PrefillShape check_prefill_args(const at::Tensor& q, const at::Tensor& k, const 
                                 double logits_soft_cap, const QuantArgs& quant) {
   TORCH_CHECK_VALUE(q.dim() == 3 || q.dim() == 4,
                     "attn.prefill: q must be 3-D [tokens, heads, head_dim] or 4-D [batch, tokens, heads, head_dim], "
-                    "got ", q.dim(), "-D");
-  TORCH_CHECK_VALUE(k.dim() == q.dim(), "attn.prefill: k must be ", q.dim(), "-D ", rank_help(q.dim()),
-                    " like q, got ", k.dim(), "-D");
-  TORCH_CHECK_VALUE(v.dim() == q.dim(), "attn.prefill: v must be ", q.dim(), "-D ", rank_help(q.dim()),
-                    " like q, got ", v.dim(), "-D");
+                    "got ",
+                    q.dim(), "-D");
+  TORCH_CHECK_VALUE(k.dim() == q.dim(), "attn.prefill: k must be ", q.dim(), "-D ", rank_help(q.dim()), " like q, got ",
+                    k.dim(), "-D");
+  TORCH_CHECK_VALUE(v.dim() == q.dim(), "attn.prefill: v must be ", q.dim(), "-D ", rank_help(q.dim()), " like q, got ",
+                    v.dim(), "-D");
   const at::ScalarType out_dtype = check_dtypes("attn.prefill", q, "k", k, "v", v, quant.out_dtype);
   TORCH_CHECK_VALUE(k.device() == q.device(), "attn.prefill: k must be on q's device (", q.device(), "), got ",
                     k.device());
@@ -108,8 +112,8 @@ PrefillShape check_prefill_args(const at::Tensor& q, const at::Tensor& k, const 
                     "), got ", v.size(-2));
   TORCH_CHECK_VALUE(num_qo_heads % num_kv_heads == 0, "attn.prefill: q's heads (", num_qo_heads,
                     ") must be a multiple of k's heads (", num_kv_heads, ") for GQA/MQA");
-  TORCH_CHECK_VALUE(v.size(-3) == k.size(-3), "attn.prefill: v must have k's number of tokens (", k.size(-3),
-                    "), got ", v.size(-3));
+  TORCH_CHECK_VALUE(v.size(-3) == k.size(-3), "attn.prefill: v must have k's number of tokens (", k.size(-3), "), got ",
+                    v.size(-3));
 
   const double scale = check_mask_args("attn.prefill", head_dim_qk, sm_scale, window_left, chunk_size, logits_soft_cap);
   check_scales("attn.prefill", quant, q, "k", k, "v", v, num_qo_heads, num_kv_heads);
@@ -125,18 +129,22 @@ PrefillShape check_prefill_args(const at::Tensor& q, const at::Tensor& k, const 
                     "attn.prefill: qo_indptr and kv_indptr must be given together (a ragged batch) or both be None");
   shape.ragged = qo_indptr.has_value();
   if (shape.ragged) {
-    TORCH_CHECK_VALUE(q.dim() == 3, "attn.prefill: with qo_indptr/kv_indptr (a ragged batch), q, k and v must be 3-D "
-                      "[total_tokens, heads, head_dim], got ", q.dim(), "-D q");
+    TORCH_CHECK_VALUE(q.dim() == 3,
+                      "attn.prefill: with qo_indptr/kv_indptr (a ragged batch), q, k and v must be 3-D "
+                      "[total_tokens, heads, head_dim], got ",
+                      q.dim(), "-D q");
     check_indptr("qo_indptr", *qo_indptr, q);
     check_indptr("kv_indptr", *kv_indptr, q);
-    TORCH_CHECK_VALUE(kv_indptr->numel() == qo_indptr->numel(), "attn.prefill: kv_indptr must have qo_indptr's length (",
-                      qo_indptr->numel(), " = batch + 1), got ", kv_indptr->numel());
+    TORCH_CHECK_VALUE(kv_indptr->numel() == qo_indptr->numel(),
+                      "attn.prefill: kv_indptr must have qo_indptr's length (", qo_indptr->numel(),
+                      " = batch + 1), got ", kv_indptr->numel());
     shape.num_seqs = qo_indptr->numel() - 1;
     shape.qo_len = q.size(0);
     shape.kv_len = k.size(0);
   } else if (q.dim() == 4) {
-    TORCH_CHECK_VALUE(k.size(0) == q.size(0) && v.size(0) == q.size(0), "attn.prefill: k and v must have q's batch size (",
-                      q.size(0), "), got ", k.size(0), " and ", v.size(0));
+    TORCH_CHECK_VALUE(k.size(0) == q.size(0) && v.size(0) == q.size(0),
+                      "attn.prefill: k and v must have q's batch size (", q.size(0), "), got ", k.size(0), " and ",
+                      v.size(0));
     shape.num_seqs = q.size(0);
     shape.qo_len = q.size(1);
     shape.kv_len = k.size(1);
@@ -161,8 +169,10 @@ PagedShape check_prefill_paged_args(const at::Tensor& q, const at::Tensor& k_cac
                     "attn.prefill_paged: kv_layout must be \"NHD\" or \"HND\", got \"", kv_layout, "\"");
   TORCH_CHECK_VALUE(q.dim() == 3, "attn.prefill_paged: q must be 3-D [total_tokens, heads, head_dim], got ", q.dim(),
                     "-D");
-  TORCH_CHECK_VALUE(k_cache.dim() == 4, "attn.prefill_paged: k_cache must be 4-D [pages, page_size, heads, head_dim] "
-                    "(NHD) or [pages, heads, page_size, head_dim] (HND), got ", k_cache.dim(), "-D");
+  TORCH_CHECK_VALUE(k_cache.dim() == 4,
+                    "attn.prefill_paged: k_cache must be 4-D [pages, page_size, heads, head_dim] "
+                    "(NHD) or [pages, heads, page_size, head_dim] (HND), got ",
+                    k_cache.dim(), "-D");
   TORCH_CHECK_VALUE(v_cache.dim() == 4 && v_cache.sizes().slice(0, 3) == k_cache.sizes().slice(0, 3),
                     "attn.prefill_paged: v_cache must have k_cache's shape up to head_dim ",
                     k_cache.sizes().slice(0, 3), ", got ", v_cache.sizes());
@@ -172,8 +182,8 @@ PagedShape check_prefill_paged_args(const at::Tensor& q, const at::Tensor& k_cac
     TORCH_CHECK_VALUE(t.device() == q.device(), "attn.prefill_paged: ", name, " must be on q's device (", q.device(),
                       "), got ", t.device());
   }
-  for (const auto& [name, t] : {std::pair<const char*, const at::Tensor&>{"q", q}, {"k_cache", k_cache},
-                                {"v_cache", v_cache}}) {
+  for (const auto& [name, t] :
+       {std::pair<const char*, const at::Tensor&>{"q", q}, {"k_cache", k_cache}, {"v_cache", v_cache}}) {
     TORCH_CHECK_VALUE(t.stride(-1) == 1, "attn.prefill_paged: ", name,
                       " must have a contiguous last dimension (stride 1), got stride ", t.stride(-1));
   }
@@ -201,13 +211,13 @@ PagedShape check_prefill_paged_args(const at::Tensor& q, const at::Tensor& k_cac
   TORCH_CHECK_VALUE(kv_lens.numel() == num_seqs, "attn.prefill_paged: kv_lens must have one entry per sequence (",
                     num_seqs, "), got ", kv_lens.numel());
   shape.max_pages = block_table.size(1);
-  const bool table_fits = shape.max_pages < kInt32Limit && shape.page_size < kInt32Limit &&
-                          shape.max_pages * shape.page_size < kInt32Limit;
-  TORCH_CHECK_VALUE(table_fits && q.size(0) < kInt32Limit &&
-                        q.size(1) < kInt32Limit && num_seqs < kInt32Limit && shape.num_pages < kInt32Limit,
+  const bool table_fits =
+      shape.max_pages < kInt32Limit && shape.page_size < kInt32Limit && shape.max_pages * shape.page_size < kInt32Limit;
+  TORCH_CHECK_VALUE(table_fits && q.size(0) < kInt32Limit && q.size(1) < kInt32Limit && num_seqs < kInt32Limit &&
+                        shape.num_pages < kInt32Limit,
                     "attn.prefill_paged: at most 2^31 - 1 tokens in q and per sequence (block_table.size(1) * "
-                    "page_size), heads, sequences and pages, got q shape ", q.sizes(), ", k_cache shape ",
-                    k_cache.sizes(), " and block_table shape ", block_table.sizes());
+                    "page_size), heads, sequences and pages, got q shape ",
+                    q.sizes(), ", k_cache shape ", k_cache.sizes(), " and block_table shape ", block_table.sizes());
   PrefillShape& common = shape.common;
   common.ragged = true;
   common.num_seqs = num_seqs;
@@ -277,8 +287,8 @@ void check_out_args(const char* op, const at::Tensor& q, const PrefillShape& sha
     const auto lse_shape = q.sizes().slice(0, q.dim() - 1);
     TORCH_CHECK_TYPE(lse->scalar_type() == at::kFloat, op, ": lse must be float32, got ",
                      dtype_name(lse->scalar_type()));
-    TORCH_CHECK_VALUE(lse->sizes() == lse_shape, op, ": lse must be q's shape without head_dim ", lse_shape,
-                      ", got ", lse->sizes());
+    TORCH_CHECK_VALUE(lse->sizes() == lse_shape, op, ": lse must be q's shape without head_dim ", lse_shape, ", got ",
+                      lse->sizes());
     TORCH_CHECK_VALUE(lse->device() == q.device(), op, ": lse must be on q's device (", q.device(), "), got ",
                       lse->device());
     written.push_back(&*lse);
@@ -326,7 +336,6 @@ PagedShape check_prefill_paged_out_args(const at::Tensor& q, const at::Tensor& k
                   tensor_or_null(quant.q_scale), tensor_or_null(quant.k_scale), tensor_or_null(quant.v_scale)});
   return shape;
 }
-
 
 at::Tensor allocate_lse(const at::Tensor& q) {
   return at::empty(q.sizes().slice(0, q.dim() - 1), q.options().dtype(at::kFloat));

@@ -41,10 +41,11 @@ struct Launcher {
 
 #define TORCH_ATTN_SM80_LAUNCHER(KIND, W, FP8_KV) \
   {Backend::kSm80, {ScalarKind::KIND, FP8_KV}, W, W, &launch_prefill<ScalarKind::KIND, W, FP8_KV>},
-#define TORCH_ATTN_LAUNCHERS(W)                                                                   \
-  TORCH_ATTN_SM80_LAUNCHER(kBFloat16, W, false) TORCH_ATTN_SM80_LAUNCHER(kFloat16, W, false) \
-      TORCH_ATTN_SM80_LAUNCHER(kBFloat16, W, true) TORCH_ATTN_SM80_LAUNCHER(kFloat16, W, true)
-#define TORCH_ATTN_SM90_LAUNCHERS(W, WV)                                                                             \
+#define TORCH_ATTN_LAUNCHERS(W)                 \
+  TORCH_ATTN_SM80_LAUNCHER(kBFloat16, W, false) \
+  TORCH_ATTN_SM80_LAUNCHER(kFloat16, W, false)  \
+  TORCH_ATTN_SM80_LAUNCHER(kBFloat16, W, true) TORCH_ATTN_SM80_LAUNCHER(kFloat16, W, true)
+#define TORCH_ATTN_SM90_LAUNCHERS(W, WV)                                                                       \
   {Backend::kSm90, {ScalarKind::kBFloat16, false}, W, WV, &launch_prefill_sm90<ScalarKind::kBFloat16, W, WV>}, \
       {Backend::kSm90, {ScalarKind::kFloat16, false}, W, WV, &launch_prefill_sm90<ScalarKind::kFloat16, W, WV>},
 constexpr Launcher kLaunchers[] = {TORCH_ATTN_FOR_EACH_HEAD_DIM_TILE(TORCH_ATTN_LAUNCHERS)
@@ -64,8 +65,8 @@ const Launcher& pick_launcher(const char* op, Backend backend, KernelKind kind, 
       found = &l;
     }
   }
-  TORCH_CHECK_VALUE(found != nullptr, op, ": no CUDA kernel for head dims (", shape.head_dim_qk, ", ",
-                    shape.head_dim_v, ")");
+  TORCH_CHECK_VALUE(found != nullptr, op, ": no CUDA kernel for head dims (", shape.head_dim_qk, ", ", shape.head_dim_v,
+                    ")");
   return *found;
 }
 
@@ -128,9 +129,11 @@ BackendChoice pick_backend(int device) {
   }
   if (std::strcmp(env, "sm80") == 0) return {Backend::kSm80, true};
   TORCH_CHECK_VALUE(std::strcmp(env, "sm90") == 0, "TORCH_ATTN_BACKEND: expected auto, sm80 or sm90, got '", env, "'");
-  TORCH_CHECK_VALUE(sm90_here, "TORCH_ATTN_BACKEND=sm90: the wgmma kernel needs a GPU of compute capability 9.0 and a "
-                    "build with sm_90a code; this GPU is ", compute_capability(device) / 10, ".",
-                    compute_capability(device) % 10, " and the build ", kBuiltWithSm90a ? "has" : "lacks", " sm_90a");
+  TORCH_CHECK_VALUE(sm90_here,
+                    "TORCH_ATTN_BACKEND=sm90: the wgmma kernel needs a GPU of compute capability 9.0 and a "
+                    "build with sm_90a code; this GPU is ",
+                    compute_capability(device) / 10, ".", compute_capability(device) % 10, " and the build ",
+                    kBuiltWithSm90a ? "has" : "lacks", " sm_90a");
   return {Backend::kSm90, true};
 }
 
@@ -142,9 +145,11 @@ void check_cuda_layout(const char* op, const char* name, const at::Tensor& t) {
   for (int64_t d = 0; d + 1 < t.dim(); ++d) {
     aligned = aligned && (t.size(d) <= 1 || t.stride(d) % elems_per_16_bytes == 0);
   }
-  TORCH_CHECK_VALUE(aligned, op, ": on CUDA, ", name, " must start 16-byte aligned and have strides that are "
-                    "multiples of ", elems_per_16_bytes, " elements (every row 16-byte aligned), got strides ",
-                    t.strides(), " and storage offset ", t.storage_offset());
+  TORCH_CHECK_VALUE(aligned, op, ": on CUDA, ", name,
+                    " must start 16-byte aligned and have strides that are "
+                    "multiples of ",
+                    elems_per_16_bytes, " elements (every row 16-byte aligned), got strides ", t.strides(),
+                    " and storage offset ", t.storage_offset());
 }
 
 ElementFormat format_of(at::ScalarType type) {
@@ -159,7 +164,8 @@ Descale descale_param(const at::Tensor& scale) {
 
 TokenHeadStrides strides_of(const at::Tensor& t, bool batched) {
   // Batched: [B, S, H, D]; otherwise [S, H, D] (one sequence, or a ragged batch).
-  return batched ? TokenHeadStrides{t.stride(0), t.stride(1), t.stride(2)} : TokenHeadStrides{0, t.stride(0), t.stride(1)};
+  return batched ? TokenHeadStrides{t.stride(0), t.stride(1), t.stride(2)}
+                 : TokenHeadStrides{0, t.stride(0), t.stride(1)};
 }
 
 TokenHeadStrides lse_strides_of(const at::Tensor& lse, bool batched) {
@@ -232,8 +238,8 @@ const Launcher& checked_launcher(const char* op, Backend backend, KernelKind kin
               shape.head_dim_v, ") need ", smem, " bytes of shared memory per block; this GPU allows ",
               device_smem_limit);
   TORCH_CHECK_VALUE(query_tile_slots(launcher, shape) * shape.num_qo_heads <= INT32_MAX, op,
-                    ": q has too many query tiles x heads for one launch (", shape.qo_len, " tokens, ",
-                    shape.num_seqs, " sequences, ", shape.num_qo_heads, " heads)");
+                    ": q has too many query tiles x heads for one launch (", shape.qo_len, " tokens, ", shape.num_seqs,
+                    " sequences, ", shape.num_qo_heads, " heads)");
   return launcher;
 }
 
@@ -373,9 +379,10 @@ LaunchPlan checked_cuda_plan(const char* op, const PrefillShape& shape, const at
                    ": on CUDA, q, k and v must be float16, bfloat16 or fp8 (float32 runs on CPU only), got ",
                    dtype_name(q.scalar_type()));
   // The widest tiles: D = 512 runs on the CPU path only, for now.
-  TORCH_CHECK_VALUE(shape.head_dim_qk <= 256 && shape.head_dim_v <= 256, op, ": on CUDA, head dims up to 256 (the "
-                    "kernels' widest tiles; the CPU path takes up to 512), got (", shape.head_dim_qk, ", ",
-                    shape.head_dim_v, ")");
+  TORCH_CHECK_VALUE(shape.head_dim_qk <= 256 && shape.head_dim_v <= 256, op,
+                    ": on CUDA, head dims up to 256 (the "
+                    "kernels' widest tiles; the CPU path takes up to 512), got (",
+                    shape.head_dim_qk, ", ", shape.head_dim_v, ")");
   const bool fp8_kv = is_fp8(k.scalar_type());
   // A 16-byte copy holds 16 codes: fp8 rows are whole copies.
   TORCH_CHECK_VALUE(!fp8_kv || (shape.head_dim_qk % 16 == 0 && shape.head_dim_v % 16 == 0), op,
@@ -384,7 +391,8 @@ LaunchPlan checked_cuda_plan(const char* op, const PrefillShape& shape, const at
   check_cuda_layout(op, "q", q);
   for (const auto& [name, t] : key_values) check_cuda_layout(op, name, t);
   // The kernels build chunked variants without the cap (launch_utils.cuh): no model has both.
-  TORCH_CHECK_VALUE(chunk_size == 0 || logits_soft_cap == 0, op, ": on CUDA, chunk_size and logits_soft_cap do not "
+  TORCH_CHECK_VALUE(chunk_size == 0 || logits_soft_cap == 0, op,
+                    ": on CUDA, chunk_size and logits_soft_cap do not "
                     "combine (the kernels have no variant with both; the CPU path runs it), got chunk_size ",
                     chunk_size, " and logits_soft_cap ", logits_soft_cap);
   const KernelKind kind{shape.out_dtype == at::kBFloat16 ? ScalarKind::kBFloat16 : ScalarKind::kFloat16, fp8_kv};
@@ -398,9 +406,9 @@ namespace {
 /// attn::prefill's launch into checked (or freshly allocated) out and lse (undefined: none wanted).
 void prefill_cuda_into(const LaunchPlan& plan, const PrefillShape& shape, const at::Tensor& q, const at::Tensor& k,
                        const at::Tensor& v, const c10::optional<at::Tensor>& qo_indptr,
-                       const c10::optional<at::Tensor>& kv_indptr, bool causal, int64_t window_left,
-                       int64_t chunk_size, double logits_soft_cap, const at::Tensor& sink_logits,
-                       const Descales& descales, const at::Tensor& out, const at::Tensor& lse) {
+                       const c10::optional<at::Tensor>& kv_indptr, bool causal, int64_t window_left, int64_t chunk_size,
+                       double logits_soft_cap, const at::Tensor& sink_logits, const Descales& descales,
+                       const at::Tensor& out, const at::Tensor& lse) {
   if (out.numel() == 0 || shape.num_seqs == 0) return;
   PrefillParams p =
       common_params(q, k, out, shape, causal, window_left, chunk_size, logits_soft_cap, sink_logits, descales);
@@ -417,10 +425,9 @@ void prefill_cuda_into(const LaunchPlan& plan, const PrefillShape& shape, const 
 /// attn::prefill_paged's launch, as above.
 void prefill_paged_cuda_into(const LaunchPlan& plan, const PagedShape& paged, const at::Tensor& q,
                              const at::Tensor& k_cache, const at::Tensor& v_cache, const at::Tensor& qo_indptr,
-                             const at::Tensor& block_table, const at::Tensor& kv_lens, bool causal,
-                             int64_t window_left, int64_t chunk_size, double logits_soft_cap,
-                             const at::Tensor& sink_logits, const Descales& descales, const at::Tensor& out,
-                             const at::Tensor& lse) {
+                             const at::Tensor& block_table, const at::Tensor& kv_lens, bool causal, int64_t window_left,
+                             int64_t chunk_size, double logits_soft_cap, const at::Tensor& sink_logits,
+                             const Descales& descales, const at::Tensor& out, const at::Tensor& lse) {
   if (out.numel() == 0 || paged.common.num_seqs == 0) return;
   PrefillParams p = common_params(q, k_cache, out, paged.common, causal, window_left, chunk_size, logits_soft_cap,
                                   sink_logits, descales);
@@ -451,8 +458,8 @@ PrefillResult prefill_cuda(const at::Tensor& q, const at::Tensor& k, const at::T
                            const c10::optional<at::Tensor>& q_scale, const c10::optional<at::Tensor>& k_scale,
                            const c10::optional<at::Tensor>& v_scale, c10::optional<at::ScalarType> out_dtype) {
   const QuantArgs quant{q_scale, k_scale, v_scale, out_dtype};
-  const PrefillShape shape = check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chunk_size,
-                                                logits_soft_cap, quant);
+  const PrefillShape shape =
+      check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chunk_size, logits_soft_cap, quant);
   const LaunchPlan plan =
       checked_cuda_plan("attn.prefill", shape, q, k, {{"k", k}, {"v", v}}, chunk_size, logits_soft_cap);
   // Last: for bf16/fp16 sinks this queues a cast.
@@ -495,9 +502,8 @@ PrefillResult prefill_paged_cuda(const at::Tensor& q, const at::Tensor& k_cache,
   const QuantArgs quant{q_scale, k_scale, v_scale, out_dtype};
   const PagedShape paged = check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout,
                                                     sm_scale, window_left, chunk_size, logits_soft_cap, quant);
-  const LaunchPlan plan =
-      checked_cuda_plan("attn.prefill_paged", paged.common, q, k_cache, {{"k_cache", k_cache}, {"v_cache", v_cache}},
-                        chunk_size, logits_soft_cap);
+  const LaunchPlan plan = checked_cuda_plan("attn.prefill_paged", paged.common, q, k_cache,
+                                            {{"k_cache", k_cache}, {"v_cache", v_cache}}, chunk_size, logits_soft_cap);
   const at::Tensor sink_logits = checked_sinks("attn.prefill_paged", sinks, q, paged.common.num_qo_heads);
   const Descales descales = checked_descales("attn.prefill_paged", quant, /*check_values=*/false);
   const c10::cuda::CUDAGuard device_guard(q.device());
@@ -516,13 +522,12 @@ void prefill_paged_out_cuda(const at::Tensor& q, const at::Tensor& k_cache, cons
                             c10::optional<at::ScalarType> out_dtype, const at::Tensor& out,
                             const c10::optional<at::Tensor>& lse) {
   const QuantArgs quant{q_scale, k_scale, v_scale, out_dtype};
-  const PagedShape paged = check_prefill_paged_out_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens,
-                                                        kv_layout, sm_scale, window_left, chunk_size, logits_soft_cap,
-                                                        quant, sinks, out, lse);
+  const PagedShape paged =
+      check_prefill_paged_out_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout, sm_scale,
+                                   window_left, chunk_size, logits_soft_cap, quant, sinks, out, lse);
   check_cuda_layout("attn.prefill_paged", "out", out);  // 16-byte stores
-  const LaunchPlan plan =
-      checked_cuda_plan("attn.prefill_paged", paged.common, q, k_cache, {{"k_cache", k_cache}, {"v_cache", v_cache}},
-                        chunk_size, logits_soft_cap);
+  const LaunchPlan plan = checked_cuda_plan("attn.prefill_paged", paged.common, q, k_cache,
+                                            {{"k_cache", k_cache}, {"v_cache", v_cache}}, chunk_size, logits_soft_cap);
   const at::Tensor sink_logits = checked_sinks("attn.prefill_paged", sinks, q, paged.common.num_qo_heads);
   const Descales descales = checked_descales("attn.prefill_paged", quant, /*check_values=*/false);
   const c10::cuda::CUDAGuard device_guard(q.device());

@@ -43,7 +43,8 @@ cudaError_t allow_smem_once(std::atomic<uint64_t>& configured, size_t bytes, Ker
 /// kernel arguments after the parameters.
 template <class KernelOf, class... Extra>
 cudaError_t launch_variant(std::atomic<uint64_t>& smem_configured, int threads, size_t smem_bytes,
-                           const PrefillParams& params, cudaStream_t stream, KernelOf kernel_of, const Extra&... extra) {
+                           const PrefillParams& params, cudaStream_t stream, KernelOf kernel_of,
+                           const Extra&... extra) {
   using Yes = std::true_type;
   using No = std::false_type;
   const auto with_cap = kernel_of(Yes{}, No{}, No{}), without_cap = kernel_of(No{}, No{}, No{});

@@ -43,7 +43,7 @@ size_t prefill_sm90_smem_bytes(int head_dim_tile, int head_dim_v_tile) {
 
 size_t prefill_smem_bytes(int head_dim_tile, bool fp8_kv) {
   switch (head_dim_tile) {
-#define X(W)                                                                       \
+#define X(W)                                                                          \
   TORCH_ATTN_TILE_CASE(W, (fp8_kv ? PrefillTraits<__nv_bfloat16, W, true>::kSmemBytes \
                                   : PrefillTraits<__nv_bfloat16, W, false>::kSmemBytes))
     TORCH_ATTN_FOR_EACH_HEAD_DIM_TILE(X)

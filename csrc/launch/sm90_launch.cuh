@@ -20,10 +20,10 @@ cudaError_t launch_prefill_sm90(const PrefillParams& params, cudaStream_t stream
   const bool q_encoded = encode_tensor_map(&maps.q, params.q, kBf16, params.head_dim_qk, params.num_qo_heads,
                                            params.qo_len, batch, params.q_strides, Traits::kBlockM);
   auto encode_kv = [&](int tokens, int kv_batch, int box_rows) {
-    return encode_tensor_map(&maps.k, params.k, kBf16, params.head_dim_qk, kv_heads, tokens, kv_batch,
-                             params.k_strides, box_rows) &&
-           encode_tensor_map(&maps.v, params.v, kBf16, params.head_dim_v, kv_heads, tokens, kv_batch,
-                             params.v_strides, box_rows);
+    return encode_tensor_map(&maps.k, params.k, kBf16, params.head_dim_qk, kv_heads, tokens, kv_batch, params.k_strides,
+                             box_rows) &&
+           encode_tensor_map(&maps.v, params.v, kBf16, params.head_dim_v, kv_heads, tokens, kv_batch, params.v_strides,
+                             box_rows);
   };
   bool encoded = q_encoded;
   if (paged) {
@@ -36,7 +36,7 @@ cudaError_t launch_prefill_sm90(const PrefillParams& params, cudaStream_t stream
     // Without keys (kv_len = 0 everywhere) the kernel loads no K/V tile: no maps needed.
     encoded = encoded && (params.kv_len == 0 || encode_kv(params.kv_len, batch, Traits::kBlockN));
   }
-  if (!encoded) return cudaErrorNotSupported;  // the caller runs the mma.sync kernel instead
+  if (!encoded) return cudaErrorNotSupported;       // the caller runs the mma.sync kernel instead
   static std::atomic<uint64_t> smem_configured{0};  // one per (dtype, widths) instantiation
   return launch_variant(
       smem_configured, Traits::kThreads, Traits::kSmemBytes, params, stream,
@@ -48,6 +48,6 @@ cudaError_t launch_prefill_sm90(const PrefillParams& params, cudaStream_t stream
 
 }  // namespace torch_attn
 
-#define TORCH_ATTN_INSTANTIATE_PREFILL_SM90(KIND, WIDTH, V_WIDTH)                                  \
+#define TORCH_ATTN_INSTANTIATE_PREFILL_SM90(KIND, WIDTH, V_WIDTH)                                     \
   template cudaError_t torch_attn::launch_prefill_sm90<torch_attn::ScalarKind::KIND, WIDTH, V_WIDTH>( \
       const torch_attn::PrefillParams&, cudaStream_t);

@@ -12,8 +12,8 @@ int main() {
     // As the host (prefill_cuda.cpp) and WorkItem::visible_keys fill them in.
     const float rcp = chunk_size > 0 ? static_cast<float>(1.0 / static_cast<double>(chunk_size)) : 0.f;
     const int base = chunk_size > 0 ? torch_attn::VisibleKeys::chunk_base_of(q_row0 + kv_len - qo_len, chunk_size) : 0;
-    const torch_attn::VisibleKeys keys{static_cast<int>(kv_len), static_cast<int>(kv_len - qo_len), causal != 0,
-                                       window_left, chunk_size, base, rcp};
+    const torch_attn::VisibleKeys keys{
+        static_cast<int>(kv_len), static_cast<int>(kv_len - qo_len), causal != 0, window_left, chunk_size, base, rcp};
     for (long long r = 0; r < rows; ++r) {
       const torch_attn::KeyInterval row = keys.of_query(static_cast<int>(q_row0 + r));
       std::printf("%d %d\n", row.begin, row.end);

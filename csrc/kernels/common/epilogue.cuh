@@ -10,8 +10,8 @@ namespace torch_attn {
 /// One 16-byte global store. (A uint4 kept in an array and stored through a pointer
 /// cast was split into four 4-byte stores by the front end.)
 __device__ __forceinline__ void store_16_bytes(void* dst, const uint4& v) {
-  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(__cvta_generic_to_global(dst)), "r"(v.x),
-               "r"(v.y), "r"(v.z), "r"(v.w)
+  asm volatile("st.global.v4.b32 [%0], {%1, %2, %3, %4};\n" ::"l"(__cvta_generic_to_global(dst)), "r"(v.x), "r"(v.y),
+               "r"(v.z), "r"(v.w)
                : "memory");
 }
 
@@ -27,16 +27,15 @@ __device__ __forceinline__ void store_16_bytes(void* dst, const uint4& v) {
 /// never negative, and signed divisions and remainders cost sign fix-ups (the epilogue
 /// took ~1.5 us per work item at d128 on the wgmma kernel, a quarter of a short item).
 template <class StageTile, typename DType, int kMFrags, int kNFragsO>
-__device__ __forceinline__ void store_warp_rows(const PrefillParams& p, const WorkItem& w, DType* stage,
-                                                int warp_row0, int lane, int chunks_valid,
-                                                const float (&o)[kMFrags][kNFragsO][4],
+__device__ __forceinline__ void store_warp_rows(const PrefillParams& p, const WorkItem& w, DType* stage, int warp_row0,
+                                                int lane, int chunks_valid, const float (&o)[kMFrags][kNFragsO][4],
                                                 const float (&lse)[2 * kMFrags]) {
   const unsigned g = static_cast<unsigned>(lane) / 4, t = static_cast<unsigned>(lane) % 4;
   const unsigned row0 = static_cast<unsigned>(warp_row0);
   DType* out = static_cast<DType*>(p.out) + w.seq * p.out_strides.batch +
                static_cast<int64_t>(w.q_start + w.q_row0) * p.out_strides.token + w.qo_head * p.out_strides.head;
   constexpr int kWarpRows = kMFrags * 16;
-  constexpr int kChunks = StageTile::kChunksPerRow;    // 16-byte chunks of a row per pass
+  constexpr int kChunks = StageTile::kChunksPerRow;       // 16-byte chunks of a row per pass
   constexpr int kFragsPerPass = StageTile::kHeadDim / 8;  // n8 fragments of O per pass
   static_assert(kNFragsO % kFragsPerPass == 0, "whole passes over O's columns");
   const unsigned qo_len = static_cast<unsigned>(w.qo_len);

@@ -37,7 +37,8 @@ __device__ __forceinline__ uint32_t fp8x2_to_half2(uint32_t codes, ElementFormat
   asm("{\n .reg .b16 lo;\n cvt.u16.u32 lo, %1;\n cvt.rn.f16x2.e4m3x2 %0, lo;\n}" : "=r"(pair) : "r"(codes));
   return pair;
 #else
-  const __half2 pair = __floats2half2_rn(fp8_to_float(codes & 0xFFu, format), fp8_to_float((codes >> 8) & 0xFFu, format));
+  const __half2 pair =
+      __floats2half2_rn(fp8_to_float(codes & 0xFFu, format), fp8_to_float((codes >> 8) & 0xFFu, format));
   uint32_t bits;
   memcpy(&bits, &pair, sizeof(bits));
   return bits;

@@ -49,8 +49,10 @@ struct VisibleKeys {
     const uint32_t size = static_cast<uint32_t>(chunk_size);
     const uint32_t quotient = static_cast<uint32_t>(static_cast<float>(distance) * chunk_rcp);
     uint32_t start = quotient * size;  // <= distance + size < 2^32
-    if (start > distance) start -= size;
-    else if (distance - start >= size) start += size;
+    if (start > distance)
+      start -= size;
+    else if (distance - start >= size)
+      start += size;
     return static_cast<uint32_t>(chunk_base) + start;  // <= the query's position < 2^31 + 256
   }
 

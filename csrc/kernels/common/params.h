@@ -25,11 +25,11 @@ struct TokenHeadStrides {
 };
 
 struct PrefillParams {
-  const void* q;    // [.., qo_len, num_qo_heads, head_dim_qk]
-  const void* k;    // [.., kv_len, num_kv_heads, head_dim_qk]
-  const void* v;    // [.., kv_len, num_kv_heads, head_dim_v]
-  void* out;        // [.., qo_len, num_qo_heads, head_dim_v]
-  float* lse;       // q's shape without head_dim, natural log
+  const void* q;  // [.., qo_len, num_qo_heads, head_dim_qk]
+  const void* k;  // [.., kv_len, num_kv_heads, head_dim_qk]
+  const void* v;  // [.., kv_len, num_kv_heads, head_dim_v]
+  void* out;      // [.., qo_len, num_qo_heads, head_dim_v]
+  float* lse;     // q's shape without head_dim, natural log
   TokenHeadStrides q_strides, k_strides, v_strides, out_strides, lse_strides;
 
   // Sequences. A dense batch has null indptrs and every sequence is qo_len x kv_len.
@@ -62,7 +62,7 @@ struct PrefillParams {
   int32_t page_size;
   int32_t page_shift;  // log2(page_size) for powers of two, else -1
   int32_t num_pages;
-  int32_t max_pages;   // block_table columns
+  int32_t max_pages;  // block_table columns
 
   // Masks: bottom-right causal, sliding window (window_left < 0: none), chunks of
   // chunk_size key positions (0: none; chunk_rcp = 1 / chunk_size, mask.cuh).

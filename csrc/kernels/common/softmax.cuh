@@ -40,7 +40,7 @@ struct OnlineSoftmax {
   /// share of their sum.
   template <int kNFragsS>
   __device__ __forceinline__ static float row_to_weights(float (&s)[kMFrags][kNFragsS][4], int mi, int half,
-                                                        float logit_to_log2, float max_scaled) {
+                                                         float logit_to_log2, float max_scaled) {
     float sum = 0.f;
 #pragma unroll
     for (int nb = 0; nb < kNFragsS; ++nb) {
@@ -151,8 +151,7 @@ struct OnlineSoftmax {
   /// O /= l (0 for rows that saw no key) and the natural-log LSE of each row
   /// (-inf for rows that saw no key).
   template <int kNFragsO>
-  __device__ __forceinline__ void finalize(float (&o)[kMFrags][kNFragsO][4], float logit_to_log2,
-                                           float (&lse)[kRows]) {
+  __device__ __forceinline__ void finalize(float (&o)[kMFrags][kNFragsO][4], float logit_to_log2, float (&lse)[kRows]) {
 #pragma unroll
     for (int mi = 0; mi < kMFrags; ++mi) {
 #pragma unroll

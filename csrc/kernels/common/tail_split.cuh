@@ -55,7 +55,8 @@ struct TailPieceRows {
     const int piece = w.tail_piece;
     float4* out = out_of(piece);
 #pragma unroll
-    for (int f = 0; f < kNFragsO; ++f) __stcg(out + f * 32, make_float4(o[0][f][0], o[0][f][1], o[0][f][2], o[0][f][3]));
+    for (int f = 0; f < kNFragsO; ++f)
+      __stcg(out + f * 32, make_float4(o[0][f][0], o[0][f][1], o[0][f][2], o[0][f][3]));
     if (lane % 4 == 0) {  // the quad's four lanes hold the same row sums
       __stcg(lse_of(piece) + lane / 4, lse[0]);
       __stcg(lse_of(piece) + lane / 4 + 8, lse[1]);

@@ -35,8 +35,8 @@
 namespace torch_attn {
 
 struct TailSplit {
-  int32_t first_item;  // items [first_item, N) are the tail; first_item == N: no split
-  int32_t claims;      // whole items, then first_item + (N - first_item) * pieces pieces
+  int32_t first_item;   // items [first_item, N) are the tail; first_item == N: no split
+  int32_t claims;       // whole items, then first_item + (N - first_item) * pieces pieces
   int32_t pieces;       // k: pieces per tail item
   int32_t piece_tiles;  // ceil(T / k): piece q holds tiles [q * piece_tiles, (q + 1) * piece_tiles) of T
   int32_t item_tiles;   // T
@@ -46,7 +46,6 @@ struct TailSplit {
   float* partial_out;
   float* partial_lse;
   int32_t* arrivals;  // [tail item][consumer warp]: pieces done, zeroed before each launch
-
 };
 
 /// No split: every claim is a whole item.

@@ -11,10 +11,10 @@ namespace torch_attn {
 struct WorkItem {
   int seq;
   int qo_head;
-  int q_row0;    // first query row of the tile, within the sequence (< 0: the tile starts before it)
-  int qo_len;    // this sequence's lengths
+  int q_row0;  // first query row of the tile, within the sequence (< 0: the tile starts before it)
+  int qo_len;  // this sequence's lengths
   int kv_len;
-  int q_start;   // the sequence's first row in a ragged q / k (0 when dense)
+  int q_start;  // the sequence's first row in a ragged q / k (0 when dense)
   int kv_start;
   // Piece tail_piece of tail item tail_item (the wgmma kernel's tail split,
   // tail_split.h): the item's K/V tiles [kv_tile0, kv_tile0 + kv_tiles) only (worked
@@ -29,13 +29,17 @@ struct WorkItem {
 
   /// Query rows of this tile inside the sequence (the last tile may run past its end).
   template <int kBlockM>
-  __device__ __forceinline__ int query_rows() const { return min(kBlockM, qo_len - q_row0); }
+  __device__ __forceinline__ int query_rows() const {
+    return min(kBlockM, qo_len - q_row0);
+  }
 
   /// The rows [row_begin, row_end) of the tile that lie inside the sequence: tiles
   /// aligned to the sequence's end (find_work_item) may start before row 0.
   __device__ __forceinline__ int row_begin() const { return max(q_row0, 0); }
   template <int kBlockM>
-  __device__ __forceinline__ int row_end() const { return min(q_row0 + kBlockM, qo_len); }
+  __device__ __forceinline__ int row_end() const {
+    return min(q_row0 + kBlockM, qo_len);
+  }
 
   /// The mark after a CTA's last item in the wgmma kernel's hand-over of items.
   __device__ __forceinline__ static WorkItem end_of_list() {
@@ -98,8 +102,7 @@ struct LaneSequence {
     w.seq = seq_base + owner;
     w.qo_len = __shfl_sync(0xffffffffu, q_len, owner);
     w.q_start = __shfl_sync(0xffffffffu, q_begin, owner);
-    w.q_row0 = first_row_of_tile<kBlockM, kEndAligned>(w.qo_len, __shfl_sync(0xffffffffu, tiles, owner),
-                                                       tile_from_end);
+    w.q_row0 = first_row_of_tile<kBlockM, kEndAligned>(w.qo_len, __shfl_sync(0xffffffffu, tiles, owner), tile_from_end);
   }
 };
 

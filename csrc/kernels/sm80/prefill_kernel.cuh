@@ -64,8 +64,8 @@ struct TileLoadMapping {
 /// per pass: one 64-bit add, instead of a row * stride product per chunk that the
 /// compiler would hoist into dozens of live registers.
 template <class Tile, int kThreads, typename Elem>
-__device__ __forceinline__ void load_tile_or_zero(Elem* smem, const Elem* gmem, int64_t row_stride,
-                                                  int rows_valid, int chunks_valid) {
+__device__ __forceinline__ void load_tile_or_zero(Elem* smem, const Elem* gmem, int64_t row_stride, int rows_valid,
+                                                  int chunks_valid) {
   using Map = TileLoadMapping<Tile, kThreads>;
   const Map map;
   if (map.idle()) return;
@@ -75,8 +75,7 @@ __device__ __forceinline__ void load_tile_or_zero(Elem* smem, const Elem* gmem, 
     const int row = map.row0 + pass * Map::kRowsPerPass;
     const bool in_bounds = row < rows_valid && map.chunk < chunks_valid;
     // A false predicate reads nothing, but the address must stay valid: the tile's first row.
-    cp_async_16_or_zero(smem + Tile::offset(row, map.chunk * Tile::kElemsPerChunk), in_bounds ? src : gmem,
-                        in_bounds);
+    cp_async_16_or_zero(smem + Tile::offset(row, map.chunk * Tile::kElemsPerChunk), in_bounds ? src : gmem, in_bounds);
     src += Map::kRowsPerPass * row_stride;
   }
 }
@@ -160,9 +159,10 @@ __device__ __forceinline__ void load_paged_tile_or_zero(Elem* smem, const Elem* 
   for (int pass = 0; pass < Map::kPasses; ++pass) {
     const int row = row0 + pass * Map::kRowsPerPass;
     const bool in_bounds = row < rows_valid && chunk < chunks_valid;
-    const Elem* src = in_bounds ? head_base + table.offset(key0 + row, table.page_id(key0 + row), page_stride,
-                                                           slot_stride) + chunk * Tile::kElemsPerChunk
-                                : head_base;
+    const Elem* src = in_bounds
+                          ? head_base + table.offset(key0 + row, table.page_id(key0 + row), page_stride, slot_stride) +
+                                chunk * Tile::kElemsPerChunk
+                          : head_base;
     cp_async_16_or_zero(smem + Tile::offset(row, chunk * Tile::kElemsPerChunk), src, in_bounds);
   }
 }
@@ -182,12 +182,12 @@ struct PrefillCta {
   const PrefillParams& p;
   const WorkItem& w;
   DType* q_smem;
-  KVElem* k_ring;  // kStages K tiles as cp.async fills them
-  KVElem* v_ring;  // kStages V tiles
+  KVElem* k_ring;        // kStages K tiles as cp.async fills them
+  KVElem* v_ring;        // kStages V tiles
   const KVElem* k_gmem;  // key 0 of this sequence and KV head (paged: the cache at this KV head)
   const KVElem* v_gmem;
   const int32_t* pages;  // paged caches only: this sequence's block-table row
-  int lane, warp_row0;  // warp_row0: the warp's first row in the query tile
+  int lane, warp_row0;   // warp_row0: the warp's first row in the query tile
 
   // 16-byte chunks of real head dim, of q and k and of v and out, in the ring's element type:
   // read from the kernel's parameters at each use (kept in registers, the second count made
@@ -222,8 +222,8 @@ struct PrefillCta {
   /// operand tile `operand_index`, whose previous tile every warp is done with (process_tile's
   /// barriers). Zero-filled codes convert to zeros, so the tile keeps the zero-fill rule.
   __device__ __forceinline__ void convert_own_chunks(const KVElem* ring, int operand_index, int stage) const {
-    using Map = std::conditional_t<kPaged, PagedTileMapping<KVStageTile, kThreads>,
-                                   TileLoadMapping<KVStageTile, kThreads>>;
+    using Map =
+        std::conditional_t<kPaged, PagedTileMapping<KVStageTile, kThreads>, TileLoadMapping<KVStageTile, kThreads>>;
     const int chunk = static_cast<int>(threadIdx.x) % Map::kLanesPerRow;
     if (chunk >= KVStageTile::kChunksPerRow) return;
     int row0;  // the first row this thread copies
@@ -259,7 +259,7 @@ struct PrefillCta {
     using Map = PagedTileMapping<KVTile, kThreads>;
     const int key = tile * kBlockN + Map::first_row();
     return kPaged && tile < tile_end && key < w.kv_len && Map::one_page_per_warp(p) ? PageTable{p, pages}.page_id(key)
-                                                                                   : 0;
+                                                                                    : 0;
   }
 
   /// S = Q K^T for this warp's rows and the K tile in `k_stage`.
@@ -283,7 +283,8 @@ struct PrefillCta {
         // matrices: keys 0-7 | dims 0-7, keys 0-7 | dims 8-15, keys 8-15 | dims 0-7, keys 8-15 | dims 8-15
         // -> b0, b1 of key fragment nb, then b0, b1 of key fragment nb + 1
         uint32_t k_frag[4];
-        ldmatrix_x4(k_frag, k_stage + KVTile::offset(nb * 8 + lane % 8 + (lane / 16) * 8, kk * 16 + ((lane / 8) % 2) * 8));
+        ldmatrix_x4(k_frag,
+                    k_stage + KVTile::offset(nb * 8 + lane % 8 + (lane / 16) * 8, kk * 16 + ((lane / 8) % 2) * 8));
 #pragma unroll
         for (int mi = 0; mi < kMFrags; ++mi) {
           mma_m16n8k16_f32<DType>(s[mi][nb], q_frag[mi], k_frag[0], k_frag[1]);
@@ -312,7 +313,8 @@ struct PrefillCta {
         // transposed matrices: keys 0-7 | dims 0-7, keys 8-15 | dims 0-7, keys 0-7 | dims 8-15, keys 8-15 | dims 8-15
         // -> b0, b1 of dim fragment nd, then b0, b1 of dim fragment nd + 1
         uint32_t v_frag[4];
-        ldmatrix_x4_trans(v_frag, v_stage + KVTile::offset(kk * 16 + lane % 8 + ((lane / 8) % 2) * 8, nd * 8 + (lane / 16) * 8));
+        ldmatrix_x4_trans(
+            v_frag, v_stage + KVTile::offset(kk * 16 + lane % 8 + ((lane / 8) % 2) * 8, nd * 8 + (lane / 16) * 8));
 #pragma unroll
         for (int mi = 0; mi < kMFrags; ++mi) {
           mma_m16n8k16_f32<DType>(o[mi][nd], p_frag[mi], v_frag[0], v_frag[1]);
@@ -417,7 +419,7 @@ struct PrefillCta {
       const int stage = j % kStages;
       cp_async_wait<2 * kStages - 2>();
       if constexpr (kFp8KV) convert_own_chunks(k_ring, 0, stage);
-      __syncthreads();  // K_j has landed for all threads; all warps are done with V_{j-1}
+      __syncthreads();                      // K_j has landed for all threads; all warps are done with V_{j-1}
       const int v_ahead = j + kStages - 1;  // V_{j+S-1} reuses V_{j-1}'s stage
       if (v_ahead < num_tiles) issue_v(tile_begin + v_ahead, v_ahead % kStages);
       cp_async_commit();
@@ -436,7 +438,7 @@ struct PrefillCta {
 
       cp_async_wait<2 * kStages - 2>();
       if constexpr (kFp8KV) convert_own_chunks(v_ring, 1, stage);
-      __syncthreads();  // V_j has landed for all threads; all warps are done with K_j
+      __syncthreads();                  // V_j has landed for all threads; all warps are done with K_j
       const int k_ahead = j + kStages;  // K_{j+S} reuses K_j's stage
       if (k_ahead < num_tiles) issue_k(tile_begin + k_ahead, stage);
       cp_async_commit();

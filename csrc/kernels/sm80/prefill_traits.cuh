@@ -20,18 +20,33 @@ namespace torch_attn {
 template <int kHeadDimTile>
 struct TileShape;
 // 64: O is small (64 floats); BN = 128 would halve the loop trips but its 128-float S spills; 55 KB.
-template <> struct TileShape<64>  { static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 4, kStages = 2, kMinBlocks = 2; };
+template <>
+struct TileShape<64> {
+  static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 4, kStages = 2, kMinBlocks = 2;
+};
 // 96: BN = 32: with BN = 64 (one or two stages) ptxas spills a few registers; 53 KB.
-template <> struct TileShape<96>  { static constexpr int kBlockM = 128, kBlockN = 32, kWarps = 4, kStages = 2, kMinBlocks = 2; };
+template <>
+struct TileShape<96> {
+  static constexpr int kBlockM = 128, kBlockN = 32, kWarps = 4, kStages = 2, kMinBlocks = 2;
+};
 // 128: FlashAttention-2's 128 x 64 with 4 warps of 32 rows (O 128 + S 64 floats);
 // 104 KB with two K/V stages: 2 CTAs/SM on H100 (228 KB/SM).
-template <> struct TileShape<128> { static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 4, kStages = 2, kMinBlocks = 2; };
+template <>
+struct TileShape<128> {
+  static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 4, kStages = 2, kMinBlocks = 2;
+};
 // 192: 8 warps of 16 rows keep O at 96 floats; 154 KB: 1 CTA of 8 warps per SM.
-template <> struct TileShape<192> { static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 8, kStages = 2, kMinBlocks = 1; };
+template <>
+struct TileShape<192> {
+  static constexpr int kBlockM = 128, kBlockN = 64, kWarps = 8, kStages = 2, kMinBlocks = 1;
+};
 // 256: 4 warps of 16 rows (O 128 floats) and one K/V stage (V_j loads under Q K_j^T,
 // K_j+1 under P V_j): 101 KB, so 2 CTAs/SM on H100 hide each other's barriers
 // (one 8-warp CTA of 128 rows ran alone per SM and was slower); fits an A100 too.
-template <> struct TileShape<256> { static constexpr int kBlockM = 64, kBlockN = 64, kWarps = 4, kStages = 1, kMinBlocks = 2; };
+template <>
+struct TileShape<256> {
+  static constexpr int kBlockM = 64, kBlockN = 64, kWarps = 4, kStages = 1, kMinBlocks = 2;
+};
 
 /// kFp8KV: K and V arrive as fp8 codes (ElementFormat in the parameters): the kStages-deep cp.async
 /// ring holds the codes (half the bytes), and each thread converts the chunks it copied into one
@@ -53,7 +68,7 @@ struct PrefillTraits {
   static constexpr int kNFragsO = kHeadDim / 8;            // n8 head-dim fragments of O
 
   using QTile = SmemTile<kBlockM, kHeadDim>;
-  using KVTile = SmemTile<kBlockN, kHeadDim>;  // what the MMAs read
+  using KVTile = SmemTile<kBlockN, kHeadDim>;                                           // what the MMAs read
   using KVStageTile = std::conditional_t<kFp8KV, CodeTile<kBlockN, kHeadDim>, KVTile>;  // what cp.async fills
   using KVElem = std::conditional_t<kFp8KV, uint8_t, DType>;
   static constexpr int kOperandStages = kFp8KV ? 1 : kStages;  // compute-dtype K (and V) tiles

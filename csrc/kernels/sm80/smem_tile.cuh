@@ -18,7 +18,7 @@ struct SmemTile {
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kElemsPerChunk = 8;
   static constexpr int kChunksPerRow = kHeadDim / kElemsPerChunk;  // 16-byte chunks of data
-  static constexpr int kPitch = kHeadDim + 8;         // elements between rows
+  static constexpr int kPitch = kHeadDim + 8;                      // elements between rows
   static constexpr int kElems = kRows * kPitch;
   static_assert(kHeadDim % 16 == 0, "a tile row is a whole number of 16x16 MMA k-steps");
   static_assert((kPitch / 8) % 2 == 1, "an odd pitch in 16-byte chunks keeps ldmatrix conflict-free");

@@ -25,11 +25,10 @@ struct MBarrier {
   __device__ __forceinline__ void wait(uint32_t parity) {
     uint32_t done = 0;
     do {
-      asm volatile(
-          "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
-          : "=r"(done)
-          : "r"(smem_address(&word)), "r"(parity)
-          : "memory");
+      asm volatile("{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}\n"
+                   : "=r"(done)
+                   : "r"(smem_address(&word)), "r"(parity)
+                   : "memory");
     } while (!done);
   }
 };

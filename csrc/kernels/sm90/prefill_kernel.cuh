@@ -51,13 +51,14 @@ namespace torch_attn {
 
 template <int kStages, int kQStages, int kItemSlots>
 struct Sm90Barriers {
-  MBarrier q_full[kQStages];   // Q has landed
-  MBarrier q_empty[kQStages];  // every consumer warp is done with the Q tile (Traits::kOutThroughQ: out stored through it)
-  MBarrier k_full[kStages];   // the K tile of a stage has landed
+  MBarrier q_full[kQStages];  // Q has landed
+  MBarrier
+      q_empty[kQStages];  // every consumer warp is done with the Q tile (Traits::kOutThroughQ: out stored through it)
+  MBarrier k_full[kStages];  // the K tile of a stage has landed
   MBarrier v_full[kStages];
   MBarrier k_empty[kStages];  // every consumer warp is done reading the stage's K tile
   MBarrier v_empty[kStages];
-  MBarrier tail;              // the producer's own: a V tile that runs past kv_len has landed
+  MBarrier tail;                      // the producer's own: a V tile that runs past kv_len has landed
   MBarrier item_written[kItemSlots];  // producer warp 0 has written the slot's work item
   MBarrier item_read[kItemSlots];     // every thread of the V warp and the consumers is done with it
 };
@@ -155,7 +156,8 @@ struct PrefillSm90Cta {
     // (The group through votes: derived from threadIdx, the range took vector registers
     // that ptxas found only by spilling, 70-130 bytes at d64 and d256.)
     const int skips = (w.group_skips >> (8 * warp_uniform_2bit(group))) & 0xff;
-    const int before = skips == kSeesNoTile ? 0 : skips & 15, after = skips == kSeesNoTile ? cta.count - before : skips >> 4;
+    const int before = skips == kSeesNoTile ? 0 : skips & 15,
+              after = skips == kSeesNoTile ? cta.count - before : skips >> 4;
     return cta.part(before, cta.count - before - after);
   }
 
@@ -230,8 +232,8 @@ struct PrefillSm90Cta {
       bar.q_empty[q_stage].wait(((items_done / Traits::kQStages) & 1) ^ 1);
       if (lane == 0) {
         arrive_expecting_bytes(bar.q_full[q_stage], kQBytes);
-        load_rows(smem.q[q_stage], QTile::kHeadDim / 64, QTile::kBlockElems, 0, maps.q, w.qo_head,
-                  w.q_start + w.q_row0, batch, bar.q_full[q_stage]);
+        load_rows(smem.q[q_stage], QTile::kHeadDim / 64, QTile::kBlockElems, 0, maps.q, w.qo_head, w.q_start + w.q_row0,
+                  batch, bar.q_full[q_stage]);
       }
     };
     const KvTileRange tiles = tile_range();
@@ -416,7 +418,8 @@ struct PrefillSm90Cta {
       }
       tiles_done += n;
     };
-    if constexpr (Traits::kGroupTileRanges) pass_over(tiles.begin - tile_range().begin);  // the CTA's tiles before the group's
+    if constexpr (Traits::kGroupTileRanges)
+      pass_over(tiles.begin - tile_range().begin);  // the CTA's tiles before the group's
     if (tiles.count > 0) {
       // Tile 0: S_0 alone.
       bar.k_full[stage_of(0)].wait(parity_of(0));
@@ -431,8 +434,10 @@ struct PrefillSm90Cta {
         to_logits(0, mask);
         weights_from_tile_max(rescale);
       };
-      if (tiles.needs_mask(0)) first_weights(MaskBoth{});
-      else first_weights(MaskNone{});
+      if (tiles.needs_mask(0))
+        first_weights(MaskBoth{});
+      else
+        first_weights(MaskNone{});
       rescale[0] = rescale[1] = 1.f;  // O is still 0: nothing to rescale (any_row_moved reads this)
       // After P_t V_t (t = -1: none was issued): its V stage goes back to the producer,
       // and O takes tile t+1's rescale before P_{t+1} V_{t+1} adds to it where a row
@@ -621,7 +626,7 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
       for (int k = 0;; ++k) {
         const int slot = k % kItemSlots;
         smem.bar.item_read[slot].wait(((k / kItemSlots) & 1) ^ 1);  // item k - kItemSlots is done
-        __syncwarp();  // (and this warp's own reads of it)
+        __syncwarp();                                               // (and this warp's own reads of it)
         {
           // Tiles aligned to the sequence's end: rows before it load as zeros (dense, or the
           // first sequence of a ragged batch) or as the previous sequence's, never stored.
@@ -630,8 +635,9 @@ __global__ void __launch_bounds__(Traits::kThreads, 1)
             found = WorkItem::end_of_list();  // (a ragged batch's spare items come last)
           } else if constexpr (Traits::kGroupTileRanges) {
             // Lane g works out consumer group g's tiles.
-            const unsigned skips =
-                lane < Traits::kConsumerGroups ? static_cast<unsigned>(cta_of(found).group_skips(lane)) << (8 * lane) : 0u;
+            const unsigned skips = lane < Traits::kConsumerGroups
+                                       ? static_cast<unsigned>(cta_of(found).group_skips(lane)) << (8 * lane)
+                                       : 0u;
             found.group_skips = static_cast<int>(__reduce_or_sync(0xffffffffu, skips));
           }
           if (lane == 0) {

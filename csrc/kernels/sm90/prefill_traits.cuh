@@ -37,21 +37,37 @@ struct Sm90TileShape;
 // does at d64). O + S + P = 128 of the 160 registers a consumer gets when four
 // warpgroups share the register file. 112 KB of shared memory (two Q tiles of 24 KB,
 // two K/V stages of 16 KB each).
-template <> struct Sm90TileShape<64>  { static constexpr int kBlockN = 128, kStages = 2, kQStages = 2, kConsumerGroups = 3; static constexpr bool kPvWaitInNextStep = false, kWeightsAtCurrentMax = true; };
+template <>
+struct Sm90TileShape<64> {
+  static constexpr int kBlockN = 128, kStages = 2, kQStages = 2, kConsumerGroups = 3;
+  static constexpr bool kPvWaitInNextStep = false, kWeightsAtCurrentMax = true;
+};
 // 128: 192 KB (two Q tiles of 32 KB, two K/V stages of 32 KB each): one CTA per SM.
 // O + S + P = 160 registers.
-template <> struct Sm90TileShape<128> { static constexpr int kBlockN = 128, kStages = 2, kQStages = 2, kConsumerGroups = 2; static constexpr bool kPvWaitInNextStep = false, kWeightsAtCurrentMax = true; };
+template <>
+struct Sm90TileShape<128> {
+  static constexpr int kBlockN = 128, kStages = 2, kQStages = 2, kConsumerGroups = 2;
+  static constexpr bool kPvWaitInNextStep = false, kWeightsAtCurrentMax = true;
+};
 // 192 (MLA's D_qk, with D_v <= 192): BN = 64 as at 256, which makes two Q tiles fit: 192 KB (two Q tiles of
 // 48 KB, two K/V stages of 48 KB each). O + S + P = 144 registers.
-template <> struct Sm90TileShape<192> { static constexpr int kBlockN = 64, kStages = 2, kQStages = 2, kConsumerGroups = 2; static constexpr bool kPvWaitInNextStep = true, kWeightsAtCurrentMax = false; };
+template <>
+struct Sm90TileShape<192> {
+  static constexpr int kBlockN = 64, kStages = 2, kQStages = 2, kConsumerGroups = 2;
+  static constexpr bool kPvWaitInNextStep = true, kWeightsAtCurrentMax = false;
+};
 // 256: O alone takes 128 registers: BN = 64; 192 KB with one Q tile (a second does not
 // fit) and 32 KB to stage out (see OutStageTile below).
-template <> struct Sm90TileShape<256> { static constexpr int kBlockN = 64, kStages = 2, kQStages = 1, kConsumerGroups = 2; static constexpr bool kPvWaitInNextStep = true, kWeightsAtCurrentMax = false; };
+template <>
+struct Sm90TileShape<256> {
+  static constexpr int kBlockN = 64, kStages = 2, kQStages = 1, kConsumerGroups = 2;
+  static constexpr bool kPvWaitInNextStep = true, kWeightsAtCurrentMax = false;
+};
 
 template <typename DType_, int kHeadDimTile, int kHeadDimVTile = kHeadDimTile>
 struct PrefillSm90Traits {
   using DType = DType_;
-  using Shape = Sm90TileShape<kHeadDimTile>;  // (a narrower V only frees shared memory and registers)
+  using Shape = Sm90TileShape<kHeadDimTile>;       // (a narrower V only frees shared memory and registers)
   static constexpr int kHeadDim = kHeadDimTile;    // of Q and K
   static constexpr int kHeadDimV = kHeadDimVTile;  // of V and O
   static constexpr int kConsumerGroups = Shape::kConsumerGroups;

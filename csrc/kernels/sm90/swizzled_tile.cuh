@@ -15,8 +15,8 @@ struct SwizzledTile {
   static constexpr int kRows = kRows_;
   static constexpr int kHeadDim = kHeadDim_;
   static constexpr int kChunksPerRow = kHeadDim / 8;
-  static constexpr int kBlockCols = 64;                    // 128 bytes of 16-bit elements
-  static constexpr int kBlockElems = kRows * kBlockCols;   // one column block
+  static constexpr int kBlockCols = 64;                   // 128 bytes of 16-bit elements
+  static constexpr int kBlockElems = kRows * kBlockCols;  // one column block
   static constexpr int kBlockBytes = kBlockElems * 2;
   static constexpr int kElems = kRows * kHeadDim;
   static_assert(kHeadDim % kBlockCols == 0, "whole 64-column blocks");

@@ -57,58 +57,71 @@ __device__ __forceinline__ void wgmma_pin(T (&regs)[kFrags][4]) {
   for (int i = 0; i < kFrags; ++i)
 #pragma unroll
     for (int e = 0; e < 4; ++e) {
-      if constexpr (std::is_same_v<T, float>) asm volatile("" : "+f"(regs[i][e])::"memory");
-      else asm volatile("" : "+r"(regs[i][e])::"memory");
+      if constexpr (std::is_same_v<T, float>)
+        asm volatile("" : "+f"(regs[i][e])::"memory");
+      else
+        asm volatile("" : "+r"(regs[i][e])::"memory");
     }
 }
 
 // The accumulator operand lists "{%0, ..., %(N/2 - 1)}" and "+f"(d[..][..]) ... of
 // each N: the asm statement needs them spelled out.
-#define TORCH_ATTN_WGMMA_ACC_32 "{" \
-  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "\
-  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31" "}"
-#define TORCH_ATTN_WGMMA_ACC_64 "{" \
-  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "\
-  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "\
-  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "\
-  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63" "}"
-#define TORCH_ATTN_WGMMA_ACC_96 "{" \
-  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "\
-  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "\
-  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "\
-  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "\
-  "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "\
-  "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95" "}"
-#define TORCH_ATTN_WGMMA_ACC_128 "{" \
-  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "\
-  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "\
-  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "\
-  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "\
-  "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "\
-  "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "\
-  "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "\
-  "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127" "}"
+#define TORCH_ATTN_WGMMA_ACC_32                                                    \
+  "{"                                                                              \
+  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "         \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31" \
+  "}"
+#define TORCH_ATTN_WGMMA_ACC_64                                                      \
+  "{"                                                                                \
+  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "           \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
+  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63"   \
+  "}"
+#define TORCH_ATTN_WGMMA_ACC_96                                                      \
+  "{"                                                                                \
+  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "           \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, " \
+  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, " \
+  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, " \
+  "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, " \
+  "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95"   \
+  "}"
+#define TORCH_ATTN_WGMMA_ACC_128                                                                   \
+  "{"                                                                                              \
+  "%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, "                         \
+  "%16, %17, %18, %19, %20, %21, %22, %23, %24, %25, %26, %27, %28, %29, %30, %31, "               \
+  "%32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, %44, %45, %46, %47, "               \
+  "%48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63, "               \
+  "%64, %65, %66, %67, %68, %69, %70, %71, %72, %73, %74, %75, %76, %77, %78, %79, "               \
+  "%80, %81, %82, %83, %84, %85, %86, %87, %88, %89, %90, %91, %92, %93, %94, %95, "               \
+  "%96, %97, %98, %99, %100, %101, %102, %103, %104, %105, %106, %107, %108, %109, %110, %111, "   \
+  "%112, %113, %114, %115, %116, %117, %118, %119, %120, %121, %122, %123, %124, %125, %126, %127" \
+  "}"
 #define TORCH_ATTN_F4(d, i) "+f"(d[i][0]), "+f"(d[i][1]), "+f"(d[i][2]), "+f"(d[i][3])
-#define TORCH_ATTN_F16(d, i) TORCH_ATTN_F4(d, i), TORCH_ATTN_F4(d, i + 1), TORCH_ATTN_F4(d, i + 2), TORCH_ATTN_F4(d, i + 3)
+#define TORCH_ATTN_F16(d, i) \
+  TORCH_ATTN_F4(d, i), TORCH_ATTN_F4(d, i + 1), TORCH_ATTN_F4(d, i + 2), TORCH_ATTN_F4(d, i + 3)
 #define TORCH_ATTN_OPERANDS_32(d) TORCH_ATTN_F16(d, 0), TORCH_ATTN_F16(d, 4)
 #define TORCH_ATTN_OPERANDS_64(d) TORCH_ATTN_OPERANDS_32(d), TORCH_ATTN_F16(d, 8), TORCH_ATTN_F16(d, 12)
 #define TORCH_ATTN_OPERANDS_96(d) TORCH_ATTN_OPERANDS_64(d), TORCH_ATTN_F16(d, 16), TORCH_ATTN_F16(d, 20)
-#define TORCH_ATTN_OPERANDS_128(d) TORCH_ATTN_OPERANDS_64(d), TORCH_ATTN_F16(d, 16), TORCH_ATTN_F16(d, 20), \
-  TORCH_ATTN_F16(d, 24), TORCH_ATTN_F16(d, 28)
+#define TORCH_ATTN_OPERANDS_128(d) \
+  TORCH_ATTN_OPERANDS_64(d), TORCH_ATTN_F16(d, 16), TORCH_ATTN_F16(d, 20), TORCH_ATTN_F16(d, 24), TORCH_ATTN_F16(d, 28)
 
 // D (+)= A * B, A and B from shared memory, both K-major (no transpose).
-#define TORCH_ATTN_WGMMA_SS(N, TYPE, ACC, DESC_A, DESC_B, SCALE)                                                  \
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #SCALE ", 0;\n"                                             \
+#define TORCH_ATTN_WGMMA_SS(N, TYPE, ACC, DESC_A, DESC_B, SCALE)                                                \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #SCALE                                                      \
+               ", 0;\n"                                                                                         \
                "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." #TYPE "." #TYPE " " TORCH_ATTN_WGMMA_ACC_##ACC \
-               ", %" #DESC_A ", %" #DESC_B ", p, 1, 1, 0, 0;\n}\n"                                               \
+               ", %" #DESC_A ", %" #DESC_B ", p, 1, 1, 0, 0;\n}\n"                                              \
                : TORCH_ATTN_OPERANDS_##ACC(d)                                                                   \
                : "l"(desc_a), "l"(desc_b), "r"(accumulate))
 
 // D (+)= A * B, A from registers, B from shared memory MN-major (transposed: imm-trans-b = 1).
-#define TORCH_ATTN_WGMMA_RS(N, TYPE, ACC, A0, A1, A2, A3, DESC_B, SCALE)                                          \
-  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #SCALE ", 0;\n"                                             \
+#define TORCH_ATTN_WGMMA_RS(N, TYPE, ACC, A0, A1, A2, A3, DESC_B, SCALE)                                        \
+  asm volatile("{\n.reg .pred p;\nsetp.ne.b32 p, %" #SCALE                                                      \
+               ", 0;\n"                                                                                         \
                "wgmma.mma_async.sync.aligned.m64n" #N "k16.f32." #TYPE "." #TYPE " " TORCH_ATTN_WGMMA_ACC_##ACC \
-               ", {%" #A0 ", %" #A1 ", %" #A2 ", %" #A3 "}, %" #DESC_B ", p, 1, 1, 1;\n}\n"                      \
+               ", {%" #A0 ", %" #A1 ", %" #A2 ", %" #A3 "}, %" #DESC_B ", p, 1, 1, 1;\n}\n"                     \
                : TORCH_ATTN_OPERANDS_##ACC(d)                                                                   \
                : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(accumulate))
 
@@ -119,30 +132,52 @@ __device__ __forceinline__ void wgmma_ss(float (&d)[N / 8][4], uint64_t desc_a, 
   constexpr bool kBf16 = std::is_same_v<DType, __nv_bfloat16>;
   static_assert(kBf16 || std::is_same_v<DType, __half>, "wgmma: bf16 or fp16");
   if constexpr (N == 64) {
-    if constexpr (kBf16) TORCH_ATTN_WGMMA_SS(64, bf16, 32, 32, 33, 34); else TORCH_ATTN_WGMMA_SS(64, f16, 32, 32, 33, 34);
+    if constexpr (kBf16)
+      TORCH_ATTN_WGMMA_SS(64, bf16, 32, 32, 33, 34);
+    else
+      TORCH_ATTN_WGMMA_SS(64, f16, 32, 32, 33, 34);
   } else if constexpr (N == 128) {
-    if constexpr (kBf16) TORCH_ATTN_WGMMA_SS(128, bf16, 64, 64, 65, 66); else TORCH_ATTN_WGMMA_SS(128, f16, 64, 64, 65, 66);
+    if constexpr (kBf16)
+      TORCH_ATTN_WGMMA_SS(128, bf16, 64, 64, 65, 66);
+    else
+      TORCH_ATTN_WGMMA_SS(128, f16, 64, 64, 65, 66);
   } else {
     static_assert(N == 256, "wgmma_ss: N is 64, 128 or 256");
-    if constexpr (kBf16) TORCH_ATTN_WGMMA_SS(256, bf16, 128, 128, 129, 130); else TORCH_ATTN_WGMMA_SS(256, f16, 128, 128, 129, 130);
+    if constexpr (kBf16)
+      TORCH_ATTN_WGMMA_SS(256, bf16, 128, 128, 129, 130);
+    else
+      TORCH_ATTN_WGMMA_SS(256, f16, 128, 128, 129, 130);
   }
 }
 
 /// d (+)= A B with A [64 x 16] in registers (mma.sync A-fragment layout, 4 x 2
 /// values per thread) and B [16 x N] MN-major in shared memory.
 template <int N, typename DType>
-__device__ __forceinline__ void wgmma_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t desc_b, int accumulate) {
+__device__ __forceinline__ void wgmma_rs(float (&d)[N / 8][4], const uint32_t (&a)[4], uint64_t desc_b,
+                                         int accumulate) {
   constexpr bool kBf16 = std::is_same_v<DType, __nv_bfloat16>;
   static_assert(kBf16 || std::is_same_v<DType, __half>, "wgmma: bf16 or fp16");
   if constexpr (N == 64) {
-    if constexpr (kBf16) TORCH_ATTN_WGMMA_RS(64, bf16, 32, 32, 33, 34, 35, 36, 37); else TORCH_ATTN_WGMMA_RS(64, f16, 32, 32, 33, 34, 35, 36, 37);
+    if constexpr (kBf16)
+      TORCH_ATTN_WGMMA_RS(64, bf16, 32, 32, 33, 34, 35, 36, 37);
+    else
+      TORCH_ATTN_WGMMA_RS(64, f16, 32, 32, 33, 34, 35, 36, 37);
   } else if constexpr (N == 128) {
-    if constexpr (kBf16) TORCH_ATTN_WGMMA_RS(128, bf16, 64, 64, 65, 66, 67, 68, 69); else TORCH_ATTN_WGMMA_RS(128, f16, 64, 64, 65, 66, 67, 68, 69);
+    if constexpr (kBf16)
+      TORCH_ATTN_WGMMA_RS(128, bf16, 64, 64, 65, 66, 67, 68, 69);
+    else
+      TORCH_ATTN_WGMMA_RS(128, f16, 64, 64, 65, 66, 67, 68, 69);
   } else if constexpr (N == 192) {
-    if constexpr (kBf16) TORCH_ATTN_WGMMA_RS(192, bf16, 96, 96, 97, 98, 99, 100, 101); else TORCH_ATTN_WGMMA_RS(192, f16, 96, 96, 97, 98, 99, 100, 101);
+    if constexpr (kBf16)
+      TORCH_ATTN_WGMMA_RS(192, bf16, 96, 96, 97, 98, 99, 100, 101);
+    else
+      TORCH_ATTN_WGMMA_RS(192, f16, 96, 96, 97, 98, 99, 100, 101);
   } else {
     static_assert(N == 256, "wgmma_rs: N is 64, 128, 192 or 256");
-    if constexpr (kBf16) TORCH_ATTN_WGMMA_RS(256, bf16, 128, 128, 129, 130, 131, 132, 133); else TORCH_ATTN_WGMMA_RS(256, f16, 128, 128, 129, 130, 131, 132, 133);
+    if constexpr (kBf16)
+      TORCH_ATTN_WGMMA_RS(256, bf16, 128, 128, 129, 130, 131, 132, 133);
+    else
+      TORCH_ATTN_WGMMA_RS(256, f16, 128, 128, 129, 130, 131, 132, 133);
   }
 }
 
