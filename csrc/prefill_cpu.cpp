@@ -76,8 +76,8 @@ void attend_rows(const CpuSequence& seq, int64_t h, int64_t row0, int64_t rows, 
   const at::Tensor begin_col = at::tensor(begins).view({rows, 1}), end_col = at::tensor(ends).view({rows, 1});
 
   // [group * rows, D]: the group's heads stacked; the scale folded into q where no cap follows.
-  const at::Tensor q_rows = seq.q.narrow(0, row0, rows).narrow(1, h * group, group).permute({1, 0, 2})
-                                .reshape({stacked, seq.q.size(2)});
+  const at::Tensor q_rows =
+      seq.q.narrow(0, row0, rows).narrow(1, h * group, group).permute({1, 0, 2}).reshape({stacked, seq.q.size(2)});
   const at::Tensor qb = scores.soft_cap > 0 ? q_rows : q_rows.mul(scores.sm_scale);
   const at::Tensor keys = seq.k[h], values = seq.v[h];  // [kv_len, D]
   at::Tensor score_buffer = at::empty({stacked * kKeyBlock}, f32);
@@ -158,8 +158,8 @@ void check_indptr_values(const char* name, const at::Tensor& indptr, int64_t row
   const int32_t* ptr = indptr.data_ptr<int32_t>();
   for (int64_t b = 0; b + 1 < indptr.numel(); ++b) {
     TORCH_CHECK_VALUE(ptr[b] >= 0 && ptr[b] <= ptr[b + 1] && ptr[b + 1] <= rows, "attn.prefill: ", name,
-                      " must be non-decreasing within [0, ", rows, "], got ", name, "[", b, ":", b + 2, "] = [",
-                      ptr[b], ", ", ptr[b + 1], "]");
+                      " must be non-decreasing within [0, ", rows, "], got ", name, "[", b, ":", b + 2, "] = [", ptr[b],
+                      ", ", ptr[b + 1], "]");
   }
 }
 
@@ -211,8 +211,8 @@ PrefillResult prefill_cpu(const at::Tensor& q, const at::Tensor& k, const at::Te
   const QuantArgs quant{q_scale, k_scale, v_scale, out_dtype};
   const PrefillShape shape =
       check_prefill_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chunk_size, logits_soft_cap, quant);
-  const CpuScores scores{causal, window_left, chunk_size, logits_soft_cap, shape.sm_scale,
-                         checked_sinks("attn.prefill", sinks, q, shape.num_qo_heads)};
+  const CpuScores scores{causal,          window_left,    chunk_size,
+                         logits_soft_cap, shape.sm_scale, checked_sinks("attn.prefill", sinks, q, shape.num_qo_heads)};
   const Descales descales = checked_descales("attn.prefill", quant, /*check_values=*/true);
   auto [out, lse] = allocate_prefill_outputs(q, shape);
   prefill_cpu_into(q, k, v, qo_indptr, kv_indptr, shape, scores, descales, out, lse);
@@ -229,8 +229,8 @@ void prefill_out_cpu(const at::Tensor& q, const at::Tensor& k, const at::Tensor&
   const QuantArgs quant{q_scale, k_scale, v_scale, out_dtype};
   const PrefillShape shape = check_prefill_out_args(q, k, v, qo_indptr, kv_indptr, sm_scale, window_left, chunk_size,
                                                     logits_soft_cap, quant, sinks, out, lse);
-  const CpuScores scores{causal, window_left, chunk_size, logits_soft_cap, shape.sm_scale,
-                         checked_sinks("attn.prefill", sinks, q, shape.num_qo_heads)};
+  const CpuScores scores{causal,          window_left,    chunk_size,
+                         logits_soft_cap, shape.sm_scale, checked_sinks("attn.prefill", sinks, q, shape.num_qo_heads)};
   const Descales descales = checked_descales("attn.prefill", quant, /*check_values=*/true);
   const at::Tensor lse_rows = lse.has_value() ? *lse : allocate_lse(q);
   prefill_cpu_into(q, k, v, qo_indptr, kv_indptr, shape, scores, descales, out, lse_rows);
@@ -254,12 +254,12 @@ void prefill_paged_cpu_into(const at::Tensor& q, const at::Tensor& k_cache, cons
   for (int64_t b = 0; b < shape.common.num_seqs; ++b) {
     const int64_t kv_len = lens[b];
     TORCH_CHECK_VALUE(kv_len >= 0 && kv_len <= shape.max_pages * shape.page_size, "attn.prefill_paged: kv_lens[", b,
-                      "] = ", kv_len, " must be within [0, block_table.size(1) * page_size = ",
-                      shape.max_pages * shape.page_size, "]");
+                      "] = ", kv_len,
+                      " must be within [0, block_table.size(1) * page_size = ", shape.max_pages * shape.page_size, "]");
     const at::Tensor pages = block_table[b].narrow(0, 0, (kv_len + shape.page_size - 1) / shape.page_size);
-    TORCH_CHECK_VALUE(pages.numel() == 0 || (pages.min().item<int32_t>() >= 0 &&
-                                             pages.max().item<int32_t>() < shape.num_pages),
-                      "attn.prefill_paged: block_table[", b, "] names pages outside [0, ", shape.num_pages, ")");
+    TORCH_CHECK_VALUE(
+        pages.numel() == 0 || (pages.min().item<int32_t>() >= 0 && pages.max().item<int32_t>() < shape.num_pages),
+        "attn.prefill_paged: block_table[", b, "] names pages outside [0, ", shape.num_pages, ")");
     const int64_t q0 = qo[b], q_len = qo[b + 1] - qo[b];
     seqs.push_back(sequence_of(q.narrow(0, q0, q_len), gather_pages(k_cache, pages, shape.hnd, kv_len),
                                gather_pages(v_cache, pages, shape.hnd, kv_len), out.narrow(0, q0, q_len),
@@ -280,8 +280,9 @@ PrefillResult prefill_paged_cpu(const at::Tensor& q, const at::Tensor& k_cache, 
   const QuantArgs quant{q_scale, k_scale, v_scale, out_dtype};
   const PagedShape shape = check_prefill_paged_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout,
                                                     sm_scale, window_left, chunk_size, logits_soft_cap, quant);
-  const CpuScores scores{causal, window_left, chunk_size, logits_soft_cap, shape.common.sm_scale,
-                         checked_sinks("attn.prefill_paged", sinks, q, shape.common.num_qo_heads)};
+  const CpuScores scores{
+      causal,          window_left,           chunk_size,
+      logits_soft_cap, shape.common.sm_scale, checked_sinks("attn.prefill_paged", sinks, q, shape.common.num_qo_heads)};
   const Descales descales = checked_descales("attn.prefill_paged", quant, /*check_values=*/true);
   auto [out, lse] = allocate_prefill_outputs(q, shape.common);
   prefill_paged_cpu_into(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, shape, scores, descales, out, lse);
@@ -290,22 +291,21 @@ PrefillResult prefill_paged_cpu(const at::Tensor& q, const at::Tensor& k_cache, 
 
 void prefill_paged_out_cpu(const at::Tensor& q, const at::Tensor& k_cache, const at::Tensor& v_cache,
                            const at::Tensor& qo_indptr, const at::Tensor& block_table, const at::Tensor& kv_lens,
-                           c10::string_view kv_layout, bool causal, c10::optional<double> sm_scale,
-                           int64_t window_left, int64_t chunk_size, double logits_soft_cap,
-                           const c10::optional<at::Tensor>& sinks, const c10::optional<at::Tensor>& q_scale,
-                           const c10::optional<at::Tensor>& k_scale, const c10::optional<at::Tensor>& v_scale,
-                           c10::optional<at::ScalarType> out_dtype, const at::Tensor& out,
-                           const c10::optional<at::Tensor>& lse) {
+                           c10::string_view kv_layout, bool causal, c10::optional<double> sm_scale, int64_t window_left,
+                           int64_t chunk_size, double logits_soft_cap, const c10::optional<at::Tensor>& sinks,
+                           const c10::optional<at::Tensor>& q_scale, const c10::optional<at::Tensor>& k_scale,
+                           const c10::optional<at::Tensor>& v_scale, c10::optional<at::ScalarType> out_dtype,
+                           const at::Tensor& out, const c10::optional<at::Tensor>& lse) {
   const QuantArgs quant{q_scale, k_scale, v_scale, out_dtype};
-  const PagedShape shape = check_prefill_paged_out_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens,
-                                                        kv_layout, sm_scale, window_left, chunk_size, logits_soft_cap,
-                                                        quant, sinks, out, lse);
-  const CpuScores scores{causal, window_left, chunk_size, logits_soft_cap, shape.common.sm_scale,
-                         checked_sinks("attn.prefill_paged", sinks, q, shape.common.num_qo_heads)};
+  const PagedShape shape =
+      check_prefill_paged_out_args(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, kv_layout, sm_scale,
+                                   window_left, chunk_size, logits_soft_cap, quant, sinks, out, lse);
+  const CpuScores scores{
+      causal,          window_left,           chunk_size,
+      logits_soft_cap, shape.common.sm_scale, checked_sinks("attn.prefill_paged", sinks, q, shape.common.num_qo_heads)};
   const Descales descales = checked_descales("attn.prefill_paged", quant, /*check_values=*/true);
   const at::Tensor lse_rows = lse.has_value() ? *lse : allocate_lse(q);
-  prefill_paged_cpu_into(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, shape, scores, descales, out,
-                         lse_rows);
+  prefill_paged_cpu_into(q, k_cache, v_cache, qo_indptr, block_table, kv_lens, shape, scores, descales, out, lse_rows);
 }
 
 }  // namespace torch_attn
