@@ -11,11 +11,14 @@ from vllm.v1.attention.backend import AttentionBackend, MultipleOf
 from . import NAME
 from .builder import TorchAttnMetadataBuilder
 from .impl import TorchAttnImpl
-from .support import DTYPES, HEAD_SIZES, KV_CACHE_DTYPES, MIN_COMPUTE_CAPABILITY, cache_dtype_mismatch
+from .support import DTYPES, HEAD_SIZES, KV_CACHE_DTYPES, MIN_COMPUTE_CAPABILITY, unsupported_combination
 
 
 class TorchAttnBackend(AttentionBackend):
     supported_dtypes: ClassVar[list[torch.dtype]] = list(DTYPES)
+    # The model's dtype, or fp8 (fp8 / fp8_e4m3 / fp8_e5m2) with per-tensor scales: per-head scales
+    # (a compressed-tensors attn_head checkpoint) are not declared (supports_per_head_quant_scales is
+    # False, vLLM's default), nor the other quantized caches.
     supported_kv_cache_dtypes: ClassVar[list[str]] = list(KV_CACHE_DTYPES)
     # vLLM writes the cache through impl.do_kv_cache_update before forward; forward reads only
     # the cache, so it also runs where a fused op wrote the cache and passes no key/value.
@@ -67,4 +70,4 @@ class TorchAttnBackend(AttentionBackend):
     @classmethod
     def supports_combination(cls, head_size, dtype, kv_cache_dtype, block_size, use_mla, has_sink, use_sparse,
                              use_mm_prefix, device_capability) -> str | None:
-        return cache_dtype_mismatch(kv_cache_dtype, dtype)
+        return unsupported_combination(kv_cache_dtype, dtype, head_size)

@@ -38,10 +38,14 @@ class LayerOptions:
 
 
 def attend(query: torch.Tensor, k_cache: torch.Tensor, v_cache: torch.Tensor, metadata: TorchAttnMetadata,
-           options: LayerOptions, output: torch.Tensor) -> None:
+           options: LayerOptions, output: torch.Tensor, k_scale: torch.Tensor | None = None,
+           v_scale: torch.Tensor | None = None) -> None:
     """query [tokens, Hq, D] over the "HND" cache views into output [tokens, Hq, Dv] (vLLM's buffer).
-    Rows past query_start_loc[-1] (CUDA-graph padding) are neither read nor written."""
+    Rows past query_start_loc[-1] (CUDA-graph padding) are neither read nor written. fp8 caches
+    (float8_e4m3fn / float8_e5m2 views) take the layer's descale factors k_scale / v_scale (float32,
+    per tensor or [Hkv]: the real value is code * scale, read on the device per call); query stays in
+    the model's dtype and so does the output."""
     torch_attn.prefill_paged(query, k_cache, v_cache, metadata.query_start_loc, metadata.block_table,
                              metadata.seq_lens, kv_layout="HND", causal=metadata.causal, sm_scale=options.sm_scale,
                              window_left=options.window_left, logits_soft_cap=options.logits_soft_cap,
-                             sinks=options.sinks, out=output)
+                             sinks=options.sinks, k_scale=k_scale, v_scale=v_scale, out=output)
