@@ -2,7 +2,12 @@
 lays them out, a paged cache holding each request's cached tokens, and the checks of one step's
 output and cache against the float64 reference. tests/test_vllm_backend.py runs them through vLLM's
 own classes; tests/test_vllm_replay.py replays what those produced (tests/data/vllm_replay.pt) on
-CPU and GPU with no vLLM installed."""
+CPU and GPU with no vLLM installed.
+
+fp8 caches (--kv-cache-dtype fp8 / fp8_e5m2): the steps' keys and values as the codes a reference
+quantization gives them (reference_codes, nearest finite code by table lookup), written as bytes into
+the cache; the outputs are checked against the reference over what the cache holds after the step,
+read back and dequantized (read_back)."""
 from __future__ import annotations
 
 import math
@@ -95,9 +100,10 @@ def write_slot(kv_cache: torch.Tensor, slot: int, key: torch.Tensor, value: torc
     kv_cache[block, :, offset, HEAD_SIZE:] = value
 
 
-def fill_cached_tokens(kv_cache: torch.Tensor, step: Step, batch: dict, data: StepData) -> None:
-    """Poisons the whole cache with NaN (slots nothing may read), then writes each request's cached tokens."""
-    kv_cache.fill_(math.nan)
+def fill_cached_tokens(kv_cache: torch.Tensor, step: Step, batch: dict, data: StepData, poison=math.nan) -> None:
+    """Poisons the whole cache with NaN (slots nothing may read; an fp8 cache's bytes: NAN_CODE), then
+    writes each request's cached tokens."""
+    kv_cache.fill_(poison)
     for r, (cached, _) in enumerate(step.requests):
         for pos in range(cached):
             slot = int(batch["block_table"][r, pos // BLOCK_SIZE]) * BLOCK_SIZE + pos % BLOCK_SIZE
@@ -144,3 +150,69 @@ def assert_cache_equal(got: torch.Tensor, want: torch.Tensor) -> None:
     """Bit for bit, NaN where NaN (the poisoned slots nothing wrote)."""
     assert torch.equal(torch.isnan(got), torch.isnan(want)), "the step wrote slots it does not own"
     assert torch.equal(got.nan_to_num(), want.nan_to_num()), "a new token's key or value is not at its slot"
+
+
+NAN_CODE = 0x7F  # a NaN in both float8_e4m3fn and float8_e5m2
+
+
+def fp8_scales(data: StepData, fp8_dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-tensor k_scale, v_scale (float32 []) as a calibration would give them: amax / the format's max."""
+    def scale(new: torch.Tensor, cached: list[torch.Tensor]) -> torch.Tensor:
+        amax = max(t.abs().max().item() for t in [new, *cached] if t.numel())
+        return torch.tensor(amax / torch.finfo(fp8_dtype).max, dtype=torch.float32)
+
+    return scale(data.key, data.cached_keys), scale(data.value, data.cached_values)
+
+
+def reference_codes(x: torch.Tensor, fp8_dtype: torch.dtype, scale: torch.Tensor) -> torch.Tensor:
+    """The bytes of vLLM's reshape_and_cache_flash for fp8: y = x / scale in float32 (scale per tensor,
+    or [heads] over x [.., heads, D]), saturated to the format's largest finite value, rounded to the
+    nearest finite code (ties to the even code), the sign kept (-0 included). By lookup in the table
+    of every code, not through torch's fp8 conversion."""
+    y = x.float().cpu() / scale.float().cpu().view(-1, 1)
+    values = torch.arange(128, dtype=torch.uint8).view(fp8_dtype).double()  # codes 0.. in increasing value
+    values = values[torch.isfinite(values)]
+    magnitude = y.abs().double().clamp(max=values[-1].item()).reshape(-1)
+    above = torch.searchsorted(values, magnitude).clamp(max=len(values) - 1)  # values[above] >= magnitude
+    below = (above - 1).clamp(min=0)
+    to_above, to_below = values[above] - magnitude, magnitude - values[below]
+    # Adjacent magnitudes are adjacent codes, so of two equally near ones exactly one is even.
+    pick = torch.where((to_above < to_below) | ((to_above == to_below) & (above % 2 == 0)), above, below)
+    signs = torch.signbit(y).reshape(-1).to(torch.uint8) << 7
+    return (pick.to(torch.uint8) | signs).view(y.shape)
+
+
+def coded(data: StepData, fp8_dtype: torch.dtype, k_scale: torch.Tensor, v_scale: torch.Tensor) -> StepData:
+    """data's keys and values (this step's and the cached ones) as their reference codes (uint8)."""
+    def k(x):
+        return reference_codes(x, fp8_dtype, k_scale)
+
+    def v(x):
+        return reference_codes(x, fp8_dtype, v_scale)
+
+    return StepData(data.query, k(data.key), v(data.value), [k(c) for c in data.cached_keys],
+                    [v(c) for c in data.cached_values])
+
+
+def read_back(kv_cache: torch.Tensor, step: Step, batch: dict, query: torch.Tensor, k_scale: torch.Tensor,
+              v_scale: torch.Tensor) -> StepData:
+    """What the fp8 cache (vLLM's [blocks, heads, block_size, 2 * HEAD_SIZE] view, in its fp8 dtype)
+    holds for each request, cached tokens and this step's, dequantized (code * scale) in float64: the
+    keys and values the attention of the step reads."""
+    cache = kv_cache.cpu().double()
+    keys = torch.zeros(query.shape[0], NUM_KV_HEADS, HEAD_SIZE, dtype=torch.float64)
+    values = torch.zeros_like(keys)
+    cached_keys, cached_values = [], []
+    start = 0
+    for r, (cached, new) in enumerate(step.requests):
+        slots = [int(batch["block_table"][r, pos // BLOCK_SIZE]) * BLOCK_SIZE + pos % BLOCK_SIZE
+                 for pos in range(cached + new)]
+        rows = torch.stack([cache[slot // BLOCK_SIZE, :, slot % BLOCK_SIZE] for slot in slots]) if slots else \
+            torch.zeros(0, NUM_KV_HEADS, 2 * HEAD_SIZE, dtype=torch.float64)
+        k = rows[..., :HEAD_SIZE] * k_scale.double().cpu().view(-1, 1)
+        v = rows[..., HEAD_SIZE:] * v_scale.double().cpu().view(-1, 1)
+        cached_keys.append(k[:cached])
+        cached_values.append(v[:cached])
+        keys[start:start + new], values[start:start + new] = k[cached:], v[cached:]
+        start += new
+    return StepData(query, keys, values, cached_keys, cached_values)
