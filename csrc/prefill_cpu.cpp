@@ -3,8 +3,15 @@
 // softmax) and spread over ATen's threads.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <ATen/TensorIterator.h>
+#include <ATen/ThreadLocalState.h>
 #include <algorithm>
+#include <atomic>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
 #include <limits>
+#include <optional>
 #include <tuple>
 #include <utility>
 #include <vector>
@@ -15,9 +22,7 @@ namespace {
 
 // A task is kRowBlock query rows of all the query heads of one KV head (GQA: the group's heads
 // stacked into one matrix, so K and V are read once for them); it walks the keys its rows see in
-// steps of kKeyBlock with an online softmax. A step's scores ([group * rows, keys] floats, a few
-// hundred KB) stay in cache through its handful of passes, where scores of whole key ranges
-// went through memory on every pass.
+// steps of kKeyBlock with an online softmax, in its thread's buffers, which stay in cache.
 constexpr int64_t kRowBlock = 128;
 constexpr int64_t kKeyBlock = 256;
 
@@ -45,19 +50,150 @@ struct CpuScores {
   }
 };
 
-/// One sequence in float32: q [qo_len, Hq, Dqk], and k [Hkv, kv_len, Dqk], v [Hkv, kv_len, Dv] each head's
-/// keys contiguous (the matrix products read them at full speed); and where its out [qo_len, Hq, Dv] and
-/// lse [qo_len, Hq] go.
+/// One sequence: q [qo_len, Hq, Dqk] (any dtype but fp8), and in float32 k [Hkv, kv_len, Dqk], v [Hkv,
+/// kv_len, Dv], each head's keys contiguous (the matrix products read them at full speed); and where its
+/// out [qo_len, Hq, Dv] and lse [qo_len, Hq] go.
 struct CpuSequence {
   at::Tensor q, k, v, out, lse;
 };
 
+// The softmax loops are plain C++ for the compiler to vectorise; the build targets baseline x86-64,
+// so on x86-64 Linux they also get AVX-512 and AVX2 clones, picked when the library loads.
+#if defined(__x86_64__) && defined(__linux__) && (defined(__GNUC__) || defined(__clang__))
+#define TORCH_ATTN_VECTOR_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define TORCH_ATTN_VECTOR_CLONES
+#endif
+
+constexpr float kInf = std::numeric_limits<float>::infinity();
+
+/// exp(x) for x <= 0 within ~2 ulp, 0 below -87 (where float32 turns subnormal), NaN for NaN: Cephes'
+/// expf without branches, so that loops of it vectorise (std::exp is a library call per element).
+inline float exp_nonpositive(float x) {
+  const float clamped = x < -87.0f ? -87.0f : x;
+  const float n = (clamped * 1.44269504f + 12582912.0f) - 12582912.0f;  // round to nearest
+  const float r = clamped - n * 0.693359375f + n * 2.12194440e-4f;      // x - n ln 2 in two parts
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  p = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;  // 2^n
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return x < -87.0f ? 0.0f : p * scale;
+}
+
+/// A task's running state: the stacked rows' max, sum and accumulator, and the buffers of its steps.
+struct RowState {
+  float* q;       // [stacked, Dqk], the scale folded in where no cap follows
+  float* scores;  // [stacked, kKeyBlock], the step's scores, then its weights
+  float* acc;     // [stacked, Dv]
+  float* row_max;
+  float* row_sum;
+  int64_t* lo;  // per query row: the step's visible keys [lo, hi), relative to the step
+  int64_t* hi;
+};
+
+// Eight floats as one value (GCC/Clang vector extension): float max and sum reductions vectorise only
+// with -ffast-math, so the two below keep their partial results in these, two at a time.
+typedef float Lanes __attribute__((vector_size(32)));
+constexpr int kLanes = sizeof(Lanes) / sizeof(float);
+
+inline Lanes load_lanes(const float* p) {
+  Lanes x;
+  std::memcpy(&x, p, sizeof(x));
+  return x;
+}
+
+/// max of s[lo, hi), -inf if empty.
+inline float max_of(const float* s, int64_t lo, int64_t hi) {
+  Lanes a = -kInf - Lanes{}, b = a;
+  int64_t j = lo;
+  for (; j + 2 * kLanes <= hi; j += 2 * kLanes) {
+    const Lanes x = load_lanes(s + j), y = load_lanes(s + j + kLanes);
+    a = a < x ? x : a;
+    b = b < y ? y : b;
+  }
+  a = a < b ? b : a;
+  float m = -kInf;
+  for (int l = 0; l < kLanes; ++l) m = std::max(m, a[l]);
+  for (; j < hi; ++j) m = std::max(m, s[j]);
+  return m;
+}
+
+/// sum of s[lo, hi).
+inline float sum_of(const float* s, int64_t lo, int64_t hi) {
+  Lanes a = {}, b = {};
+  int64_t j = lo;
+  for (; j + 2 * kLanes <= hi; j += 2 * kLanes) {
+    a += load_lanes(s + j);
+    b += load_lanes(s + j + kLanes);
+  }
+  a += b;
+  float total = 0.0f;
+  for (int l = 0; l < kLanes; ++l) total += a[l];
+  for (; j < hi; ++j) total += s[j];
+  return total;
+}
+
+/// One key step of the online softmax, in passes over each row's scores while they are in L1: they
+/// become weights (0 where hidden: select, never add -inf), the max and sum move, the accumulator rescales.
+TORCH_ATTN_VECTOR_CLONES
+void softmax_step(const RowState& st, int64_t group, int64_t rows, int64_t n, int64_t dv) {
+  for (int64_t i = 0; i < group * rows; ++i) {
+    float* s = st.scores + i * n;
+    const int64_t lo = st.lo[i % rows], hi = st.hi[i % rows];
+    std::fill(s, s + lo, 0.0f);
+    std::fill(s + std::max(lo, hi), s + n, 0.0f);
+    if (hi <= lo) continue;
+    const float old_max = st.row_max[i], new_max = std::max(old_max, max_of(s, lo, hi));
+    // -inf guard: a row that has seen no finite score yet would compute exp(-inf - -inf) = NaN.
+    const float safe_max = new_max == -kInf ? 0.0f : new_max;
+    for (int64_t j = lo; j < hi; ++j) s[j] = exp_nonpositive(s[j] - safe_max);
+    if (new_max != old_max) {
+      const float rescale = exp_nonpositive(old_max - safe_max);
+      float* a = st.acc + i * dv;
+      for (int64_t d = 0; d < dv; ++d) a[d] *= rescale;
+      st.row_sum[i] *= rescale;
+    }
+    st.row_sum[i] += sum_of(s, lo, hi);
+    st.row_max[i] = new_max;
+  }
+}
+
+/// A thread's buffers, sized for the largest task of the call (allocated once per thread and call).
+struct Workspace {
+  at::Tensor floats, ints;
+  RowState state;
+  float* lse;
+
+  Workspace(int64_t stacked, int64_t rows, int64_t head_dim, int64_t head_dim_v) {
+    const int64_t sizes[] = {stacked * head_dim, stacked * kKeyBlock, stacked * head_dim_v, stacked, stacked, stacked};
+    int64_t total = 0;
+    for (int64_t size : sizes) total += (size + 15) / 16 * 16;  // each buffer 64-byte aligned
+    floats = at::empty({total}, at::kFloat);
+    ints = at::empty({2 * rows}, at::kLong);
+    float* next = floats.data_ptr<float>();
+    float* parts[6];
+    for (int p = 0; p < 6; ++p) {
+      parts[p] = next;
+      next += (sizes[p] + 15) / 16 * 16;
+    }
+    state = {
+        parts[0], parts[1], parts[2], parts[3], parts[4], ints.data_ptr<int64_t>(), ints.data_ptr<int64_t>() + rows};
+    lse = parts[5];
+  }
+};
+
 /// Query rows [row0, row0 + rows) of the query heads of KV head h.
-void attend_rows(const CpuSequence& seq, int64_t h, int64_t row0, int64_t rows, const CpuScores& scores) {
+void attend_rows(const CpuSequence& seq, int64_t h, int64_t row0, int64_t rows, const CpuScores& scores,
+                 Workspace& ws) {
   const int64_t qo_len = seq.q.size(0), kv_len = seq.k.size(1), diag = kv_len - qo_len;
-  const int64_t group = seq.q.size(1) / seq.k.size(0), head_dim_v = seq.v.size(2), stacked = group * rows;
-  const auto f32 = at::TensorOptions().dtype(at::kFloat);
-  constexpr float kInf = std::numeric_limits<float>::infinity();
+  const int64_t group = seq.q.size(1) / seq.k.size(0), head_dim = seq.q.size(2), head_dim_v = seq.v.size(2);
+  const int64_t stacked = group * rows;
   at::Tensor out = seq.out.narrow(0, row0, rows).narrow(1, h * group, group);  // [rows, group, Dv]
   at::Tensor lse = seq.lse.narrow(0, row0, rows).narrow(1, h * group, group);  // [rows, group]
   const at::Tensor sinks = scores.sinks.defined() ? scores.sinks.narrow(0, h * group, group) : at::Tensor();
@@ -71,86 +207,128 @@ void attend_rows(const CpuSequence& seq, int64_t h, int64_t row0, int64_t rows, 
     lse.copy_(sinks.defined() ? sinks.unsqueeze(0).expand_as(lse) : at::full_like(lse, -kInf));
     return;
   }
-  const int64_t max_begin = *std::max_element(begins.begin(), begins.end());
-  const int64_t min_end = *std::min_element(ends.begin(), ends.end());
-  const at::Tensor begin_col = at::tensor(begins).view({rows, 1}), end_col = at::tensor(ends).view({rows, 1});
 
+  const RowState& st = ws.state;
+  const auto blob = [](float* data, at::IntArrayRef sizes) { return at::from_blob(data, sizes, at::kFloat); };
   // [group * rows, D]: the group's heads stacked; the scale folded into q where no cap follows.
-  const at::Tensor q_rows =
-      seq.q.narrow(0, row0, rows).narrow(1, h * group, group).permute({1, 0, 2}).reshape({stacked, seq.q.size(2)});
-  const at::Tensor qb = scores.soft_cap > 0 ? q_rows : q_rows.mul(scores.sm_scale);
+  const at::Tensor q_rows = seq.q.narrow(0, row0, rows).narrow(1, h * group, group).permute({1, 0, 2});
+  at::Tensor qb = blob(st.q, {group, rows, head_dim});
+  qb.copy_(q_rows);
+  if (scores.soft_cap <= 0) qb.mul_(scores.sm_scale);
+  const at::Tensor q2d = qb.view({stacked, head_dim}), acc = blob(st.acc, {stacked, head_dim_v});
+  std::fill(st.acc, st.acc + stacked * head_dim_v, 0.0f);
+  std::fill(st.row_max, st.row_max + stacked, -kInf);
+  std::fill(st.row_sum, st.row_sum + stacked, 0.0f);
   const at::Tensor keys = seq.k[h], values = seq.v[h];  // [kv_len, D]
-  at::Tensor score_buffer = at::empty({stacked * kKeyBlock}, f32);
-  at::Tensor acc = at::zeros({stacked, head_dim_v}, f32);
-  at::Tensor row_max = at::full({stacked, 1}, -kInf, f32), row_sum = at::zeros({stacked, 1}, f32), safe_max;
   for (int64_t t0 = key0; t0 < key_end; t0 += kKeyBlock) {
     const int64_t n = std::min(kKeyBlock, key_end - t0);
-    at::Tensor s = score_buffer.narrow(0, 0, stacked * n).view({stacked, n});
-    at::mm_out(s, qb, keys.narrow(0, t0, n).t());
-    if (scores.soft_cap > 0) s.mul_(scores.sm_scale / scores.soft_cap).tanh_().mul_(scores.soft_cap);
-    if (max_begin > t0 || min_end < t0 + n) {  // some row does not see all of these keys: select, never add
-      const at::Tensor key_index = at::arange(t0, t0 + n, at::TensorOptions().dtype(at::kLong)).unsqueeze(0);
-      const at::Tensor hidden = (key_index < begin_col).logical_or_(key_index >= end_col);
-      s.view({group, rows, n}).masked_fill_(hidden.unsqueeze(0), -kInf);
+    bool any_visible = false;
+    for (int64_t r = 0; r < rows; ++r) {
+      st.lo[r] = std::clamp<int64_t>(begins[r] - t0, 0, n);
+      st.hi[r] = std::clamp<int64_t>(ends[r] - t0, 0, n);
+      any_visible |= st.lo[r] < st.hi[r];
     }
-    const at::Tensor new_max = at::maximum(row_max, s.amax(1, /*keepdim=*/true));
-    // -inf guard: a row that has seen no key yet would compute exp(-inf - -inf) = NaN.
-    safe_max = new_max.masked_fill(new_max.isneginf(), 0.f);
-    const at::Tensor rescale = (row_max - safe_max).exp_();
-    s.sub_(safe_max).exp_();
-    row_sum.mul_(rescale).add_(s.sum(1, /*keepdim=*/true));
-    acc.mul_(rescale).addmm_(s, values.narrow(0, t0, n));
-    row_max = new_max;
+    if (!any_visible) continue;  // a window narrower than the block leaves steps no row sees
+    at::Tensor s = blob(st.scores, {stacked, n});
+    at::mm_out(s, q2d, keys.narrow(0, t0, n).t());
+    if (scores.soft_cap > 0) s.mul_(scores.sm_scale / scores.soft_cap).tanh_().mul_(scores.soft_cap);
+    softmax_step(st, group, rows, n, head_dim_v);
+    acc.addmm_(s, values.narrow(0, t0, n));
   }
-  const at::Tensor saw_keys = row_sum > 0;
-  acc.div_(at::where(saw_keys, row_sum, at::ones_like(row_sum)));  // rows without keys: acc is 0
-  at::Tensor lse_rows = at::where(saw_keys, safe_max + row_sum.log(), at::full_like(row_sum, -kInf));
-  if (sinks.defined()) {
-    // One more key per row with the head's sink as logit and value 0: it enters only the denominator.
-    const at::Tensor sink = sinks.view({group, 1}).expand({group, rows}).reshape({stacked, 1});
-    const at::Tensor with_sink = at::logaddexp(lse_rows, sink);
-    // Neither a key nor the sink (a sink of -inf): out stays 0 and lse -inf, never NaN.
-    acc.mul_(at::where(with_sink.isneginf(), at::zeros_like(lse_rows), (lse_rows - with_sink).exp()));
-    lse_rows = with_sink;
+  const float* sink = sinks.defined() ? sinks.data_ptr<float>() : nullptr;
+  for (int64_t i = 0; i < stacked; ++i) {
+    const float sum = st.row_sum[i], safe_max = st.row_max[i] == -kInf ? 0.0f : st.row_max[i];
+    float row_lse = sum > 0 ? safe_max + std::log(sum) : -kInf;
+    float* a = st.acc + i * head_dim_v;
+    const float denom = sum > 0 ? sum : 1.0f;  // rows without keys: acc is 0
+    for (int64_t d = 0; d < head_dim_v; ++d) a[d] /= denom;
+    if (sink != nullptr) {
+      // One more key per row with the head's sink as logit and value 0: it enters only the denominator
+      // (at::logaddexp's formula; neither a key nor the sink, a sink of -inf: out stays 0, lse -inf).
+      const float logit = sink[i / rows];
+      const float with_sink = std::isinf(row_lse) && row_lse == logit
+                                  ? row_lse
+                                  : std::max(row_lse, logit) + std::log1p(std::exp(-std::abs(row_lse - logit)));
+      const float factor = with_sink == -kInf ? 0.0f : std::exp(row_lse - with_sink);
+      for (int64_t d = 0; d < head_dim_v; ++d) a[d] *= factor;
+      row_lse = with_sink;
+    }
+    ws.lse[i] = row_lse;
   }
   out.copy_(acc.view({group, rows, head_dim_v}).permute({1, 0, 2}));
-  lse.copy_(lse_rows.view({group, rows}).t());
+  lse.copy_(blob(ws.lse, {group, rows}).t());
+}
+
+/// Runs body() once on each of `threads` of ATen's threads. at::parallel_for is a header template
+/// that compiles to a serial loop without -fopenmp (this library's flags); TensorIterator::for_each
+/// is compiled inside libtorch, so its parallel loop is real: one element of a dummy tensor a thread.
+/// Inside it ATen and the BLAS see a parallel region and stay on their thread; each thread takes on the
+/// caller's thread-local state (grad mode: under no_grad an input may still require grad).
+template <typename F>
+void on_threads(int64_t threads, const F& body) {
+  const at::Tensor slots = at::empty({threads}, at::kByte);
+  at::TensorIterator iter = at::TensorIteratorConfig().add_const_input(slots).build();
+  const at::ThreadLocalState caller;
+  iter.for_each(
+      [&](char**, const int64_t*, int64_t, int64_t) {
+        const at::ThreadLocalStateGuard guard(caller);
+        body();
+      },
+      /*grain_size=*/1);
 }
 
 /// Every sequence's tasks (query-row blocks x KV heads), spread over ATen's threads: tasks write
-/// disjoint rows and heads of out and lse.
+/// disjoint rows and heads of out and lse. Each thread takes the next task until none is left, the
+/// costliest first (causal blocks and ragged sequences differ many times over in work).
 void attend_sequences(const std::vector<CpuSequence>& seqs, const CpuScores& scores) {
   struct Task {
-    int64_t seq, kv_head, row0;
+    int64_t seq, kv_head, row0, cost;
   };
   std::vector<Task> tasks;
+  int64_t max_rows = 0;
   for (int64_t b = 0; b < static_cast<int64_t>(seqs.size()); ++b) {
-    for (int64_t h = 0; h < seqs[b].k.size(0); ++h) {
-      for (int64_t row0 = 0; row0 < seqs[b].q.size(0); row0 += kRowBlock) tasks.push_back({b, h, row0});
+    const int64_t qo_len = seqs[b].q.size(0), kv_len = seqs[b].k.size(1);
+    for (int64_t row0 = 0; row0 < qo_len; row0 += kRowBlock) {
+      const int64_t rows = std::min(kRowBlock, qo_len - row0);
+      const int64_t first = scores.visible_keys(row0, kv_len - qo_len, kv_len).first;
+      const int64_t last = std::min(kv_len, scores.visible_keys(row0 + rows - 1, kv_len - qo_len, kv_len).second);
+      const int64_t cost = rows * (std::max<int64_t>(0, last - first) + 1);
+      for (int64_t h = 0; h < seqs[b].k.size(0); ++h) tasks.push_back({b, h, row0, cost});
+      max_rows = std::max(max_rows, rows);
     }
   }
-  at::parallel_for(0, static_cast<int64_t>(tasks.size()), 1, [&](int64_t first, int64_t last) {
-    for (int64_t i = first; i < last; ++i) {
+  if (tasks.empty()) return;
+  std::stable_sort(tasks.begin(), tasks.end(), [](const Task& a, const Task& b) { return a.cost > b.cost; });
+  const at::Tensor& q = seqs.front().q;
+  const int64_t group = q.size(1) / seqs.front().k.size(0), head_dim = q.size(2);
+  const int64_t head_dim_v = seqs.front().v.size(2);
+  const int64_t num_tasks = static_cast<int64_t>(tasks.size());
+  std::atomic<int64_t> next{0};
+  on_threads(std::min<int64_t>(at::get_num_threads(), num_tasks), [&] {
+    std::optional<Workspace> ws;
+    for (int64_t i = next++; i < num_tasks; i = next++) {
+      if (!ws) ws.emplace(group * max_rows, max_rows, head_dim, head_dim_v);
       const Task& t = tasks[i];
       const CpuSequence& seq = seqs[t.seq];
-      attend_rows(seq, t.kv_head, t.row0, std::min(kRowBlock, seq.q.size(0) - t.row0), scores);
+      attend_rows(seq, t.kv_head, t.row0, std::min(kRowBlock, seq.q.size(0) - t.row0), scores, *ws);
     }
   });
 }
 
-/// `t` [tokens, heads, D] in float32, times its descale factor (fp8 inputs: the real values; a
-/// factor per head, or one).
-at::Tensor dequantized(const at::Tensor& t, const at::Tensor& descale) {
-  const at::Tensor values = t.to(at::kFloat);
-  return descale.defined() ? values.mul(descale.view({1, -1, 1})) : values;
+/// `t` [tokens, heads, D] as [heads, tokens, D] in float32, times its descale factor (fp8 inputs: the
+/// real values; a factor per head, or one).
+at::Tensor heads_first(const at::Tensor& t, const at::Tensor& descale) {
+  at::Tensor values = at::empty({t.size(1), t.size(0), t.size(2)}, t.options().dtype(at::kFloat));
+  values.copy_(t.transpose(0, 1));  // one pass: converts and transposes
+  return descale.defined() ? values.mul_(descale.view({-1, 1, 1})) : values;
 }
 
-/// A sequence's tensors as attend_rows reads them.
+/// A sequence's tensors as attend_rows reads them; q stays in its dtype unless it has a descale factor
+/// (the tasks convert their rows).
 CpuSequence sequence_of(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& out,
                         const at::Tensor& lse, const Descales& descales) {
-  auto heads_first = [](const at::Tensor& t) { return t.transpose(0, 1).contiguous(); };
-  return {dequantized(q, descales.q), heads_first(dequantized(k, descales.k)), heads_first(dequantized(v, descales.v)),
-          out, lse};
+  const at::Tensor q_values = descales.q.defined() ? q.to(at::kFloat).mul(descales.q.view({1, -1, 1})) : q;
+  return {q_values, heads_first(k, descales.k), heads_first(v, descales.v), out, lse};
 }
 
 /// Host-side check of ragged indptr values (possible on CPU, where reading them costs no sync).
