@@ -25,6 +25,9 @@ namespace {
 // steps of kKeyBlock with an online softmax, in its thread's buffers, which stay in cache.
 constexpr int64_t kRowBlock = 128;
 constexpr int64_t kKeyBlock = 256;
+// On steps that some rows see only in part (the diagonal, a window's edge), the products run per span
+// of about kSpanRows stacked rows over just the keys that span sees, not over the whole step.
+constexpr int64_t kSpanRows = 128;
 
 /// What turns q . k into softmax weights: the masks, the scale, the cap and the sinks.
 struct CpuScores {
@@ -88,7 +91,7 @@ inline float exp_nonpositive(float x) {
 
 /// A task's running state: the stacked rows' max, sum and accumulator, and the buffers of its steps.
 struct RowState {
-  float* q;       // [stacked, Dqk], the scale folded in where no cap follows
+  float* q;       // [rows, group, Dqk] as [stacked, Dqk], the scale folded in where no cap follows
   float* scores;  // [stacked, kKeyBlock], the step's scores, then its weights
   float* acc;     // [stacked, Dv]
   float* row_max;
@@ -145,7 +148,7 @@ TORCH_ATTN_VECTOR_CLONES
 void softmax_step(const RowState& st, int64_t group, int64_t rows, int64_t n, int64_t dv) {
   for (int64_t i = 0; i < group * rows; ++i) {
     float* s = st.scores + i * n;
-    const int64_t lo = st.lo[i % rows], hi = st.hi[i % rows];
+    const int64_t lo = st.lo[i / group], hi = st.hi[i / group];
     std::fill(s, s + lo, 0.0f);
     std::fill(s + std::max(lo, hi), s + n, 0.0f);
     if (hi <= lo) continue;
@@ -210,9 +213,10 @@ void attend_rows(const CpuSequence& seq, int64_t h, int64_t row0, int64_t rows, 
 
   const RowState& st = ws.state;
   const auto blob = [](float* data, at::IntArrayRef sizes) { return at::from_blob(data, sizes, at::kFloat); };
-  // [group * rows, D]: the group's heads stacked; the scale folded into q where no cap follows.
-  const at::Tensor q_rows = seq.q.narrow(0, row0, rows).narrow(1, h * group, group).permute({1, 0, 2});
-  at::Tensor qb = blob(st.q, {group, rows, head_dim});
+  // [rows * group, D]: the group's heads stacked row by row (a span of rows is a block of stacked rows);
+  // the scale folded into q where no cap follows.
+  const at::Tensor q_rows = seq.q.narrow(0, row0, rows).narrow(1, h * group, group);
+  at::Tensor qb = blob(st.q, {rows, group, head_dim});
   qb.copy_(q_rows);
   if (scores.soft_cap <= 0) qb.mul_(scores.sm_scale);
   const at::Tensor q2d = qb.view({stacked, head_dim}), acc = blob(st.acc, {stacked, head_dim_v});
@@ -220,20 +224,44 @@ void attend_rows(const CpuSequence& seq, int64_t h, int64_t row0, int64_t rows, 
   std::fill(st.row_max, st.row_max + stacked, -kInf);
   std::fill(st.row_sum, st.row_sum + stacked, 0.0f);
   const at::Tensor keys = seq.k[h], values = seq.v[h];  // [kv_len, D]
+  struct Span {
+    int64_t row0, row_end, key0, key_end;  // stacked rows; keys relative to the step
+  };
+  std::vector<Span> spans;
+  const int64_t span_rows = std::max<int64_t>(1, kSpanRows / group);
   for (int64_t t0 = key0; t0 < key_end; t0 += kKeyBlock) {
     const int64_t n = std::min(kKeyBlock, key_end - t0);
-    bool any_visible = false;
-    for (int64_t r = 0; r < rows; ++r) {
-      st.lo[r] = std::clamp<int64_t>(begins[r] - t0, 0, n);
-      st.hi[r] = std::clamp<int64_t>(ends[r] - t0, 0, n);
-      any_visible |= st.lo[r] < st.hi[r];
+    spans.clear();
+    for (int64_t r0 = 0; r0 < rows; r0 += span_rows) {
+      const int64_t r1 = std::min(rows, r0 + span_rows);
+      int64_t k0 = n, k1 = 0;
+      for (int64_t r = r0; r < r1; ++r) {
+        st.lo[r] = std::clamp<int64_t>(begins[r] - t0, 0, n);
+        st.hi[r] = std::clamp<int64_t>(ends[r] - t0, 0, n);
+        if (st.lo[r] < st.hi[r]) k0 = std::min(k0, st.lo[r]), k1 = std::max(k1, st.hi[r]);
+      }
+      if (k1 <= k0) continue;  // a window narrower than the block leaves spans (or steps) no row sees
+      if (!spans.empty() && spans.back().row_end == r0 * group && spans.back().key0 == k0 &&
+          spans.back().key_end == k1) {
+        spans.back().row_end = r1 * group;
+      } else {
+        spans.push_back({r0 * group, r1 * group, k0, k1});
+      }
     }
-    if (!any_visible) continue;  // a window narrower than the block leaves steps no row sees
-    at::Tensor s = blob(st.scores, {stacked, n});
-    at::mm_out(s, q2d, keys.narrow(0, t0, n).t());
-    if (scores.soft_cap > 0) s.mul_(scores.sm_scale / scores.soft_cap).tanh_().mul_(scores.soft_cap);
+    if (spans.empty()) continue;
+    const at::Tensor s = blob(st.scores, {stacked, n});
+    // A span's rows of a [stacked, *] matrix, and its block of the step's scores (then weights).
+    const auto rows_of = [](const at::Tensor& t, const Span& p) { return t.narrow(0, p.row0, p.row_end - p.row0); };
+    const auto block_of = [&](const Span& p) { return rows_of(s, p).narrow(1, p.key0, p.key_end - p.key0); };
+    for (const Span& p : spans) {
+      at::Tensor block = block_of(p);
+      at::mm_out(block, rows_of(q2d, p), keys.narrow(0, t0 + p.key0, p.key_end - p.key0).t());
+      if (scores.soft_cap > 0) block.mul_(scores.sm_scale / scores.soft_cap).tanh_().mul_(scores.soft_cap);
+    }
     softmax_step(st, group, rows, n, head_dim_v);
-    acc.addmm_(s, values.narrow(0, t0, n));
+    for (const Span& p : spans) {
+      rows_of(acc, p).addmm_(block_of(p), values.narrow(0, t0 + p.key0, p.key_end - p.key0));
+    }
   }
   const float* sink = sinks.defined() ? sinks.data_ptr<float>() : nullptr;
   for (int64_t i = 0; i < stacked; ++i) {
@@ -245,7 +273,7 @@ void attend_rows(const CpuSequence& seq, int64_t h, int64_t row0, int64_t rows, 
     if (sink != nullptr) {
       // One more key per row with the head's sink as logit and value 0: it enters only the denominator
       // (at::logaddexp's formula; neither a key nor the sink, a sink of -inf: out stays 0, lse -inf).
-      const float logit = sink[i / rows];
+      const float logit = sink[i % group];
       const float with_sink = std::isinf(row_lse) && row_lse == logit
                                   ? row_lse
                                   : std::max(row_lse, logit) + std::log1p(std::exp(-std::abs(row_lse - logit)));
@@ -255,8 +283,8 @@ void attend_rows(const CpuSequence& seq, int64_t h, int64_t row0, int64_t rows, 
     }
     ws.lse[i] = row_lse;
   }
-  out.copy_(acc.view({group, rows, head_dim_v}).permute({1, 0, 2}));
-  lse.copy_(blob(ws.lse, {group, rows}).t());
+  out.copy_(acc.view({rows, group, head_dim_v}));
+  lse.copy_(blob(ws.lse, {rows, group}));
 }
 
 /// Runs body() once on each of `threads` of ATen's threads. at::parallel_for is a header template
