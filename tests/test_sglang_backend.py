@@ -49,12 +49,14 @@ class Step:
 
 
 # A prefill of a full page, one past it, an extend over a cached prefix of a page and a half, a decode
-# batch (a row at a page edge), and a mixed batch: chunked prefill beside decode rows.
+# batch (a row at a page edge), a mixed batch (chunked prefill beside decode rows), and a decode batch
+# of the same size as the first (one CUDA graph replays both: tests/test_sglang_replay.py).
 STEPS = {
     "prefill": Step(((0, 37), (0, 16), (0, 1))),
     "extend": Step(((24, 20), (48, 5), (7, 1))),
     "decode": Step(((70, 1), (15, 1), (16, 1), (1, 1)), ForwardMode.DECODE),
     "mixed": Step(((0, 37), (48, 20), (70, 1), (15, 1)), ForwardMode.MIXED),
+    "decode_replay": Step(((33, 1), (90, 1), (3, 1), (47, 1)), ForwardMode.DECODE),  # decode's shapes, other lengths
 }
 
 
