@@ -189,11 +189,13 @@ struct PrefillCta {
   const int32_t* pages;  // paged caches only: this sequence's block-table row
   int lane, warp_row0;   // warp_row0: the warp's first row in the query tile
 
-  // 16-byte chunks of real head dim, of q and k and of v and out, in the ring's element type:
-  // read from the kernel's parameters at each use (kept in registers, the second count made
-  // ptxas spill more).
+  // 16-byte chunks of real head dim of k and of v in the ring's element type (fp8 codes: 16 a
+  // chunk), and of q and out in the compute dtype (8 a chunk): read from the kernel's parameters at
+  // each use (kept in registers, the second count made ptxas spill more).
   __device__ __forceinline__ int qk_chunks_valid() const { return p.head_dim_qk / KVStageTile::kElemsPerChunk; }
   __device__ __forceinline__ int v_chunks_valid() const { return p.head_dim_v / KVStageTile::kElemsPerChunk; }
+  __device__ __forceinline__ int q_chunks_valid() const { return p.head_dim_qk / QTile::kElemsPerChunk; }
+  __device__ __forceinline__ int out_chunks_valid() const { return p.head_dim_v / QTile::kElemsPerChunk; }
 
   /// Issues the cp.async copies of K (or V) tile `tile` into ring stage `stage`, of its
   /// first `chunks_valid` 16-byte chunks (the rest zero-filled).
@@ -340,7 +342,7 @@ struct PrefillCta {
         return;
       }
     }
-    load_tile_or_zero<QTile, kThreads>(q_smem, q_gmem, p.q_strides.token, rows_valid, qk_chunks_valid());
+    load_tile_or_zero<QTile, kThreads>(q_smem, q_gmem, p.q_strides.token, rows_valid, q_chunks_valid());
   }
 
   __device__ __forceinline__ static void scale_scores(float (&s)[kMFrags][kNFragsS][4], float factor) {
@@ -465,7 +467,7 @@ struct PrefillCta {
     softmax.finalize(o, p.logit_to_log2, lse);
     if (p.sinks != nullptr) OnlineSoftmax<kMFrags>::add_sink(o, lse, __ldg(p.sinks + w.qo_head));
     if constexpr (kFp8KV) scale_output(o, descale_of(p.v_descale, w.qo_head / p.group_size));
-    store_warp_rows<QTile>(p, w, q_smem, warp_row0, lane, v_chunks_valid(), o, lse);
+    store_warp_rows<QTile>(p, w, q_smem, warp_row0, lane, out_chunks_valid(), o, lse);
   }
 };
 
