@@ -98,7 +98,7 @@ CHUNKED_SPILL_BOUNDS = {("mma.sync", 64, False): 64, ("mma.sync", 128, False): 9
 # per-tile conversion of the thread's own K/V chunks and the descale factor take registers the bf16
 # kernel had not left spare (255 used): 112-156 bytes at 128 (all six variants), up to 28 at 256 and 4 at
 # 64; a cost to fp8 calls only, bounded here (their speed: not yet measured on a GPU).
-FP8_KV_SPILL_BOUNDS = {64: 4, 96: 0, 128: 160, 192: 0, 256: 32}
+FP8_KV_SPILL_BOUNDS = {64: 4, 96: 0, 128: 160, 192: 0, 256: 32, 512: 0}
 
 
 def variant_flags(mangled: str) -> tuple[bool, bool, bool]:

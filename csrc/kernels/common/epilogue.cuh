@@ -22,18 +22,21 @@ __device__ __forceinline__ void store_16_bytes(void* dst, const uint4& v) {
 /// itself where it has nothing left to hold, or a tile of its own (the wgmma kernel
 /// with one Q stage). Only rows in [0, qo_len) and columns < head_dim are written.
 /// The caller guarantees that nothing else reads or writes those staging rows; they
-/// may be rewritten once this returns.
+/// may be rewritten once this returns. Warps that split a row's columns (the mma.sync kernel at
+/// width 512) pass their first column of out, out_col0, and let one of them write lse.
 /// Tile rows, columns and lanes are unsigned here: the compiler cannot tell they are
 /// never negative, and signed divisions and remainders cost sign fix-ups (the epilogue
 /// took ~1.5 us per work item at d128 on the wgmma kernel, a quarter of a short item).
 template <class StageTile, typename DType, int kMFrags, int kNFragsO>
 __device__ __forceinline__ void store_warp_rows(const PrefillParams& p, const WorkItem& w, DType* stage, int warp_row0,
                                                 int lane, int chunks_valid, const float (&o)[kMFrags][kNFragsO][4],
-                                                const float (&lse)[2 * kMFrags]) {
+                                                const float (&lse)[2 * kMFrags], int out_col0 = 0,
+                                                bool store_lse = true) {
   const unsigned g = static_cast<unsigned>(lane) / 4, t = static_cast<unsigned>(lane) % 4;
   const unsigned row0 = static_cast<unsigned>(warp_row0);
   DType* out = static_cast<DType*>(p.out) + w.seq * p.out_strides.batch +
-               static_cast<int64_t>(w.q_start + w.q_row0) * p.out_strides.token + w.qo_head * p.out_strides.head;
+               static_cast<int64_t>(w.q_start + w.q_row0) * p.out_strides.token + w.qo_head * p.out_strides.head +
+               out_col0;
   constexpr int kWarpRows = kMFrags * 16;
   constexpr int kChunks = StageTile::kChunksPerRow;       // 16-byte chunks of a row per pass
   constexpr int kFragsPerPass = StageTile::kHeadDim / 8;  // n8 fragments of O per pass
@@ -94,7 +97,7 @@ __device__ __forceinline__ void store_warp_rows(const PrefillParams& p, const Wo
     }
     __syncwarp();  // every lane's reads of the staging rows are done: the next pass (or caller) may rewrite them
   }
-  if (t == 0) {
+  if (t == 0 && store_lse) {
     float* lse_out = p.lse + w.seq * p.lse_strides.batch + static_cast<int64_t>(w.q_start) * p.lse_strides.token +
                      w.qo_head * p.lse_strides.head;
 #pragma unroll

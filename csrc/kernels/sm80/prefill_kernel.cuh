@@ -35,23 +35,26 @@
 #include "kernels/sm80/mma.cuh"
 #include "kernels/sm80/page_table.cuh"
 #include "kernels/sm80/prefill_traits.cuh"
+#include "kernels/common/named_barrier.cuh"
 
 namespace torch_attn {
 
 /// Lanes that share a tile row in the copies: the row's 16-byte chunks rounded up to a power of
-/// two (rows of fp8 codes at width 64 have 4 chunks; bf16 rows 8 to 32).
+/// two (rows of fp8 codes at width 64 have 4 chunks; bf16 rows 8 to 64), at most a warp.
 constexpr int lanes_per_row(int chunks) { return chunks <= 4 ? 4 : chunks <= 8 ? 8 : chunks <= 16 ? 16 : 32; }
 
 /// Which 16-byte pieces of a tile a thread copies: a thread keeps one 16-byte
 /// column (chunk) and walks down the rows, kRowsPerPass at a time. Rows of 12 or 24
 /// chunks (widths 96, 192) are mapped as 16 or 32, and the threads on the missing
-/// columns idle.
+/// columns idle; rows of more than 32 chunks (width 512) take kChunkSteps columns a warp apart.
 template <class Tile, int kThreads>
 struct TileLoadMapping {
   static constexpr int kLanesPerRow = lanes_per_row(Tile::kChunksPerRow);
+  static constexpr int kChunkSteps = (Tile::kChunksPerRow + kLanesPerRow - 1) / kLanesPerRow;
   static constexpr int kRowsPerPass = kThreads / kLanesPerRow;
   static constexpr int kPasses = Tile::kRows / kRowsPerPass;
-  static_assert(Tile::kChunksPerRow <= kLanesPerRow && kThreads % kLanesPerRow == 0, "thread mapping");
+  static_assert(Tile::kChunksPerRow <= kLanesPerRow * kChunkSteps && kThreads % kLanesPerRow == 0, "thread mapping");
+  static_assert(kChunkSteps == 1 || Tile::kChunksPerRow % kLanesPerRow == 0, "several steps only over whole rows");
   static_assert(Tile::kRows % kRowsPerPass == 0, "passes cover the tile exactly");
   const int chunk = static_cast<int>(threadIdx.x) % kLanesPerRow;
   const int row0 = static_cast<int>(threadIdx.x) / kLanesPerRow;
@@ -73,9 +76,14 @@ __device__ __forceinline__ void load_tile_or_zero(Elem* smem, const Elem* gmem, 
 #pragma unroll
   for (int pass = 0; pass < Map::kPasses; ++pass) {
     const int row = map.row0 + pass * Map::kRowsPerPass;
-    const bool in_bounds = row < rows_valid && map.chunk < chunks_valid;
-    // A false predicate reads nothing, but the address must stay valid: the tile's first row.
-    cp_async_16_or_zero(smem + Tile::offset(row, map.chunk * Tile::kElemsPerChunk), in_bounds ? src : gmem, in_bounds);
+#pragma unroll
+    for (int step = 0; step < Map::kChunkSteps; ++step) {
+      const int chunk = map.chunk + step * Map::kLanesPerRow;
+      const bool in_bounds = row < rows_valid && chunk < chunks_valid;
+      // A false predicate reads nothing, but the address must stay valid: the tile's first row.
+      cp_async_16_or_zero(smem + Tile::offset(row, chunk * Tile::kElemsPerChunk),
+                          in_bounds ? src + step * Map::kLanesPerRow * Tile::kElemsPerChunk : gmem, in_bounds);
+    }
     src += Map::kRowsPerPass * row_stride;
   }
 }
@@ -88,6 +96,7 @@ __device__ __forceinline__ void load_code_tile_converted(DType* smem, const uint
                                                          int rows_valid, int chunks_valid, ElementFormat format) {
   using Codes = CodeTile<Tile::kRows, Tile::kHeadDim>;
   using Map = TileLoadMapping<Codes, kThreads>;
+  static_assert(Map::kChunkSteps == 1, "rows of codes up to width 512 are one warp's chunks");
   const Map map;
   if (map.idle()) return;
   const uint8_t* src = gmem + map.row0 * row_stride + map.chunk * Codes::kElemsPerChunk;
@@ -115,6 +124,7 @@ template <class Tile, int kThreads>
 struct PagedTileMapping {
   static constexpr int kRowsPerWarp = Tile::kRows / (kThreads / 32);
   static constexpr int kLanesPerRow = lanes_per_row(Tile::kChunksPerRow);
+  static constexpr int kChunkSteps = (Tile::kChunksPerRow + kLanesPerRow - 1) / kLanesPerRow;  // as TileLoadMapping's
   static constexpr int kRowsPerPass = 32 / kLanesPerRow;
   static constexpr int kPasses = kRowsPerWarp / kRowsPerPass;
   static_assert(Tile::kRows % (kThreads / 32) == 0 && kRowsPerWarp % kRowsPerPass == 0, "whole rows per warp");
@@ -145,10 +155,14 @@ __device__ __forceinline__ void load_paged_tile_or_zero(Elem* smem, const Elem* 
 #pragma unroll
     for (int pass = 0; pass < Map::kPasses; ++pass) {
       const int row = row0 + pass * Map::kRowsPerPass;
-      const bool in_bounds = row < rows_valid && chunk < chunks_valid;
-      // A false predicate reads nothing; the address stays at a row of a named page or at head_base.
-      cp_async_16_or_zero(smem + Tile::offset(row, chunk * Tile::kElemsPerChunk), in_bounds ? src : head_base,
-                          in_bounds);
+#pragma unroll
+      for (int step = 0; step < Map::kChunkSteps; ++step) {
+        const int col_chunk = chunk + step * Map::kLanesPerRow;
+        const bool in_bounds = row < rows_valid && col_chunk < chunks_valid;
+        // A false predicate reads nothing; the address stays at a row of a named page or at head_base.
+        cp_async_16_or_zero(smem + Tile::offset(row, col_chunk * Tile::kElemsPerChunk),
+                            in_bounds ? src + step * Map::kLanesPerRow * Tile::kElemsPerChunk : head_base, in_bounds);
+      }
       src += Map::kRowsPerPass * slot_stride;
     }
     return;
@@ -158,12 +172,16 @@ __device__ __forceinline__ void load_paged_tile_or_zero(Elem* smem, const Elem* 
 #pragma unroll 1
   for (int pass = 0; pass < Map::kPasses; ++pass) {
     const int row = row0 + pass * Map::kRowsPerPass;
-    const bool in_bounds = row < rows_valid && chunk < chunks_valid;
-    const Elem* src = in_bounds
-                          ? head_base + table.offset(key0 + row, table.page_id(key0 + row), page_stride, slot_stride) +
-                                chunk * Tile::kElemsPerChunk
-                          : head_base;
-    cp_async_16_or_zero(smem + Tile::offset(row, chunk * Tile::kElemsPerChunk), src, in_bounds);
+#pragma unroll
+    for (int step = 0; step < Map::kChunkSteps; ++step) {
+      const int col_chunk = chunk + step * Map::kLanesPerRow;
+      const bool in_bounds = row < rows_valid && col_chunk < chunks_valid;
+      const Elem* src = in_bounds ? head_base +
+                                        table.offset(key0 + row, table.page_id(key0 + row), page_stride, slot_stride) +
+                                        col_chunk * Tile::kElemsPerChunk
+                                  : head_base;
+      cp_async_16_or_zero(smem + Tile::offset(row, col_chunk * Tile::kElemsPerChunk), src, in_bounds);
+    }
   }
 }
 
@@ -178,6 +196,7 @@ struct PrefillCta {
   static constexpr int kMFrags = Traits::kMFrags, kNFragsS = Traits::kNFragsS, kNFragsO = Traits::kNFragsO;
   static constexpr int kThreads = Traits::kThreads;
   static constexpr bool kFp8KV = Traits::kFp8KV;
+  static constexpr int kDimSplits = Traits::kDimSplits, kSplitDim = Traits::kSplitDim;
 
   const PrefillParams& p;
   const WorkItem& w;
@@ -187,7 +206,14 @@ struct PrefillCta {
   const KVElem* k_gmem;  // key 0 of this sequence and KV head (paged: the cache at this KV head)
   const KVElem* v_gmem;
   const int32_t* pages;  // paged caches only: this sequence's block-table row
+  float* exchange;       // split dims only: the warps' partial scores (PrefillTraits::kExchangeBytes)
   int lane, warp_row0;   // warp_row0: the warp's first row in the query tile
+
+  /// Split dims: which of its row block's warps this one is; it owns dims [dim0(), dim0() + kSplitDim).
+  __device__ __forceinline__ static int split() {
+    return kDimSplits == 1 ? 0 : static_cast<int>(threadIdx.x) / 32 / Traits::kRowWarps;
+  }
+  __device__ __forceinline__ static int dim0() { return split() * kSplitDim; }
 
   // 16-byte chunks of real head dim of k and of v in the ring's element type (fp8 codes: 16 a
   // chunk), and of q and out in the compute dtype (8 a chunk): read from the kernel's parameters at
@@ -226,6 +252,7 @@ struct PrefillCta {
   __device__ __forceinline__ void convert_own_chunks(const KVElem* ring, int operand_index, int stage) const {
     using Map =
         std::conditional_t<kPaged, PagedTileMapping<KVStageTile, kThreads>, TileLoadMapping<KVStageTile, kThreads>>;
+    static_assert(Map::kChunkSteps == 1, "rows of codes up to width 512 are one warp's chunks");
     const int chunk = static_cast<int>(threadIdx.x) % Map::kLanesPerRow;
     if (chunk >= KVStageTile::kChunksPerRow) return;
     int row0;  // the first row this thread copies
@@ -264,7 +291,8 @@ struct PrefillCta {
                                                                                     : 0;
   }
 
-  /// S = Q K^T for this warp's rows and the K tile in `k_stage`.
+  /// S = Q K^T for this warp's rows and the K tile in `k_stage` (split dims: summed over the row
+  /// block's warps, each of which computes the terms of its own dims).
   __device__ __forceinline__ void compute_scores(const DType* k_stage, float (&s)[kMFrags][kNFragsS][4]) const {
 #pragma unroll
     for (int mi = 0; mi < kMFrags; ++mi)
@@ -272,13 +300,15 @@ struct PrefillCta {
       for (int nb = 0; nb < kNFragsS; ++nb)
 #pragma unroll
         for (int e = 0; e < 4; ++e) s[mi][nb][e] = 0.f;
+    const DType* q_dims = q_smem + dim0();
+    const DType* k_dims = k_stage + dim0();
 #pragma unroll
-    for (int kk = 0; kk < Traits::kHeadDim / 16; ++kk) {
+    for (int kk = 0; kk < kSplitDim / 16; ++kk) {
       uint32_t q_frag[kMFrags][4];
 #pragma unroll
       for (int mi = 0; mi < kMFrags; ++mi) {
         // lanes 0-15: rows 0-15 at dims 0-7; lanes 16-31: rows 0-15 at dims 8-15 -> a0..a3
-        ldmatrix_x4(q_frag[mi], q_smem + QTile::offset(warp_row0 + mi * 16 + lane % 16, kk * 16 + (lane / 16) * 8));
+        ldmatrix_x4(q_frag[mi], q_dims + QTile::offset(warp_row0 + mi * 16 + lane % 16, kk * 16 + (lane / 16) * 8));
       }
 #pragma unroll
       for (int nb = 0; nb < kNFragsS; nb += 2) {
@@ -286,7 +316,7 @@ struct PrefillCta {
         // -> b0, b1 of key fragment nb, then b0, b1 of key fragment nb + 1
         uint32_t k_frag[4];
         ldmatrix_x4(k_frag,
-                    k_stage + KVTile::offset(nb * 8 + lane % 8 + (lane / 16) * 8, kk * 16 + ((lane / 8) % 2) * 8));
+                    k_dims + KVTile::offset(nb * 8 + lane % 8 + (lane / 16) * 8, kk * 16 + ((lane / 8) % 2) * 8));
 #pragma unroll
         for (int mi = 0; mi < kMFrags; ++mi) {
           mma_m16n8k16_f32<DType>(s[mi][nb], q_frag[mi], k_frag[0], k_frag[1]);
@@ -294,6 +324,38 @@ struct PrefillCta {
         }
       }
     }
+    if constexpr (kDimSplits > 1) sum_split_scores(s);
+  }
+
+  /// Split dims: every warp of a row block holds partial scores of the same (row, key) pairs at the
+  /// same lanes; each publishes its part and adds up all parts in split order, so the block's warps
+  /// hold bitwise equal scores (and take equal softmax steps). The exchange is rewritten one tile
+  /// later, after the K barrier that every warp reaches only when done reading it.
+  __device__ __forceinline__ void sum_split_scores(float (&s)[kMFrags][kNFragsS][4]) const {
+    constexpr int kScores = Traits::kScoresPerThread, kRowWarps = Traits::kRowWarps;
+    const int warp = static_cast<int>(threadIdx.x) / 32, row_warp = warp % kRowWarps;
+    float* mine = exchange + warp * kScores * 32 + lane;
+#pragma unroll
+    for (int mi = 0; mi < kMFrags; ++mi)
+#pragma unroll
+      for (int nb = 0; nb < kNFragsS; ++nb)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) mine[((mi * kNFragsS + nb) * 4 + e) * 32] = s[mi][nb][e];
+    named_barrier_sync(1 + row_warp, 32 * kDimSplits);  // the row block's warps only (id 0: __syncthreads)
+#pragma unroll
+    for (int mi = 0; mi < kMFrags; ++mi)
+#pragma unroll
+      for (int nb = 0; nb < kNFragsS; ++nb)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) {
+          const int at = ((mi * kNFragsS + nb) * 4 + e) * 32;
+          float sum = exchange[row_warp * kScores * 32 + lane + at];
+#pragma unroll
+          for (int part = 1; part < kDimSplits; ++part) {
+            sum += exchange[(part * kRowWarps + row_warp) * kScores * 32 + lane + at];
+          }
+          s[mi][nb][e] = sum;
+        }
   }
 
   /// O += P V for the V tile in `v_stage`; P comes from the score registers.
@@ -313,10 +375,11 @@ struct PrefillCta {
 #pragma unroll
       for (int nd = 0; nd < kNFragsO; nd += 2) {
         // transposed matrices: keys 0-7 | dims 0-7, keys 8-15 | dims 0-7, keys 0-7 | dims 8-15, keys 8-15 | dims 8-15
-        // -> b0, b1 of dim fragment nd, then b0, b1 of dim fragment nd + 1
+        // -> b0, b1 of dim fragment nd, then b0, b1 of dim fragment nd + 1 (of this warp's dims)
         uint32_t v_frag[4];
         ldmatrix_x4_trans(
-            v_frag, v_stage + KVTile::offset(kk * 16 + lane % 8 + ((lane / 8) % 2) * 8, nd * 8 + (lane / 16) * 8));
+            v_frag,
+            v_stage + dim0() + KVTile::offset(kk * 16 + lane % 8 + ((lane / 8) % 2) * 8, nd * 8 + (lane / 16) * 8));
 #pragma unroll
         for (int mi = 0; mi < kMFrags; ++mi) {
           mma_m16n8k16_f32<DType>(o[mi][nd], p_frag[mi], v_frag[0], v_frag[1]);
@@ -467,7 +530,10 @@ struct PrefillCta {
     softmax.finalize(o, p.logit_to_log2, lse);
     if (p.sinks != nullptr) OnlineSoftmax<kMFrags>::add_sink(o, lse, __ldg(p.sinks + w.qo_head));
     if constexpr (kFp8KV) scale_output(o, descale_of(p.v_descale, w.qo_head / p.group_size));
-    store_warp_rows<QTile>(p, w, q_smem, warp_row0, lane, out_chunks_valid(), o, lse);
+    // Split dims: each warp stages its own columns of its rows; one warp of the block writes lse.
+    store_warp_rows<ColumnSlice<QTile, kSplitDim>>(p, w, q_smem + dim0(), warp_row0, lane,
+                                                   out_chunks_valid() - dim0() / QTile::kElemsPerChunk, o, lse, dim0(),
+                                                   split() == 0);
   }
 };
 
@@ -484,7 +550,8 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
   // Paged caches address keys through the page table; contiguous ones from the sequence's first row.
   const int64_t k_offset = kPaged ? 0 : work.seq * params.k_strides.batch + work.kv_start * params.k_strides.token;
   const int64_t v_offset = kPaged ? 0 : work.seq * params.v_strides.batch + work.kv_start * params.v_strides.token;
-  // [Q][K ring][V ring]; fp8 K/V: [Q][K operand][V operand][K code ring][V code ring].
+  // [Q][K ring][V ring]; fp8 K/V: [Q][K operand][V operand][K code ring][V code ring]; then, split
+  // dims only, the score exchange.
   DType* q_smem = reinterpret_cast<DType*>(smem);
   DType* after_q = q_smem + Traits::QTile::kElems;
   KVElem* k_ring = reinterpret_cast<KVElem*>(after_q + (Traits::kFp8KV ? 2 * Traits::KVTile::kElems : 0));
@@ -498,8 +565,11 @@ __global__ void __launch_bounds__(Traits::kThreads, Traits::kMinBlocksPerSm)
       static_cast<const KVElem*>(params.k) + k_offset + kv_head * params.k_strides.head,
       static_cast<const KVElem*>(params.v) + v_offset + kv_head * params.v_strides.head,
       kPaged ? work.block_table_row(params) : nullptr,
+      reinterpret_cast<float*>(smem + Traits::kTileBytes),
       lane,
-      (static_cast<int>(threadIdx.x) / 32) * Traits::kMFrags * 16}
+      (Traits::kDimSplits == 1 ? static_cast<int>(threadIdx.x) / 32
+                               : static_cast<int>(threadIdx.x) / 32 % Traits::kRowWarps) *
+          Traits::kMFrags * 16}
       .run();
 }
 

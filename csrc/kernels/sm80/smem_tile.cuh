@@ -27,6 +27,19 @@ struct SmemTile {
   static __device__ __forceinline__ int offset(int row, int col) { return row * kPitch + col; }
 };
 
+/// Columns [c, c + kWidth) of a Tile, addressed from a pointer to its column c: the Tile's pitch
+/// and bank pattern, with kWidth columns as far as a user of the tile can see.
+template <class Tile, int kWidth>
+struct ColumnSlice {
+  static constexpr int kRows = Tile::kRows;
+  static constexpr int kHeadDim = kWidth;
+  static constexpr int kElemsPerChunk = Tile::kElemsPerChunk;
+  static constexpr int kChunksPerRow = kWidth / kElemsPerChunk;
+  static_assert(kWidth <= Tile::kHeadDim && kWidth % kElemsPerChunk == 0, "whole chunks of the tile's columns");
+
+  static __device__ __forceinline__ int offset(int row, int col) { return Tile::offset(row, col); }
+};
+
 /// A [kRows][kHeadDim] tile of fp8 codes (bytes), rows unpadded: the cp.async ring of fp8 K/V.
 /// Only the thread that copied a 16-byte chunk reads it back (to convert it), with the copy's own
 /// thread mapping, so its accesses are the copies' conflict-free rows.

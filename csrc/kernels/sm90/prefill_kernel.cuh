@@ -41,7 +41,7 @@
 #include "kernels/common/warp_utils.cuh"
 #include "kernels/common/work_item.cuh"
 #include "kernels/sm90/mbarrier.cuh"
-#include "kernels/sm90/named_barrier.cuh"
+#include "kernels/common/named_barrier.cuh"
 #include "kernels/sm90/prefill_traits.cuh"
 #include "kernels/sm90/registers.cuh"
 #include "kernels/sm90/tma.cuh"
