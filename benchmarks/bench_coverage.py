@@ -1,4 +1,5 @@
-"""MLA prefill (D_qk != D_v) and chunked attention against the peers that run them, in one run on one
+"""MLA prefill (D_qk != D_v), head dim 512 (next to 256 at the same tokens) and chunked attention against
+the peers that run them, in one run on one
 card (bench_prefill's method: implementations taking turns call by call, median of --repeats). Peers run a
 chunked case as its chunks, each a sequence of its own.
 
@@ -46,9 +47,11 @@ def peers(q, k, v, causal, chunk, flashinfer_backends):
         fns["torch_attn (as chunks)"] = lambda: torch_attn.prefill(q, k, v, causal=causal)
     qt, kt, vt = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
     gqa = q.shape[2] != k.shape[2]
-    for name, backend in (("sdpa-flash", SDPBackend.FLASH_ATTENTION),
-                          ("sdpa-efficient", SDPBackend.EFFICIENT_ATTENTION),
-                          ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION)):
+    sdpa_backends = [("sdpa-flash", SDPBackend.FLASH_ATTENTION), ("sdpa-efficient", SDPBackend.EFFICIENT_ATTENTION),
+                     ("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION)]
+    if max(q.shape[-1], v.shape[-1]) > 256:  # the only SDPA backend that runs head dims past 256
+        sdpa_backends.append(("sdpa-math", SDPBackend.MATH))
+    for name, backend in sdpa_backends:
         def run(backend=backend):
             with sdpa_kernel(backend):
                 return F.scaled_dot_product_attention(qt, kt, vt, is_causal=causal, enable_gqa=gqa)
@@ -87,6 +90,11 @@ def main() -> None:
                           192, 128, causal, 0))
             cases.append((f"same dims 192/192 {'causal' if causal else 'full'} S={seqlen}", 16384 // seqlen, seqlen,
                           16, 16, 192, 192, causal, 0))
+    for seqlen, batch in ((4096, 4), (1024, 16)):  # Gemma 4's global layers (16/8 heads, 512), and 256 beside
+        for causal in (False, True):
+            for dim in (512, 256):
+                cases.append((f"d{dim} {'causal' if causal else 'full'} S={seqlen}", batch, seqlen, 16, 8, dim, dim,
+                              causal, 0))
     for seqlen in (16384, 32768):  # Llama 4 Scout/Maverick chunked layers: 40/8 heads, d128, chunks of 8192
         cases.append((f"chunked 8192 causal S={seqlen}", 1, seqlen, 40, 8, 128, 128, True, 8192))
         cases.append((f"unchunked causal S={seqlen}", 1, seqlen, 40, 8, 128, 128, True, 0))
