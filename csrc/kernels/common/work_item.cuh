@@ -24,7 +24,7 @@ struct WorkItem {
   int kv_tile0 = 0;
   int kv_tiles = 0;
   // The wgmma kernel's consumer groups: 8 bits per group (group g at bit 8 g) saying
-  // which of the CTA's K/V tiles the group's rows see (PrefillSm90Cta::group_skips).
+  // which of the CTA's K/V tiles the group's rows see (Sm90Item::group_skips).
   int group_skips = 0;
 
   /// Query rows of this tile inside the sequence (the last tile may run past its end).

@@ -21,12 +21,12 @@ template <int kHeadDimTile>
 struct Sm90TileShape;
 // kQStages: Q tiles, so that the next work item's Q loads while this one finishes
 // (its out leaves through its own Q tile).
-// kPvWaitInNextStep: where a consumer waits for P_{j-1} V_{j-1} (sm90/prefill_kernel.cuh,
+// kPvWaitInNextStep: where a consumer waits for P_{j-1} V_{j-1} (sm90/consumer.cuh,
 // consume): at the end of step j, or at the start of step j + 1. Measured (H100, A/B):
 // the next step is 4-5% faster at width 256 and 2-4% slower at width 128; at 64 it
 // is even, and the end of the step keeps the soft-cap kernels' spills smaller.
 // kWeightsAtCurrentMax: the softmax of tiles after the first takes its weights at the
-// rows' current max, without the tile's max (sm90/prefill_kernel.cuh, consume:
+// rows' current max, without the tile's max (sm90/consumer.cuh, consume:
 // weights_after_first). Measured (H100, ncu at base clocks, A/B): d128 non-causal 16k
 // +10.3%, S=4096 +8.3%, causal S=4096 +7.4%, ragged GQA +5.0%, d64 +3.2 to +3.6%; at
 // width 256 (BN = 64: twice the tiles, each with its warpgroup vote) -2.7% and -11%
@@ -79,7 +79,7 @@ struct PrefillSm90Traits {
   static constexpr bool kPvWaitInNextStep = Shape::kPvWaitInNextStep;
   static constexpr bool kWeightsAtCurrentMax = Shape::kWeightsAtCurrentMax;
   // Whether each consumer group runs only the K/V tiles its own rows see
-  // (PrefillSm90Cta::group_skips): where a query tile is taller than a K/V tile, the
+  // (Sm90Item::group_skips): where a query tile is taller than a K/V tile, the
   // diagonal of a square causal mask always leaves a tile that the first group's rows
   // do not reach (d64 causal S=1024 +4.6%, d256 causal S=1024 +8.8%; H100, ncu at base
   // clocks). At d128 (BM = BN) that happens only with unaligned lengths or a window,
