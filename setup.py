@@ -1,6 +1,6 @@
 """Packaging. By default torch_attn installs as pure Python and compiles its ops on
-first import (JIT, cached). With TORCH_ATTN_AOT=1 the library is built now, from
-the same spec (csrc/build_spec.json):
+first import (JIT, cached; kernel families on first use). With TORCH_ATTN_AOT=1 one
+library with every kernel family is built now, from the same spec (csrc/build_spec.json):
 
     TORCH_ATTN_AOT=1 pip install --no-build-isolation .
 """
@@ -47,8 +47,9 @@ def aot_extension():
     if compiler.note:
         print(f"torch_attn: {compiler.note}")
     kind = CUDAExtension if config.with_cuda else CppExtension
-    # The instantiations' translation units are generated into build/ (relative paths: setuptools wants them).
-    sources = [os.path.relpath(s, ROOT) for s in build_spec.sources(spec, config, ROOT / "build" / "generated")]
+    # One library with every kernel family (their launchers register as it loads): the families' translation
+    # units are generated into build/ (relative paths: setuptools wants them).
+    sources = [os.path.relpath(s, ROOT) for s in build_spec.all_sources(spec, config, ROOT / "build" / "generated")]
     args = {"cxx": build_spec.cxx_flags(spec, config)}
     if config.with_cuda:
         args["nvcc"] = build_spec.nvcc_flags(spec, config)

@@ -15,50 +15,17 @@
 #include <utility>
 #include "cuda_scratch.h"
 #include "launch/prefill_launch.h"
+#include "launcher_registry.h"
 #include "prefill.h"
 
 namespace torch_attn {
 namespace {
 
-using LaunchFn = cudaError_t (*)(const PrefillParams&, cudaStream_t);
-
-/// One compiled kernel: the mma.sync kernel (sm_80+) or the wgmma kernel (sm_90a).
-enum class Backend { kSm80, kSm90 };
-
-/// What a kernel computes in: its compute dtype, and whether k and v (and maybe q) arrive as fp8 codes.
-struct KernelKind {
-  ScalarKind kind;
-  bool fp8_kv;
-};
-
-struct Launcher {
-  Backend backend;
-  KernelKind kind;
-  int head_dim_tile;    // of Q and K
-  int head_dim_v_tile;  // of V and O (the mma.sync kernel's tiles: the same)
-  LaunchFn launch;
-};
-
-#define TORCH_ATTN_SM80_LAUNCHER(KIND, W, FP8_KV) \
-  {Backend::kSm80, {ScalarKind::KIND, FP8_KV}, W, W, &launch_prefill<ScalarKind::KIND, W, FP8_KV>},
-#define TORCH_ATTN_LAUNCHERS(W)                 \
-  TORCH_ATTN_SM80_LAUNCHER(kBFloat16, W, false) \
-  TORCH_ATTN_SM80_LAUNCHER(kFloat16, W, false)  \
-  TORCH_ATTN_SM80_LAUNCHER(kBFloat16, W, true) TORCH_ATTN_SM80_LAUNCHER(kFloat16, W, true)
-#define TORCH_ATTN_SM90_LAUNCHERS(W, WV)                                                                       \
-  {Backend::kSm90, {ScalarKind::kBFloat16, false}, W, WV, &launch_prefill_sm90<ScalarKind::kBFloat16, W, WV>}, \
-      {Backend::kSm90, {ScalarKind::kFloat16, false}, W, WV, &launch_prefill_sm90<ScalarKind::kFloat16, W, WV>},
-constexpr Launcher kLaunchers[] = {TORCH_ATTN_FOR_EACH_HEAD_DIM_TILE(TORCH_ATTN_LAUNCHERS)
-                                       TORCH_ATTN_FOR_EACH_SM90_HEAD_DIM_TILE(TORCH_ATTN_SM90_LAUNCHERS)};
-#undef TORCH_ATTN_SM80_LAUNCHER
-#undef TORCH_ATTN_LAUNCHERS
-#undef TORCH_ATTN_SM90_LAUNCHERS
-
-/// The narrowest compiled tile of `backend` that holds both head dims: the least q/k + v width
-/// (the work of a score and its P V), the first such in the table.
+/// The narrowest tile of `backend` that holds both head dims: the least q/k + v width (the work of
+/// a score and its P V), the first such in the table; its family may not be loaded yet (launch_fn).
 const Launcher& pick_launcher(const char* op, Backend backend, KernelKind kind, const PrefillShape& shape) {
   const Launcher* found = nullptr;
-  for (const Launcher& l : kLaunchers) {
+  for (const Launcher& l : launcher_table()) {
     const bool fits = l.head_dim_tile >= shape.head_dim_qk && l.head_dim_v_tile >= shape.head_dim_v;
     if (l.backend == backend && l.kind.kind == kind.kind && l.kind.fp8_kv == kind.fp8_kv && fits &&
         (found == nullptr || l.head_dim_tile + l.head_dim_v_tile < found->head_dim_tile + found->head_dim_v_tile)) {
@@ -262,6 +229,9 @@ LaunchPlan plan_launch(const char* op, const PrefillShape& shape, KernelKind kin
   if (kind.fp8_kv) choice = {Backend::kSm80, true};
   LaunchPlan plan{};
   plan.launcher = &checked_launcher(op, choice.backend, kind, shape, q);
+  // Its family loaded now, before anything is allocated or queued (a build, or the refusal to build
+  // under graph capture, raises here); the fallback's loads where the wgmma kernel declines.
+  launch_fn(*plan.launcher, q.get_device());
   if (choice.backend == Backend::kSm90 && !choice.forced) {
     plan.fallback = &checked_launcher(op, Backend::kSm80, kind, shape, q);
   }
@@ -352,7 +322,7 @@ cudaError_t launch_with(const Launcher& launcher, bool split_allowed, PrefillPar
     const int64_t heads = shape.num_qo_heads;
     p.lse_strides = q.dim() == 4 ? TokenHeadStrides{q.size(1) * heads, heads, 1} : TokenHeadStrides{0, heads, 1};
   }
-  return launcher.launch(p, stream);
+  return launch_fn(launcher, q.get_device())(p, stream);
 }
 
 /// Launches the planned kernel, or the mma.sync kernel where the wgmma kernel declines

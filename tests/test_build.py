@@ -242,9 +242,10 @@ def run_python(code: str, env: dict) -> subprocess.CompletedProcess:
 
 def test_cold_build_then_silent_cached_import(tmp_path, monkeypatch):
     """A fresh cache builds (one line of progress, then the time), survives a stale
-    lock file a killed build left behind, and later imports are silent."""
+    lock file a killed build left behind, and later imports are silent. A CPU-only build
+    builds no kernel family, even when asked to prebuild them all."""
     monkeypatch.setenv("TORCH_ATTN_CUDA_ARCH_LIST", "")  # a CPU-only build: the quickest real build
-    env = dict(os.environ, TORCH_ATTN_CACHE_DIR=str(tmp_path))
+    env = dict(os.environ, TORCH_ATTN_CACHE_DIR=str(tmp_path), TORCH_ATTN_PREBUILD="all")
     key_dir = _build_spec.cache_key(SPEC, _build_spec.resolve_build_config())
     (tmp_path / key_dir).mkdir()
     (tmp_path / key_dir / "lock").write_text("")  # torch's baton from a killed build
@@ -255,6 +256,7 @@ def test_cold_build_then_silent_cached_import(tmp_path, monkeypatch):
     cached = run_python("import torch_attn", env)
     assert cached.returncode == 0 and cached.stderr == "" and cached.stdout == ""
     assert_no_static_libstdcxx(next(tmp_path.glob("*/torch_attn_C.so")))
+    assert list(tmp_path.glob("*/families")) == []
 
 
 def assert_no_static_libstdcxx(library: Path) -> None:
