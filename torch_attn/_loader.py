@@ -105,7 +105,8 @@ def compile_library(name: str, sources: list[str], config: _build_spec.BuildConf
         verbose=verbose(),
     )
     (build_dir / _DONE_MARKER).write_text(f"{config}\n")
-    print(f"torch_attn: built in {time.perf_counter() - start:.1f} s", file=sys.stderr, flush=True)
+    # (named: families may build side by side)
+    print(f"torch_attn: built in {time.perf_counter() - start:.1f} s: {name}", file=sys.stderr, flush=True)
 
 
 def load_or_build(build_dir: Path, library: Path, build: Callable[[], None]) -> bool:
