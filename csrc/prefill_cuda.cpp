@@ -22,8 +22,8 @@ namespace torch_attn {
 namespace {
 
 /// The narrowest tile of `backend` that holds both head dims: the least q/k + v width (the work of
-/// a score and its P V), the first such in the table; its family may not be loaded yet (launch_fn).
-const Launcher& pick_launcher(const char* op, Backend backend, KernelKind kind, const PrefillShape& shape) {
+/// a score and its P V), the first such in the table, or null; its family may not be loaded yet (launch_fn).
+const Launcher* find_launcher(Backend backend, KernelKind kind, const PrefillShape& shape) {
   const Launcher* found = nullptr;
   for (const Launcher& l : launcher_table()) {
     const bool fits = l.head_dim_tile >= shape.head_dim_qk && l.head_dim_v_tile >= shape.head_dim_v;
@@ -32,8 +32,14 @@ const Launcher& pick_launcher(const char* op, Backend backend, KernelKind kind, 
       found = &l;
     }
   }
+  return found;
+}
+
+const Launcher& pick_launcher(const char* op, Backend backend, KernelKind kind, const PrefillShape& shape) {
+  const Launcher* found = find_launcher(backend, kind, shape);
   TORCH_CHECK_VALUE(found != nullptr, op, ": no CUDA kernel for head dims (", shape.head_dim_qk, ", ", shape.head_dim_v,
-                    ")");
+                    ")",
+                    backend == Backend::kSm90 ? " in the wgmma kernel (TORCH_ATTN_BACKEND=sm90); sm80 runs them" : "");
   return *found;
 }
 
@@ -227,6 +233,10 @@ LaunchPlan plan_launch(const char* op, const PrefillShape& shape, KernelKind kin
   TORCH_CHECK_VALUE(!kind.fp8_kv || !(choice.forced && choice.backend == Backend::kSm90), op,
                     ": TORCH_ATTN_BACKEND=sm90: the wgmma kernel takes no fp8 inputs yet (they run on sm80)");
   if (kind.fp8_kv) choice = {Backend::kSm80, true};
+  // Head dims past the wgmma kernel's widest tiles (up to 512) run on the mma.sync kernel.
+  if (choice.backend == Backend::kSm90 && !choice.forced && find_launcher(Backend::kSm90, kind, shape) == nullptr) {
+    choice = {Backend::kSm80, true};
+  }
   LaunchPlan plan{};
   plan.launcher = &checked_launcher(op, choice.backend, kind, shape, q);
   // Its family loaded now, before anything is allocated or queued (a build, or the refusal to build
@@ -348,11 +358,6 @@ LaunchPlan checked_cuda_plan(const char* op, const PrefillShape& shape, const at
   TORCH_CHECK_TYPE(q.scalar_type() != at::kFloat, op,
                    ": on CUDA, q, k and v must be float16, bfloat16 or fp8 (float32 runs on CPU only), got ",
                    dtype_name(q.scalar_type()));
-  // The widest tiles: D = 512 runs on the CPU path only, for now.
-  TORCH_CHECK_VALUE(shape.head_dim_qk <= 256 && shape.head_dim_v <= 256, op,
-                    ": on CUDA, head dims up to 256 (the "
-                    "kernels' widest tiles; the CPU path takes up to 512), got (",
-                    shape.head_dim_qk, ", ", shape.head_dim_v, ")");
   const bool fp8_kv = is_fp8(k.scalar_type());
   // A 16-byte copy holds 16 codes: fp8 rows are whole copies.
   TORCH_CHECK_VALUE(!fp8_kv || (shape.head_dim_qk % 16 == 0 && shape.head_dim_v % 16 == 0), op,

@@ -216,13 +216,10 @@ BAD: list[Bad] = [
     # head dims
     Bad("head_dim_60", lambda d: prefill(d, *qkv(d, d=60)), V, "head_dim (q.size(-1)) must be a multiple of 8"),
     Bad("head_dim_0", lambda d: prefill(d, *qkv(d, d=0)), V, "head_dim (q.size(-1)) must be a multiple of 8"),
-    Bad("head_dim_264_on_cuda", lambda d: prefill(d, *qkv(d, d=264)), V, "on CUDA, head dims up to 256", CUDA_ONLY),
     Bad("head_dim_300", lambda d: prefill(d, *qkv(d, d=300)), V, "head_dim (q.size(-1)) must be a multiple of 8"),
-    Bad("head_dim_512_on_cuda", lambda d: prefill(d, *qkv(d, d=512)), V, "on CUDA, head dims up to 256", CUDA_ONLY),
     Bad("head_dim_520", lambda d: prefill(d, *qkv(d, d=520)), V, "head_dim (q.size(-1)) must be a multiple of 8"),
     Bad("k_head_dim_mismatch", lambda d: prefill(d, k=qkv(d, d=128)[1]), V, "k's head_dim must equal q's"),
     Bad("v_head_dim_60", lambda d: prefill(d, *qkv(d, dv=60)), V, "v's head_dim (v.size(-1)) must be a multiple of 8"),
-    Bad("v_head_dim_264_on_cuda", lambda d: prefill(d, *qkv(d, dv=264)), V, "on CUDA, head dims up to 256", CUDA_ONLY),
     Bad("v_head_dim_520", lambda d: prefill(d, *qkv(d, dv=520)), V,
         "v's head_dim (v.size(-1)) must be a multiple of 8"),
     # heads and tokens

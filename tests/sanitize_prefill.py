@@ -13,7 +13,7 @@ import torch_attn
 
 def main() -> None:
     torch.manual_seed(0)
-    for head_dim in (64, 80, 128, 192, 256):
+    for head_dim in (64, 80, 128, 192, 256, 392, 512):
         for dtype in (torch.bfloat16, torch.float16):
             q = torch.randn(77, 4, head_dim, dtype=dtype, device="cuda")
             k = torch.randn(131, 2, head_dim, dtype=dtype, device="cuda")
@@ -72,7 +72,7 @@ def main() -> None:
             assert torch.isfinite(paged).all()
     # fp8 q, k and v at every tile width (the q tile converted on load, the K/V rings' codes converted per tile).
     if os.environ.get("TORCH_ATTN_BACKEND") != "sm90":
-        for head_dim in (64, 96, 128, 192, 256):
+        for head_dim in (64, 96, 128, 192, 256, 512):
             q, k, v = (torch.randn(n, h, head_dim, device="cuda").to(torch.float8_e4m3fn)
                        for n, h in ((77, 4), (131, 2), (131, 2)))
             assert torch.isfinite(torch_attn.prefill(q, k, v, causal=True, out_dtype=torch.float16)).all()

@@ -42,7 +42,7 @@ def test_dense_matches_reference(device, chunk, lengths):
 
 
 @pytest.mark.parametrize("device", DEVICES)
-@pytest.mark.parametrize("head_dim", [64, 96, 128, 192, 256])
+@pytest.mark.parametrize("head_dim", [64, 96, 128, 192, 256, 512])
 def test_batched_every_head_dim(device, head_dim):
     """[B, S, H, D] inputs, chunks that cut tiles of every kernel width off-centre."""
     q, k, v = make_qkv(700, 1500, 16, 4, head_dim, torch.float16, device, batch=3)

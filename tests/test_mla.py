@@ -18,7 +18,8 @@ from test_paged import run_paged_case, wgmma_takes_page_size
 DEVICES = [pytest.param("cpu", id="cpu"),
            pytest.param("cuda", id="cuda", marks=[pytest.mark.gpu, pytest.mark.skipif(not HAS_GPU, reason="no GPU")])]
 # (D_qk, D_v): DeepSeek-V3 / Kimi-K2 / GLM, narrower and wider V, widths off the compiled tiles.
-HEAD_DIMS = [(192, 128), (128, 64), (64, 128), (72, 40), (256, 128), (128, 256), (40, 200)]
+HEAD_DIMS = [(192, 128), (128, 64), (64, 128), (72, 40), (256, 128), (128, 256), (40, 200), (512, 128), (136, 512),
+             (320, 448)]
 MASKS = [dict(causal=True), dict(causal=False), dict(causal=True, window_left=50),
          dict(causal=False, logits_soft_cap=30.0, sm_scale=0.15)]
 LENGTHS = [(1, 1), (63, 65), (200, 50), (129, 1000), (1000, 1000)]

@@ -105,10 +105,11 @@ def test_matches_reference(device, page_size, layout, index, cuda_backend):
 @pytest.mark.gpu
 @pytest.mark.parametrize("mask", [dict(causal=True), dict(causal=True, window_left=70),
                                   dict(causal=True, logits_soft_cap=30.0)])
-@pytest.mark.parametrize("head_dim", [64, 256])
+@pytest.mark.parametrize("head_dim", [64, 256, 512])
 def test_narrow_and_wide_heads_under_masks(head_dim, mask):
-    """Head dims 64 and 256 on a paged cache under a causal mask or window: the tiles where the
-    wgmma kernel's consumer groups see different K/V tiles (and, at 256, stage out apart from Q)."""
+    """Head dims 64, 256 and 512 on a paged cache under a causal mask or window: the tiles where the
+    wgmma kernel's consumer groups see different K/V tiles (and, at 256, stage out apart from Q), and the
+    mma.sync kernel's split dims (512) with paged rows of two copy steps each."""
     run_paged_case("cuda", 16, "NHD", [7, 65, 1000, 300], [7, 300, 1000, 1200], group=4, head_dim=head_dim,
                    mask=mask, dtype=torch.bfloat16)
 

@@ -13,7 +13,7 @@ from conftest import (check_against_reference, make_qkv, mask_kwargs, poison_cud
 pytestmark = pytest.mark.gpu
 
 LENGTHS = [(1, 1), (1, 333), (239, 1), (77, 77), (113, 203), (128, 217), (1000, 1000), (1023, 1024), (4097, 4097)]
-HEAD_DIMS = [64, 80, 96, 128, 192, 256]
+HEAD_DIMS = [64, 80, 96, 128, 192, 256, 512]
 GROUPS = [1, 4, 8]
 MASKS = [
     dict(causal=False),
@@ -46,7 +46,7 @@ def test_matches_reference(lengths, head_dim, dtype, index):
     check_against_reference(out, lse, q, k, v, **kwargs)
 
 
-@pytest.mark.parametrize("head_dim", range(8, 257, 8))
+@pytest.mark.parametrize("head_dim", range(8, 513, 8))
 def test_every_head_dim_multiple_of_8(head_dim):
     """Every claimed head dim runs (on the narrowest tile that holds it, the rest zero-filled)."""
     q, k, v = make_qkv(70, 135, 4, 2, head_dim, torch.bfloat16, "cuda")
@@ -55,7 +55,7 @@ def test_every_head_dim_multiple_of_8(head_dim):
 
 
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("head_dim", [64, 128, 256, 512])
 def test_ragged_batch_with_empty_sequences(causal, head_dim):
     qo_lens = [100, 0, 1, 517, 64, 0, 129, 3000]
     kv_lens = [100, 7, 0, 900, 64, 0, 129, 3000]  # prefixes (kv > q), empty keys, empty queries
@@ -101,7 +101,7 @@ def test_rows_that_see_no_key_are_zero(mask):
 @pytest.mark.parametrize("lengths", [(1000, 1000), (333, 1000), (191, 4000), (1000, 333)])
 @pytest.mark.parametrize("mask", [dict(causal=True), dict(causal=True, window_left=0),
                                   dict(causal=True, window_left=70), dict(causal=False, window_left=130)])
-@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("head_dim", [64, 128, 256, 512])
 def test_query_tile_groups_that_see_different_key_tiles(head_dim, mask, lengths):
     """Under a causal mask or a window the wgmma kernel's consumer groups (64 query rows
     each) compute only the K/V tiles their own rows see and pass over the others
@@ -134,7 +134,7 @@ def rising_logits_qkv(qo_len, kv_len, head_dim, dtype, rise_per_key, jump_at, ju
 
 @pytest.mark.parametrize("jump", [0.0, 200.0])
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("head_dim", [64, 128, 256, 512])
 def test_logits_rising_across_key_tiles(head_dim, causal, jump):
     """A row's max moves on almost every key tile (logits rise by ~13 per 64 keys, far
     past the kernels' lazy-rescale margin of 2^8 on the weights), and with `jump` once
@@ -151,11 +151,11 @@ def test_logits_rising_across_key_tiles(head_dim, causal, jump):
 
 @pytest.mark.parametrize("poison", [math.nan, math.inf, -math.inf])
 @pytest.mark.parametrize("causal", [False, True])
-@pytest.mark.parametrize("head_dim", [80, 128])
+@pytest.mark.parametrize("head_dim", [80, 128, 400])
 def test_poisoned_tails_dense(poison, causal, head_dim):
     """K and V are views into buffers whose rows past kv_len, and whose head-dim
     columns past D, hold poison; q's padding columns too. Nothing of it may reach out."""
-    batch, qo_len, kv_len, width = 3, 77, 131, 128 if head_dim < 128 else 136
+    batch, qo_len, kv_len, width = 3, 77, 131, 128 if head_dim < 128 else head_dim + 8
     def poisoned(tokens, heads, extra_rows):
         return poisoned_view(batch, tokens, heads, head_dim, torch.bfloat16, poison, extra_rows, width)
     q, k, v = poisoned(qo_len, 8, 0), poisoned(kv_len, 2, 61), poisoned(kv_len, 2, 61)

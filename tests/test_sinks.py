@@ -34,7 +34,7 @@ def run(device, q, k, v, **kwargs):
 @pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("mask", MASKS, ids=["full", "causal", "window", "softcap"])
 @pytest.mark.parametrize("lengths", LENGTHS, ids=[f"{a}x{b}" for a, b in LENGTHS])
-@pytest.mark.parametrize("head_dim", [64, 128, 256])
+@pytest.mark.parametrize("head_dim", [64, 128, 256, 512])
 def test_dense_matches_reference(device, mask, lengths, head_dim):
     gen = torch.Generator().manual_seed(head_dim + lengths[0])
     q, k, v = make_qkv(*lengths, 8, 2, head_dim, torch.bfloat16, device, generator=gen)

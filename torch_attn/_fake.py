@@ -150,9 +150,6 @@ def check_cuda_args(op: str, q: torch.Tensor, k: torch.Tensor, head_dims, tensor
     torch._check_type(q.dtype != torch.float32,
                       lambda: f"{op}: on CUDA, q, k and v must be float16, bfloat16 or fp8 (float32 runs on CPU only), "
                               f"got {q.dtype}")
-    torch._check_value(head_dims[0] <= 256 and head_dims[1] <= 256,
-                       lambda: f"{op}: on CUDA, head dims up to 256 (the kernels' widest tiles; the CPU path takes "
-                               f"up to 512), got ({head_dims[0]}, {head_dims[1]})")
     torch._check_value(k.dtype not in _FP8_DTYPES or all(d % 16 == 0 for d in head_dims),
                        lambda: f"{op}: on CUDA, fp8 inputs need head dims that are multiples of 16, got "
                                f"({head_dims[0]}, {head_dims[1]})")

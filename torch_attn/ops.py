@@ -39,7 +39,7 @@ def prefill(
       dense batch:       q [B, Sq, Hq, D],     k [B, Skv, Hkv, D],     v [B, Skv, Hkv, Dv]
       ragged batch:      q [total_q, Hq, D],   k [total_kv, Hkv, D],   v [total_kv, Hkv, Dv],
                          qo_indptr / kv_indptr int32 [B + 1] (cu_seqlens) on q's device
-    Hq must be a multiple of Hkv (GQA/MQA); D and Dv multiples of 8 up to 256. Dv may
+    Hq must be a multiple of Hkv (GQA/MQA); D and Dv multiples of 8 up to 512. Dv may
     differ from D (MLA prefill: DeepSeek-V3's D = 192, Dv = 128).
 
     Semantics: scores s = sm_scale * q.k (sm_scale defaults to 1/sqrt(D)); with
