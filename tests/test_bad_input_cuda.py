@@ -18,7 +18,10 @@ import torch
 from conftest import HAS_GPU
 from malformed_calls import BAD, CLAMPED
 
-pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU")]
+# One xdist worker runs the whole module (with --dist loadgroup): its fixture runs every case in a pool of
+# processes, and each worker that ran it would run them all again, side by side.
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not HAS_GPU, reason="needs a CUDA GPU"),
+              pytest.mark.xdist_group("malformed_calls")]
 
 SCRIPT = Path(__file__).with_name("malformed_calls.py")
 GPUS = torch.cuda.device_count() if HAS_GPU else 0

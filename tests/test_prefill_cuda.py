@@ -54,6 +54,21 @@ def test_every_head_dim_multiple_of_8(head_dim):
     check_against_reference(out, lse, q, k, v, causal=True, sm_scale=None, window_left=-1, logits_soft_cap=0.0)
 
 
+@pytest.mark.parametrize("widths", [(264, 264), (512, 512), (128, 512), (512, 64)], ids=lambda w: f"{w[0]}-{w[1]}")
+def test_head_dims_past_wgmma_tiles(widths, cuda_backend, monkeypatch):
+    """Past 256 the wgmma kernel has no tile: forced, it refuses by name; chosen automatically, the
+    call runs on the mma.sync kernel's 512 tile, on Hopper too."""
+    q, k, v = make_qkv(100, 300, 4, 2, widths[0], torch.bfloat16, "cuda", head_dim_v=widths[1])
+    if cuda_backend == "sm90":
+        with pytest.raises(ValueError, match=r"no CUDA kernel for head dims .* in the wgmma kernel"):
+            torch_attn.prefill(q, k, v)
+        monkeypatch.setenv("TORCH_ATTN_BACKEND", "auto")
+        names = prefill_kernels_launched(lambda: torch_attn.prefill(q, k, v, causal=True))
+        assert names and all("prefill_sm90_kernel" not in name for name in names), names
+    out, lse = run_prefill(q, k, v, causal=True)
+    check_against_reference(out, lse, q, k, v, causal=True)
+
+
 @pytest.mark.parametrize("causal", [False, True])
 @pytest.mark.parametrize("head_dim", [64, 128, 256, 512])
 def test_ragged_batch_with_empty_sequences(causal, head_dim):
