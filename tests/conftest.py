@@ -68,8 +68,8 @@ WGMMA_WIDEST_HEAD_DIM = 256  # wider head dims run on the mma.sync kernel (a for
 
 
 def _head_dims_of(item) -> list[int]:
-    """The head dims a parametrized case names: `head_dim` ints and `head_dims` pairs."""
-    dims = []
+    """The head dims a case names: its `head_dim(s)`/`dims` parameters and its `head_dims` marker."""
+    dims = [d for marker in item.iter_markers("head_dims") for d in marker.args]
     for name, value in getattr(item, "callspec", None).params.items() if hasattr(item, "callspec") else ():
         if "head_dim" in name or name == "dims":
             dims += [d for d in (value if isinstance(value, tuple) else (value,)) if isinstance(d, int)]
