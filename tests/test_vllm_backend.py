@@ -279,6 +279,7 @@ def test_declared_support():
     assert validation_reasons(has_sink=True, has_sliding_window=True, use_batch_invariant=True, block_size=48,
                               dtype=torch.float16, head_size=8) == []
     assert validation_reasons(head_size=256, device_capability=DeviceCapability(8, 0), kv_cache_dtype="bfloat16") == []
+    assert validation_reasons(head_size=512, device_capability=DeviceCapability(9, 0), kv_cache_dtype="bfloat16") == []
     for cache_dtype in ("fp8", "fp8_e4m3", "fp8_e5m2"):  # per-tensor scales, under fp16 and bf16 models, sm_80 up
         assert validation_reasons(kv_cache_dtype=cache_dtype) == []
         assert validation_reasons(kv_cache_dtype=cache_dtype, dtype=torch.float16, head_size=16, has_sink=True,
@@ -318,7 +319,7 @@ def test_fp8_caches_are_refused_where_the_wgmma_kernel_is_forced(monkeypatch):
      "kv_cache_dtype='int8_per_token_head' is not supported"),
     (dict(kv_cache_dtype="fp8_e5m2", head_size=72), ValueError,
      "kv_cache_dtype='fp8_e5m2' needs a head_size that is a multiple of 16, got 72"),
-    (dict(head_size=512), ValueError, "head_size must be a multiple of 8 from 8 to 256, got 512"),
+    (dict(head_size=520), ValueError, "head_size must be a multiple of 8 from 8 to 512, got 520"),
     (dict(alibi_slopes=[0.5] * NUM_HEADS), NotImplementedError, "ALiBi"),
     (dict(attn_type=AttentionType.ENCODER_ONLY), NotImplementedError, "attn_type 'encoder_only' is not supported"),
 ], ids=["fp8-per-token-head", "int8-per-token-head", "fp8-head72", "head512", "alibi", "encoder"])

@@ -23,7 +23,7 @@ class TorchAttnImpl(AttentionImpl[TorchAttnMetadata]):
                                       f"(of the quantized KV caches only per-tensor fp8 is wired to the ops); use "
                                       f"one of {list(KV_CACHE_DTYPES)}")
         if head_size not in HEAD_SIZES:
-            raise ValueError(f"torch_attn vLLM backend: head_size must be a multiple of 8 from 8 to 256, got "
+            raise ValueError(f"torch_attn vLLM backend: head_size must be a multiple of 8 from 8 to 512, got "
                              f"{head_size}")
         # fp8 caches: the codes' format, read through views of vLLM's uint8 allocation (None: the model dtype).
         self.fp8_dtype = FP8_KV_CACHE_DTYPES.get(kv_cache_dtype)

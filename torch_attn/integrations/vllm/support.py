@@ -6,7 +6,7 @@ import os
 
 import torch
 
-HEAD_SIZES = tuple(range(8, 257, 8))  # csrc/prefill_checks.cpp: multiples of 8 from 8 to 256 (the tiles cover all)
+HEAD_SIZES = tuple(range(8, 513, 8))  # csrc/prefill_checks.cpp: multiples of 8 from 8 to 512 (the tiles cover all)
 DTYPES = (torch.float16, torch.bfloat16)  # the CUDA kernels' (the CPU path takes float32 as well)
 # vLLM's --kv-cache-dtype fp8 names -> the cache's fp8 format (vLLM allocates these caches as uint8: "fp8" is
 # e4m3 on CUDA, vllm.platforms' fp8_dtype()). prefill_paged takes them under bf16/fp16 q with the layer's
