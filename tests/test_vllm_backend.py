@@ -287,7 +287,7 @@ def test_declared_support():
 
 
 @pytest.mark.parametrize("overrides,reason", [
-    (dict(head_size=512), "head_size not supported"),
+    (dict(head_size=520), "head_size not supported"),
     (dict(head_size=100), "head_size not supported"),
     (dict(dtype=torch.float32), "dtype not supported"),
     (dict(kv_cache_dtype="fp8", head_size=72), "kv_cache_dtype fp8 needs a head size that is a multiple of 16"),
@@ -300,7 +300,7 @@ def test_declared_support():
     (dict(use_mla=True), "MLA not supported"),
     (dict(attn_type=AttentionType.ENCODER_ONLY), "attention type encoder_only not supported"),
     (dict(use_non_causal=True), "non-causal attention not supported"),
-], ids=["head512", "head100", "fp32", "fp8-head72", "fp8-per-head-scales", "fp8-per-token-head", "int8-per-token-head",
+], ids=["head520", "head100", "fp32", "fp8-head72", "fp8-per-head-scales", "fp8-per-token-head", "int8-per-token-head",
         "nvfp4", "cache-dtype-mismatch", "sm75", "mla", "encoder", "noncausal"])
 def test_unsupported_configurations_are_refused_at_selection(overrides, reason):
     assert any(reason in r for r in validation_reasons(**overrides)), validation_reasons(**overrides)
@@ -322,7 +322,7 @@ def test_fp8_caches_are_refused_where_the_wgmma_kernel_is_forced(monkeypatch):
     (dict(head_size=520), ValueError, "head_size must be a multiple of 8 from 8 to 512, got 520"),
     (dict(alibi_slopes=[0.5] * NUM_HEADS), NotImplementedError, "ALiBi"),
     (dict(attn_type=AttentionType.ENCODER_ONLY), NotImplementedError, "attn_type 'encoder_only' is not supported"),
-], ids=["fp8-per-token-head", "int8-per-token-head", "fp8-head72", "head512", "alibi", "encoder"])
+], ids=["fp8-per-token-head", "int8-per-token-head", "fp8-head72", "head520", "alibi", "encoder"])
 def test_unsupported_layers_are_refused_by_name(vllm_config, kwargs, error, match):
     args = dict(num_heads=NUM_HEADS, head_size=HEAD_SIZE, scale=SCALE, num_kv_heads=NUM_KV_HEADS, alibi_slopes=None,
                 sliding_window=None, kv_cache_dtype="auto") | kwargs
